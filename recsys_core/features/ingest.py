@@ -1,0 +1,282 @@
+"""Ingestion: raw event lines → typed interactions, or quarantine with a reason.
+
+Every input line ends in exactly one of the two outputs. The JVM does the
+heavy lifting (JSON parsing, checks, de-duplication); Python only splits files
+into lines, because only there can we keep exact line numbers, reject invalid
+UTF-8 instead of replacing it, and fail with the file's name on a truncated
+gzip file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Iterator
+
+import pyarrow as pa
+
+from recsys_core.config import IngestSettings
+
+# Reason codes, in the order they are checked: a line gets the first that applies.
+REASONS = (
+    "invalid_utf8",
+    "oversized_line",
+    "empty_line",
+    "malformed_json",
+    "missing_field",
+    "bad_type",
+    "oversized_field",
+    "unknown_event_type",
+    "bad_timestamp",
+    "ts_out_of_range",
+    "ts_in_future",
+    "late_event",
+    "bad_value",
+    "negative_value",
+    "duplicate_event_id",
+)
+ID_FIELDS = ("event_id", "user_id", "item_id", "event_type", "ts")
+KNOWN_FIELDS = (*ID_FIELDS, "value")
+
+LINES_SCHEMA = pa.schema(
+    [
+        ("source_file", pa.string()),
+        ("line_no", pa.int64()),
+        ("raw", pa.string()),
+        ("pre_reason", pa.string()),
+        ("pre_detail", pa.string()),
+    ]
+)
+
+
+class UnreadableInput(RuntimeError):
+    """A whole input file cannot be read; the run must fail, naming the file."""
+
+
+def decompress(path: str, content: bytes) -> bytes:
+    if not (path.endswith(".gz") or content[:2] == b"\x1f\x8b"):
+        return content
+    try:
+        return gzip.decompress(content)
+    except (EOFError, OSError, zlib.error) as err:
+        raise UnreadableInput(
+            f"{path}: cannot decompress ({err}); the file is truncated or corrupt. "
+            "Re-deliver it, or move it out of the landing folder and rerun."
+        ) from err
+
+
+def split_lines(path: str, content: bytes, max_line_bytes: int) -> Iterator[tuple]:
+    """Yield (source_file, line_no, raw, pre_reason, pre_detail) for every line of a file.
+
+    Line numbers start at 1. A trailing newline does not make an extra line.
+    Lines that are not valid UTF-8 or are too long are flagged here, because
+    the JVM would silently replace the bad bytes.
+    """
+    data = decompress(path, content)
+    if not data:
+        return
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for number, line in enumerate(lines, start=1):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if len(line) > max_line_bytes:
+            yield path, number, line[:1024].decode("utf-8", "replace"), "oversized_line", f"{len(line)} bytes > {max_line_bytes}"
+            continue
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            yield path, number, line.decode("utf-8", "backslashreplace"), "invalid_utf8", str(err)
+            continue
+        yield path, number, text, None, None
+
+
+def lines_from_files(batches, max_line_bytes: int):
+    """mapInArrow body: binaryFile rows (path, content) → line rows."""
+    for batch in batches:
+        paths = batch.column("path").to_pylist()
+        contents = batch.column("content").to_pylist()
+        for path, content in zip(paths, contents):
+            rows = list(split_lines(path, content, max_line_bytes))
+            if rows:
+                columns = list(zip(*rows))
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array(c, type=f.type) for c, f in zip(columns, LINES_SCHEMA)],
+                    schema=LINES_SCHEMA,
+                )
+
+
+def end_of_day(day: date) -> datetime:
+    """The exclusive upper bound of a UTC day: events strictly before it belong to it or earlier."""
+    return datetime.combine(day + timedelta(days=1), time(), tzinfo=timezone.utc)
+
+
+@dataclass
+class IngestReport:
+    run_date: date
+    files: int
+    rows_in: int
+    rows_accepted: int
+    rows_quarantined: int
+    reasons: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, dict] = field(default_factory=dict)
+    event_dates: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def reject_rate(self) -> float:
+        return self.rows_quarantined / self.rows_in if self.rows_in else 0.0
+
+    def check_balanced(self) -> None:
+        if self.rows_accepted + self.rows_quarantined != self.rows_in:
+            raise AssertionError(
+                f"ingest {self.run_date}: accepted {self.rows_accepted} + quarantined "
+                f"{self.rows_quarantined} != input {self.rows_in}; rows were lost"
+            )
+
+    def check_reject_rate(self, max_rate: float) -> None:
+        if self.reject_rate <= max_rate:
+            return
+        top = sorted(self.reasons.items(), key=lambda kv: -kv[1])[:3]
+        lines = [
+            f"  {reason}: {count} rows, e.g. {self.examples.get(reason, {}).get('source_file')}:"
+            f"{self.examples.get(reason, {}).get('line_no')} {self.examples.get(reason, {}).get('raw', '')[:120]!r}"
+            for reason, count in top
+        ]
+        raise RejectRateExceeded(
+            f"ingest {self.run_date}: {self.rows_quarantined} of {self.rows_in} rows "
+            f"({self.reject_rate:.1%}) quarantined, above the limit of {max_rate:.1%}. Top reasons:\n"
+            + "\n".join(lines)
+            + "\nFix the upstream export, or raise RECSYS_INGEST__MAX_REJECT_RATE if this is expected."
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "run_date": self.run_date.isoformat(),
+            "files": self.files,
+            "rows_in": self.rows_in,
+            "rows_accepted": self.rows_accepted,
+            "rows_quarantined": self.rows_quarantined,
+            "reject_rate": round(self.reject_rate, 6),
+            "reasons": dict(sorted(self.reasons.items())),
+            "examples": self.examples,
+            "accepted_by_event_date": dict(sorted(self.event_dates.items())),
+        }
+
+
+class RejectRateExceeded(RuntimeError):
+    pass
+
+
+def classify(lines, settings: IngestSettings, known_event_ids=None):
+    """Spark transformation: line rows → the same rows with parsed fields and a reason (null = accepted).
+
+    ``lines`` carries an ``ingest_dt`` column, the arrival day of its file; the
+    accepted event times are relative to it: not before ``min_event_time``, not
+    older than ``lateness_days`` before it, not later than its end plus the
+    clock skew. ``known_event_ids`` (event_id, ingest_dt) are ids accepted on
+    earlier days; a line repeating one is a duplicate.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    floor = datetime.combine(settings.min_event_time, time(), tzinfo=timezone.utc)
+    earliest = F.to_timestamp(F.date_sub("ingest_dt", settings.lateness_days))
+    latest = F.to_timestamp(F.date_add("ingest_dt", 1)) + F.expr(f"INTERVAL {settings.clock_skew_minutes} MINUTES")
+
+    m = F.from_json(F.col("raw"), "map<string,string>")
+    df = lines.withColumn("m", F.when(F.col("pre_reason").isNull() & (F.trim("raw") != ""), m))
+    for name in KNOWN_FIELDS:
+        raw_field = F.col("m").getItem(name)
+        df = df.withColumn(f"f_{name}", F.trim(raw_field) if name in ID_FIELDS else raw_field)
+
+    def missing(name):
+        col = F.col(f"f_{name}")
+        return col.isNull() | (col == "")
+
+    def structured(name):
+        return F.col(f"f_{name}").rlike(r"^\s*[\[{]") | F.col(f"f_{name}").isin("true", "false")
+
+    numeric_ts = F.col("f_ts").rlike(r"^-?\d+(\.\d+)?$")
+    epoch = F.expr("try_cast(f_ts AS DOUBLE)")
+    event_ts = F.when(
+        numeric_ts,
+        # Epoch numbers above 1e11 are milliseconds.
+        F.timestamp_micros(
+            F.when(epoch > 1e11, epoch * 1000).otherwise(epoch * 1_000_000).cast("long")
+        ),
+    ).otherwise(F.expr("try_to_timestamp(f_ts)"))
+    df = df.withColumn("event_ts", event_ts)
+    value = F.expr("try_cast(f_value AS DOUBLE)")
+    df = df.withColumn("value", F.when(F.col("f_value").isNull(), F.lit(None).cast("double")).otherwise(value))
+
+    def first_missing():
+        return F.coalesce(*[F.when(missing(n), F.lit(n)) for n in ID_FIELDS])
+
+    def first_structured():
+        return F.coalesce(*[F.when(structured(n), F.lit(n)) for n in ID_FIELDS])
+
+    def first_oversized():
+        return F.coalesce(
+            *[F.when(F.length(f"f_{n}") > settings.max_field_chars, F.lit(n)) for n in ID_FIELDS]
+        )
+
+    is_nan = F.isnan(F.col("value")) | F.col("value").isin(float("inf"), float("-inf"))
+    checks = [
+        ("empty_line", F.trim("raw") == "", F.lit("blank line")),
+        ("malformed_json", F.col("m").isNull(), F.lit("not a JSON object")),
+        ("missing_field", first_missing().isNotNull(), F.concat(F.lit("missing or empty: "), first_missing())),
+        ("bad_type", first_structured().isNotNull(), F.concat(F.lit("not a scalar: "), first_structured())),
+        ("oversized_field", first_oversized().isNotNull(), F.concat(F.lit(f"longer than {settings.max_field_chars} chars: "), first_oversized())),
+        ("unknown_event_type", ~F.col("f_event_type").isin(*settings.event_types), F.concat(F.lit("event_type="), F.col("f_event_type"))),
+        ("bad_timestamp", F.col("event_ts").isNull(), F.concat(F.lit("cannot parse ts="), F.col("f_ts"))),
+        ("ts_out_of_range", F.col("event_ts") < F.lit(floor), F.concat(F.lit(f"before {settings.min_event_time}: "), F.col("f_ts"))),
+        ("ts_in_future", F.col("event_ts") >= latest, F.concat(F.lit("after the arrival day plus clock skew: "), F.col("f_ts"))),
+        ("late_event", F.col("event_ts") < earliest, F.concat(F.lit(f"more than {settings.lateness_days} days before arrival: "), F.col("f_ts"))),
+        ("bad_value", F.col("f_value").isNotNull() & (F.col("value").isNull() | is_nan), F.concat(F.lit("value="), F.col("f_value"))),
+        ("negative_value", F.col("value") < 0, F.concat(F.lit("value="), F.col("f_value"))),
+    ]
+    reason = F.when(F.col("pre_reason").isNotNull(), F.col("pre_reason"))
+    detail = F.when(F.col("pre_reason").isNotNull(), F.col("pre_detail"))
+    for code, condition, text in checks:
+        reason = reason.when(condition, F.lit(code))
+        detail = detail.when(condition, text)
+    df = df.withColumn("reason", reason).withColumn("detail", detail)
+
+    # Duplicates: the first valid occurrence (by file, then line) of an event id wins.
+    valid = F.col("reason").isNull()
+    occurrence = Window.partitionBy("f_event_id").orderBy(F.when(valid, 0).otherwise(1), "source_file", "line_no")
+    df = df.withColumn("dup_rank", F.row_number().over(occurrence)).withColumn(
+        "first_seen", F.first(F.concat_ws(":", "source_file", "line_no")).over(occurrence)
+    )
+    repeated = valid & (F.col("dup_rank") > 1)
+    df = df.withColumn("detail", F.when(repeated, F.concat(F.lit("first seen at "), F.col("first_seen"))).otherwise(F.col("detail")))
+    df = df.withColumn("reason", F.when(repeated, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
+    if known_event_ids is not None:
+        known = known_event_ids.select(F.col("event_id").alias("f_event_id"), F.col("ingest_dt").alias("_known_dt"))
+        df = df.join(known, on="f_event_id", how="left")
+        seen_before = F.col("reason").isNull() & F.col("_known_dt").isNotNull()
+        df = df.withColumn(
+            "detail", F.when(seen_before, F.concat(F.lit("already ingested on "), F.col("_known_dt").cast("string"))).otherwise(F.col("detail"))
+        ).withColumn("reason", F.when(seen_before, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
+
+    extra_keys = F.map_filter("m", lambda k, v: ~k.isin(*KNOWN_FIELDS))
+    return df.withColumn(
+        "extra", F.when(F.size(extra_keys) > 0, F.to_json(extra_keys))
+    ).select(
+        "ingest_dt",
+        "source_file",
+        "line_no",
+        "raw",
+        "reason",
+        "detail",
+        F.col("f_event_id").alias("event_id"),
+        F.col("f_user_id").alias("user_id"),
+        F.col("f_item_id").alias("item_id"),
+        F.col("f_event_type").alias("event_type"),
+        "event_ts",
+        "value",
+        "extra",
+    )

@@ -1,0 +1,1 @@
+"""I/O: the lake, Spark sessions, the MLflow registry and data sources."""

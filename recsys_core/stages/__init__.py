@@ -1,0 +1,1 @@
+"""Stages: each wires pure logic to the lake, Spark, MLflow for one step of the pipeline."""

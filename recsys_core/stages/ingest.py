@@ -1,0 +1,201 @@
+"""Stage 1a: arrival days of raw events → interactions + quarantine + a report per day.
+
+One Spark job handles any number of arrival days, so a backfill of months
+costs one job, not one per day. Each day is still committed on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import date, timedelta
+from functools import partial
+
+import pyarrow.fs as pafs
+
+from recsys_core.config import Settings
+from recsys_core.contracts import INTERACTIONS, QUARANTINE, RAW_EVENTS
+from recsys_core.features.ingest import (
+    LINES_SCHEMA,
+    IngestReport,
+    UnreadableInput,
+    classify,
+    lines_from_files,
+)
+from recsys_core.io.lake import Lake
+from recsys_core.io.tables import commit_ingest, completed_ingests, spark_ingested
+
+log = logging.getLogger(__name__)
+
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
+REPORT = "_report.json"
+
+
+def landed_dates(lake: Lake) -> list[date]:
+    return [date.fromisoformat(v) for v in lake.partitions(RAW_EVENTS, complete_only=False)]
+
+
+def dates_to_ingest(lake: Lake, run_date: date, catch_up: bool) -> list[date]:
+    """The run date, plus (with ``catch_up``) every earlier landed day not yet ingested."""
+    if not catch_up:
+        return [run_date]
+    done = set(completed_ingests(lake))
+    missing = [d for d in landed_dates(lake) if d < run_date and d not in done]
+    return [*missing, run_date]
+
+
+def input_files(lake: Lake, run_date: date) -> list[str]:
+    """The readable input files of one arrival day; fails naming any that is not."""
+    folder = lake.partition_path(RAW_EVENTS, run_date)
+    if not lake.exists(folder):
+        raise FileNotFoundError(
+            f"no landing folder {folder} for {run_date}; nothing arrived that day, "
+            "or the export has not run (for the demo: `recsys import-movielens`)"
+        )
+    files = sorted(
+        i.path
+        for i in lake.fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+        if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
+    )
+    unsupported = [f for f in files if not f.endswith(INPUT_SUFFIXES)]
+    if unsupported:
+        raise UnreadableInput(
+            f"unsupported input files in {folder}: {unsupported[:5]}; expected JSON Lines ({', '.join(INPUT_SUFFIXES)})"
+        )
+    for path in files:
+        try:
+            with lake.fs.open_input_stream(path) as stream:
+                stream.read(1)
+        except OSError as err:
+            raise UnreadableInput(f"{path}: cannot be read ({err}); fix its permissions and rerun") from err
+    return files
+
+
+def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[IngestReport]:
+    """Ingest the given arrival days; returns one report per day, in date order."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    from recsys_core.io.spark import spark_session
+
+    started = time.monotonic()
+    dates = sorted(set(dates))
+    lake = Lake(settings.lake)
+    files = {d: input_files(lake, d) for d in dates}
+    all_files = [f for d in dates for f in files[d]]
+    spark = spark or spark_session(settings, f"ingest-{dates[-1]}")
+    lines_schema = from_arrow_schema(LINES_SCHEMA)
+    if all_files:
+        lines = (
+            spark.read.format("binaryFile")
+            .load([lake.spark_uri(f) for f in all_files])
+            .select("path", "content")
+            .mapInArrow(partial(lines_from_files, max_line_bytes=settings.ingest.max_line_bytes), lines_schema)
+        )
+    else:
+        lines = spark.createDataFrame([], lines_schema)
+    lines = lines.withColumn(
+        "ingest_dt", F.to_date(F.regexp_extract("source_file", r"/dt=(\d{4}-\d{2}-\d{2})/", 1))
+    ).persist()
+
+    lookback = timedelta(days=settings.ingest.lateness_days + settings.ingest.dedup_lookback_days)
+    earlier = [d for d in completed_ingests(lake) if dates[0] - lookback <= d < dates[-1] and d not in dates]
+    known = spark_ingested(spark, lake, earlier).select("event_id", "ingest_dt") if earlier else None
+    classified = classify(lines, settings.ingest, known).persist()
+    staged_interactions = lake.new_staging_path(INTERACTIONS, f"ingest-{dates[0]}-{dates[-1]}")
+    staged_quarantine = lake.new_staging_path(QUARANTINE, f"ingest-{dates[0]}-{dates[-1]}")
+    try:
+        rows_in = {r["ingest_dt"]: r["n"] for r in lines.groupBy("ingest_dt").agg(F.count("*").alias("n")).collect()}
+        reports = _reports(classified, dates, files, rows_in)
+        for report in reports:
+            report.check_balanced()
+            report.check_reject_rate(settings.ingest.max_reject_rate)
+        (
+            classified.where(F.col("reason").isNull())
+            .withColumn("dt", F.to_date("event_ts"))
+            .select(*[c for c in INTERACTIONS.columns if c != "dt"], "dt")
+            .repartition("ingest_dt", "dt")
+            .sortWithinPartitions("event_ts", "source_file", "line_no")
+            .write.mode("overwrite")
+            .partitionBy("ingest_dt", "dt")
+            .parquet(lake.spark_uri(staged_interactions))
+        )
+        (
+            classified.where(F.col("reason").isNotNull())
+            .select(*[c for c in QUARANTINE.columns if c != "dt"], F.col("ingest_dt").alias("dt"))
+            .repartition("dt")
+            .sortWithinPartitions("source_file", "line_no")
+            .write.mode("overwrite")
+            .partitionBy("dt")
+            .parquet(lake.spark_uri(staged_quarantine))
+        )
+    except BaseException:
+        lake.fs.delete_dir(staged_interactions)
+        lake.fs.delete_dir(staged_quarantine)
+        raise
+    finally:
+        classified.unpersist()
+        lines.unpersist()
+
+    for report in reports:
+        day = report.run_date
+        manifest = {"report": report.to_dict(), "input_files": files[day]}
+        quarantine_day = f"{staged_quarantine}/dt={day}"
+        lake.fs.create_dir(quarantine_day, recursive=True)
+        _drop_spark_markers(lake, quarantine_day)
+        lake.write_json(f"{quarantine_day}/{REPORT}", report.to_dict())
+        lake.publish(QUARANTINE, day, quarantine_day, manifest)
+        interactions_day = f"{staged_interactions}/ingest_dt={day}"
+        lake.fs.create_dir(interactions_day, recursive=True)
+        _drop_spark_markers(lake, interactions_day)
+        commit_ingest(lake, day, interactions_day, manifest)
+        log.log(
+            logging.INFO if report.rows_quarantined or len(reports) == 1 else logging.DEBUG,
+            "ingest %s: %d files, %d rows in, %d accepted, %d quarantined (%.2f%%) %s",
+            day, report.files, report.rows_in, report.rows_accepted, report.rows_quarantined,
+            100 * report.reject_rate, report.reasons,
+        )  # fmt: skip
+    lake.fs.delete_dir(staged_interactions)
+    lake.fs.delete_dir(staged_quarantine)
+    total_in = sum(r.rows_in for r in reports)
+    log.info(
+        "ingested %d day(s) %s..%s: %d rows in, %d accepted, %d quarantined in %.1fs",
+        len(reports), dates[0], dates[-1], total_in, sum(r.rows_accepted for r in reports),
+        sum(r.rows_quarantined for r in reports), time.monotonic() - started,
+    )  # fmt: skip
+    return reports
+
+
+def _reports(classified, dates: list[date], files: dict, rows_in: dict) -> list[IngestReport]:
+    from pyspark.sql import functions as F
+
+    reports = {d: IngestReport(run_date=d, files=len(files[d]), rows_in=rows_in.get(d, 0), rows_accepted=0, rows_quarantined=0) for d in dates}
+    grouped = classified.groupBy("ingest_dt", "reason", F.to_date("event_ts").alias("event_dt")).agg(F.count("*").alias("n"))
+    for row in grouped.collect():
+        report = reports[row["ingest_dt"]]
+        if row["reason"]:
+            report.rows_quarantined += row["n"]
+            report.reasons[row["reason"]] = report.reasons.get(row["reason"], 0) + row["n"]
+        else:
+            report.rows_accepted += row["n"]
+            key = row["event_dt"].isoformat()
+            report.event_dates[key] = report.event_dates.get(key, 0) + row["n"]
+    examples = (
+        classified.where(F.col("reason").isNotNull())
+        .groupBy("ingest_dt", "reason")
+        .agg(F.min(F.struct("source_file", "line_no", "raw", "detail")).alias("ex"))
+        .collect()
+    )
+    for row in examples:
+        ex = row["ex"]
+        reports[row["ingest_dt"]].examples[row["reason"]] = {
+            "source_file": ex["source_file"], "line_no": ex["line_no"], "raw": ex["raw"][:300], "detail": ex["detail"],
+        }  # fmt: skip
+    return [reports[d] for d in dates]
+
+
+def _drop_spark_markers(lake: Lake, folder: str) -> None:
+    # Our manifests mark completion; Spark's _SUCCESS and .crc files would only confuse readers.
+    for info in lake.fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
+        if info.type == pafs.FileType.File and (info.base_name == "_SUCCESS" or info.base_name.endswith(".crc")):
+            lake.fs.delete_file(info.path)
