@@ -68,13 +68,18 @@ class FeatureSettings(BaseModel):
 class ModelSettings(BaseModel):
     """Hyper-parameters of the transformer sequence recommender."""
 
-    max_len: int = 200
+    # Attention width; longer histories are cut into windows of this length for training.
+    max_len: int = 50
     d_model: int = 64
     n_heads: int = 2
     n_layers: int = 2
     dropout: float = 0.2
     use_content: bool = True
     use_user_features: bool = True
+    use_time: bool = True
+    # "full" softmax over the catalogue, or "sampled" softmax with logQ correction for huge catalogues.
+    loss: Literal["full", "sampled"] = "full"
+    n_negatives: int = 256
 
 
 class TrainSettings(BaseModel):
@@ -89,6 +94,8 @@ class TrainSettings(BaseModel):
     eval_every: int = 2
     nproc_per_node: int = 2
     nnodes: int = 1
+    # host:port of the c10d rendezvous when nnodes > 1 (scale-out).
+    rdzv_endpoint: str | None = None
     # gloo on CPU; nccl when training on GPUs.
     backend: Literal["gloo", "nccl"] = "gloo"
     device: Literal["cpu", "cuda"] = "cpu"
@@ -108,6 +115,8 @@ class EvalSettings(BaseModel):
     ks: list[int] = [10, 20, 50]
     # Days after the run date whose events form the temporal backtest target.
     backtest_horizon_days: int = 7
+    # Users with at most this many events before the cut are "cold" in the segment report.
+    cold_user_max_events: int = 30
 
 
 class RegistrySettings(BaseModel):

@@ -234,3 +234,19 @@ def spark_schema(contract: Table):
     from pyspark.sql.pandas.types import from_arrow_schema
 
     return from_arrow_schema(contract.schema)
+
+
+def spark_conform(df, contract: Table):
+    """Select a Spark DataFrame's columns in contract order and types (partition column excluded).
+
+    Fails naming the missing columns rather than writing a table that breaks its readers.
+    """
+    from pyspark.sql import functions as F
+
+    schema = spark_schema(contract)
+    missing = [f.name for f in schema.fields if f.name != contract.partition and f.name not in df.columns]
+    if missing:
+        raise ContractViolation(f"{contract.name}: missing columns {missing}; got {df.columns}")
+    return df.select(
+        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields if f.name != contract.partition]
+    )

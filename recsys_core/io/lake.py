@@ -201,6 +201,12 @@ class Lake:
             self.fs.move(newest, target)
             log.warning("restored %s from %s after an interrupted publish", target, newest)
 
+    def drop_spark_markers(self, folder: str) -> None:
+        """Remove Spark's _SUCCESS and .crc files: our manifests mark completion."""
+        for info in self.fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
+            if info.type == pafs.FileType.File and (info.base_name == "_SUCCESS" or info.base_name.endswith(".crc")):
+                self.fs.delete_file(info.path)
+
     def clean_staging(self, table: Table) -> int:
         """Delete leftovers of killed runs (staging and trash folders)."""
         removed = 0

@@ -29,6 +29,8 @@ def spark_session(settings: Settings, app: str):
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        # Readers outside Spark (pyarrow, DuckDB) then see timestamp[us, UTC], as the contracts say.
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.enabled": "false",
         "spark.driver.bindAddress": "127.0.0.1",

@@ -142,12 +142,12 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
         manifest = {"report": report.to_dict(), "input_files": files[day]}
         quarantine_day = f"{staged_quarantine}/dt={day}"
         lake.fs.create_dir(quarantine_day, recursive=True)
-        _drop_spark_markers(lake, quarantine_day)
+        lake.drop_spark_markers(quarantine_day)
         lake.write_json(f"{quarantine_day}/{REPORT}", report.to_dict())
         lake.publish(QUARANTINE, day, quarantine_day, manifest)
         interactions_day = f"{staged_interactions}/ingest_dt={day}"
         lake.fs.create_dir(interactions_day, recursive=True)
-        _drop_spark_markers(lake, interactions_day)
+        lake.drop_spark_markers(interactions_day)
         commit_ingest(lake, day, interactions_day, manifest)
         log.log(
             logging.INFO if report.rows_quarantined or len(reports) == 1 else logging.DEBUG,
@@ -193,9 +193,3 @@ def _reports(classified, dates: list[date], files: dict, rows_in: dict) -> list[
         }  # fmt: skip
     return [reports[d] for d in dates]
 
-
-def _drop_spark_markers(lake: Lake, folder: str) -> None:
-    # Our manifests mark completion; Spark's _SUCCESS and .crc files would only confuse readers.
-    for info in lake.fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
-        if info.type == pafs.FileType.File and (info.base_name == "_SUCCESS" or info.base_name.endswith(".crc")):
-            lake.fs.delete_file(info.path)

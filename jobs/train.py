@@ -1,0 +1,30 @@
+"""torchrun entry point: one process per rank trains the sequence model.
+
+    torchrun --standalone --nproc-per-node=2 jobs/train.py --dataset D --out DIR [--run-id ID]
+
+Launched by `recsys train` / the recsys_train DAG, which prepare the dataset
+and the MLflow run first.
+"""
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from recsys_core.config import get_settings
+from recsys_core.training.loop import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--dataset", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--run-id", default=None, help="MLflow run that receives per-epoch metrics (rank 0)")
+    args = parser.parse_args()
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(name)s: %(message)s")
+    train(args.dataset, args.out, get_settings().train, mlflow_run_id=args.run_id)
+
+
+if __name__ == "__main__":
+    main()

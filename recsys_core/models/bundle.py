@@ -1,0 +1,103 @@
+"""A trained sequence model with its preprocessing: what is registered, and what the nightly job loads.
+
+Files of a bundle directory:
+- ``weights.pt``: the state dict (tensors only; loaded with ``weights_only=True``),
+- ``bundle.json``: model config and the fitted preprocessing (vocabularies, scales).
+
+Scoring works on raw ids: histories of item-id strings and raw user
+attributes go in, scores over a given catalogue come out. Items of that
+catalogue the model never saw in training are scored through their content.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recsys_core.models.transformer import SeqRec, SeqRecConfig, gap_buckets
+from recsys_core.training.data import Preprocessing, Sequences, build_sequences, gaps_of, left_pad
+
+WEIGHTS = "weights.pt"
+META = "bundle.json"
+
+
+@dataclass
+class ModelBundle:
+    config: SeqRecConfig
+    prep: Preprocessing
+    model: SeqRec
+
+    def save(self, directory: Path, extra: dict | None = None) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), directory / WEIGHTS)
+        meta = {"config": self.config.to_dict(), "preprocessing": self.prep.to_dict(), **(extra or {})}
+        (directory / META).write_text(json.dumps(meta))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path) -> "ModelBundle":
+        meta = json.loads((directory / META).read_text())
+        config = SeqRecConfig.from_dict(meta["config"])
+        state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
+        model = SeqRec(config, state["item_content"])
+        model.load_state_dict(state)
+        model.eval()
+        return cls(config, Preprocessing.from_dict(meta["preprocessing"]), model)
+
+    # Scoring ------------------------------------------------------------------
+    def catalogue_matrix(self, item_features: pa.Table) -> tuple[list[str], torch.Tensor]:
+        """Output representations for today's catalogue, including items new since training."""
+        ids = item_features["item_id"].to_pylist()
+        index = torch.as_tensor([self.prep.item_index.get(i, 0) for i in ids])
+        with torch.no_grad():
+            matrix = self.model.item_embedding.weight[index]
+            if self.model.content_projection is not None:
+                matrix = matrix + self.model.content_projection(_content_rows(self.prep, item_features))
+        return ids, matrix
+
+    def encode_inputs(self, sequences: Sequences, user_feats: np.ndarray) -> dict[str, torch.Tensor]:
+        length = self.config.max_len
+        gaps = gap_buckets(torch.as_tensor(gaps_of(sequences.times, length)))
+        if not self.config.use_time:
+            gaps = torch.zeros_like(gaps)
+        return {
+            "items": torch.as_tensor(left_pad(sequences.items, length)),
+            "gaps": gaps,
+            "user_feats": torch.as_tensor(user_feats),
+        }
+
+    def user_inputs(self, interactions: pa.Table, user_profiles: pa.Table) -> tuple[list[str], Sequences, dict]:
+        user_ids, feats = self.prep.user_features(user_profiles)
+        sequences = build_sequences(interactions, self.prep, user_ids)
+        return user_ids, sequences, self.encode_inputs(sequences, feats)
+
+    @torch.no_grad()
+    def user_vectors(self, inputs: dict[str, torch.Tensor], batch: int = 1024) -> torch.Tensor:
+        out = []
+        for start in range(0, len(inputs["items"]), batch):
+            part = {k: v[start : start + batch] for k, v in inputs.items()}
+            out.append(self.model.last_hidden(part["items"], part["gaps"], part["user_feats"]))
+        return torch.cat(out) if out else torch.zeros(0, self.config.d_model)
+
+
+def _content_rows(prep: Preprocessing, item_features: pa.Table) -> torch.Tensor:
+    """Content vectors in the order of ``item_features`` rows, known and new items alike."""
+    shadow = Preprocessing(
+        item_ids=item_features["item_id"].to_pylist(),
+        genres=prep.genres,
+        gender_vocab=prep.gender_vocab,
+        occupation_vocab=prep.occupation_vocab,
+        text_dim=prep.text_dim,
+        release_year_mean=prep.release_year_mean,
+        release_year_std=prep.release_year_std,
+    )
+    return torch.as_tensor(shadow.content_matrix(item_features)[1:])
+
+
+def scores_over(user_vectors: torch.Tensor, catalogue: torch.Tensor) -> np.ndarray:
+    return (user_vectors @ catalogue.T).float().numpy()

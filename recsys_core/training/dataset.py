@@ -1,0 +1,135 @@
+"""The training dataset file: every tensor the ranks need, built once before torchrun.
+
+It is a dict of tensors saved with ``torch.save`` and loaded with
+``weights_only=True`` by every rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recsys_core.config import ModelSettings
+from recsys_core.models.transformer import SeqRecConfig, gap_buckets
+from recsys_core.training.data import LeaveLastOut, Preprocessing, Sequences, build_sequences, gaps_of, left_pad
+
+
+@dataclass
+class PreparedData:
+    prep: Preprocessing
+    sequences: Sequences
+    split: LeaveLastOut
+    user_feats: np.ndarray
+    item_content: np.ndarray
+
+
+def prepare(interactions: pa.Table, user_profiles: pa.Table, item_features: pa.Table) -> PreparedData:
+    prep = Preprocessing.fit(item_features, user_profiles)
+    profiles = user_profiles.sort_by("user_id")
+    user_ids, user_feats = prep.user_features(profiles)
+    sequences = build_sequences(interactions, prep, user_ids)
+    return PreparedData(
+        prep=prep,
+        sequences=sequences,
+        split=LeaveLastOut.split(sequences),
+        user_feats=user_feats,
+        item_content=prep.content_matrix(item_features),
+    )
+
+
+def seen_csr(histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR (indptr, 0-based item indices) of each user's distinct history items."""
+    indptr = [0]
+    indices: list[np.ndarray] = []
+    for h in histories:
+        distinct = np.unique(h) - 1
+        indices.append(distinct)
+        indptr.append(indptr[-1] + len(distinct))
+    flat = np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64)
+    return torch.as_tensor(np.array(indptr, dtype=np.int64)), torch.as_tensor(flat.astype(np.int64))
+
+
+def model_config(data: PreparedData, settings: ModelSettings) -> SeqRecConfig:
+    return SeqRecConfig(
+        n_items=data.prep.n_items,
+        max_len=settings.max_len,
+        d_model=settings.d_model,
+        n_heads=settings.n_heads,
+        n_layers=settings.n_layers,
+        dropout=settings.dropout,
+        content_dim=data.prep.content_dim if settings.use_content else 0,
+        user_cardinalities=data.prep.user_cardinalities if settings.use_user_features else (),
+        use_time=settings.use_time,
+        loss=settings.loss,
+        n_negatives=settings.n_negatives,
+    )
+
+
+def training_windows(split: LeaveLastOut, length: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
+    """Cut each training sequence into windows of ``length`` next-item steps, newest first.
+
+    Every event of a long history is trained on, while attention stays
+    ``length`` wide. Returns inputs, targets, gaps (seconds) and each window's user row.
+    """
+    inputs, targets, gaps, users = [], [], [], []
+    for user, (seq, times) in enumerate(zip(split.train, split.train_times)):
+        if len(seq) < 2:
+            continue
+        seq_gaps = np.diff(times, prepend=times[:1])
+        end = len(seq) - 1  # number of (input, target) steps
+        while end > 0:
+            start = max(0, end - length)
+            inputs.append(seq[start:end])
+            targets.append(seq[start + 1 : end + 1])
+            gaps.append(seq_gaps[start:end])
+            users.append(user)
+            end = start
+    return inputs, targets, gaps, np.array(users, dtype=np.int64)
+
+
+def build_tensors(data: PreparedData, config: SeqRecConfig) -> dict:
+    length = config.max_len
+    split = data.split
+    train_inputs, train_targets, train_gaps, train_users = training_windows(split, length)
+    tensors = {
+        "train_inputs": left_pad(train_inputs, length),
+        "train_targets": left_pad(train_targets, length),
+        "train_gaps": gap_buckets(torch.as_tensor(left_pad(train_gaps, length))).numpy(),
+        "train_users": train_users,
+        "valid_inputs": left_pad(split.valid_input, length),
+        "valid_gaps": gap_buckets(torch.as_tensor(gaps_of(split.valid_times, length))).numpy(),
+        "valid_targets": split.valid_target,
+        "test_inputs": left_pad(split.test_input, length),
+        "test_gaps": gap_buckets(torch.as_tensor(gaps_of(split.test_times, length))).numpy(),
+        "test_targets": split.test_target,
+        "user_feats": data.user_feats,
+    }
+    out = {k: torch.as_tensor(v) for k, v in tensors.items()}
+    if not config.use_time:
+        for key in ("train_gaps", "valid_gaps", "test_gaps"):
+            out[key] = torch.zeros_like(out[key])
+    out["valid_seen_indptr"], out["valid_seen_indices"] = seen_csr(split.valid_input)
+    out["test_seen_indptr"], out["test_seen_indices"] = seen_csr(split.test_input)
+    content = data.item_content if config.content_dim else np.zeros((config.n_items + 1, 0), dtype=np.float32)
+    out["item_content"] = torch.as_tensor(content)
+    digest = hashlib.sha256()
+    for key in sorted(out):
+        digest.update(key.encode())
+        digest.update(out[key].numpy().tobytes())
+    out["dataset_fingerprint"] = digest.hexdigest()[:16]
+    out["config_json"] = json.dumps(config.to_dict())
+    out["n_items"] = config.n_items
+    return out
+
+
+def save_dataset(tensors: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(tensors, tmp)
+    tmp.replace(path)

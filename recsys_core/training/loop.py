@@ -1,0 +1,261 @@
+"""Distributed training of the sequence model (one process per rank, launched by torchrun).
+
+The same function runs with gloo on CPUs and NCCL on GPUs; the choice comes
+from the config. Global batch size is fixed by the config and split across
+ranks and accumulation steps, so the result does not depend on world size.
+Per-epoch checkpoints make a killed run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from recsys_core.config import TrainSettings
+from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
+from recsys_core.models.transformer import SeqRec, SeqRecConfig
+from recsys_core.training.checkpoint import load_checkpoint, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+LAST = "last.pt"
+BEST = "best.pt"
+RESULT = "result.json"
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(settings: TrainSettings) -> DistContext:
+    """Join the process group torchrun prepared (or run alone when not under torchrun)."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if settings.device == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but no CUDA device is visible; set RECSYS_TRAIN__DEVICE=cpu")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        if settings.backend == "nccl":
+            raise RuntimeError("the nccl backend needs GPUs; use backend gloo with device cpu")
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend=settings.backend)
+    return DistContext(rank, world, local_rank, device)
+
+
+def _all_reduce_sum(values: list[float], ctx: DistContext) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    if ctx.world_size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def config_fingerprint(settings: TrainSettings, data_meta: dict) -> str:
+    payload = json.dumps({"train": settings.model_dump(mode="json"), "data": data_meta}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def seen_matrix_rows(indptr: torch.Tensor, indices: torch.Tensor, rows: np.ndarray, n_cols: int):
+    import scipy.sparse as sp
+
+    matrix = sp.csr_matrix(
+        (np.ones(len(indices), dtype=np.float32), indices.numpy(), indptr.numpy()), shape=(len(indptr) - 1, n_cols)
+    )
+    return matrix[rows]
+
+
+@torch.no_grad()
+def evaluate_split(model: SeqRec, data: dict, prefix: str, rows: np.ndarray, ks, device, batch: int = 512) -> dict:
+    """Full-ranking metrics of one split (valid or test) on the given user rows."""
+    targets = data[f"{prefix}_targets"].numpy()
+    rows = rows[targets[rows] > 0]
+    if len(rows) == 0:
+        return {"users": 0}
+    seen = seen_matrix_rows(data[f"{prefix}_seen_indptr"], data[f"{prefix}_seen_indices"], rows, data["n_items"])
+    ranks = []
+    model.eval()
+    for start in range(0, len(rows), batch):
+        idx = torch.as_tensor(rows[start : start + batch])
+        hidden = model.last_hidden(
+            data[f"{prefix}_inputs"][idx].to(device), data[f"{prefix}_gaps"][idx].to(device), data["user_feats"][idx].to(device)
+        )
+        scores = model.scores(hidden)[:, 1:].float().cpu().numpy()
+        ranks.append(target_ranks(scores, targets[rows[start : start + batch]] - 1, exclude=seen[start : start + batch]))
+    return metrics_from_ranks(np.concatenate(ranks), ks)
+
+
+def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run_id: str | None = None) -> dict[str, Any]:
+    """Train on this rank; rank 0 checkpoints, logs to MLflow and writes ``result.json``."""
+    ctx = init_distributed(settings)
+    torch.set_num_threads(settings.torch_threads)
+    torch.backends.mha.set_fastpath_enabled(False)
+    data = torch.load(dataset_path, map_location="cpu", weights_only=True)
+    config = SeqRecConfig.from_dict(json.loads(data["config_json"]))
+    torch.manual_seed(settings.seed)
+    model = SeqRec(config, data["item_content"]).to(ctx.device)
+    ddp = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) if ctx.world_size > 1 else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    use_amp = settings.amp and ctx.device.type == "cuda"
+    scaler_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+
+    train_rows = torch.arange(len(data["train_targets"]))
+    per_rank = settings.batch_size // (ctx.world_size * settings.grad_accum_steps)
+    if per_rank < 1:
+        raise ValueError(
+            f"batch_size {settings.batch_size} is smaller than world size x grad_accum_steps "
+            f"({ctx.world_size} x {settings.grad_accum_steps})"
+        )
+    sampler = torch.utils.data.DistributedSampler(
+        train_rows, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=settings.seed, drop_last=False
+    )
+    loader = torch.utils.data.DataLoader(train_rows, batch_size=per_rank, sampler=sampler)
+    ks = (10, 20, 50)
+    all_rows = np.arange(len(data["valid_targets"]))
+    my_rows = all_rows[ctx.rank :: ctx.world_size]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = config_fingerprint(settings, {"dataset": data["dataset_fingerprint"]})
+
+    state = {"epoch": 0, "best_metric": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    checkpoint = load_checkpoint(out_dir / LAST)
+    if checkpoint is not None and checkpoint.get("fingerprint") == fingerprint:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state = {k: checkpoint[k] for k in state}
+        if ctx.is_main:
+            log.info("resuming from %s at epoch %d (best val ndcg@10 %.4f)", out_dir / LAST, state["epoch"], state["best_metric"])
+    elif checkpoint is not None and ctx.is_main:
+        log.warning("ignoring checkpoint %s: it belongs to another config or dataset", out_dir / LAST)
+
+    tracker = _Tracker(mlflow_run_id) if ctx.is_main else None
+    started = time.monotonic()
+    sequences_seen = 0
+    for epoch in range(state["epoch"], settings.epochs):
+        epoch_start = time.monotonic()
+        # Reseeding per epoch and rank makes a resumed run draw the same dropout masks.
+        torch.manual_seed(settings.seed * 100_003 + epoch * 101 + ctx.rank)
+        sampler.set_epoch(epoch)
+        model.train()
+        loss_sum, n_batches = 0.0, 0
+        optimizer.zero_grad(set_to_none=True)
+        for step, rows in enumerate(loader):
+            last_micro = (step + 1) % settings.grad_accum_steps == 0 or step + 1 == len(loader)
+            sync = nullcontext() if last_micro or ctx.world_size == 1 else ddp.no_sync()
+            with sync, scaler_ctx():
+                loss = _forward_loss(ddp, data, rows, ctx.device)
+                (loss / settings.grad_accum_steps).backward()
+            if last_micro:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            loss_sum += float(loss.detach())
+            n_batches += 1
+            sequences_seen += len(rows)
+        loss_total, batches_total, seqs_total = _all_reduce_sum([loss_sum, n_batches, sequences_seen], ctx)
+        record: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_total / max(1, batches_total)}
+        evaluate_now = (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs
+        if evaluate_now:
+            local = evaluate_split(model, data, "valid", my_rows, ks, ctx.device)
+            users = local.get("users", 0)
+            total = _all_reduce_sum([local.get("ndcg@10", 0.0) * users, local.get("hitrate@10", 0.0) * users, users], ctx)
+            record["val_ndcg@10"] = total[0] / max(1, total[2])
+            record["val_hitrate@10"] = total[1] / max(1, total[2])
+        record["epoch_seconds"] = time.monotonic() - epoch_start
+        record["sequences_per_second"] = seqs_total / max(1e-9, time.monotonic() - started)
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        improved = evaluate_now and record["val_ndcg@10"] > state["best_metric"]
+        if improved:
+            state["best_metric"], state["best_epoch"], state["bad_epochs"] = record["val_ndcg@10"], epoch + 1, 0
+        elif evaluate_now:
+            state["bad_epochs"] += settings.eval_every
+        if ctx.is_main:
+            if improved:
+                save_checkpoint(out_dir / BEST, {"model": model.state_dict(), "epoch": epoch + 1})
+            save_checkpoint(
+                out_dir / LAST,
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "fingerprint": fingerprint, **state},
+            )
+            tracker.log(record, step=epoch + 1)
+            log.info(
+                "epoch %d/%d loss %.4f%s (%.1fs)",
+                epoch + 1, settings.epochs, record["train_loss"],
+                f" val ndcg@10 {record['val_ndcg@10']:.4f}" if evaluate_now else "", record["epoch_seconds"],
+            )  # fmt: skip
+        if state["bad_epochs"] >= settings.early_stopping_patience:
+            if ctx.is_main:
+                log.info("early stopping at epoch %d: no improvement for %d epochs", epoch + 1, state["bad_epochs"])
+            break
+
+    result = {
+        "best_epoch": state["best_epoch"],
+        "best_val_ndcg@10": state["best_metric"],
+        "epochs_run": state["epoch"],
+        "world_size": ctx.world_size,
+        "effective_batch_size": per_rank * ctx.world_size * settings.grad_accum_steps,
+        "train_seconds": time.monotonic() - started,
+        "history": state["history"],
+    }
+    if ctx.is_main:
+        (out_dir / RESULT).write_text(json.dumps(result, indent=2))
+    if ctx.world_size > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _forward_loss(model, data: dict, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return model(
+        data["train_inputs"][rows].to(device),
+        data["train_gaps"][rows].to(device),
+        data["user_feats"][data["train_users"][rows]].to(device),
+        data["train_targets"][rows].to(device),
+    )
+
+
+class _Tracker:
+    """Per-epoch MLflow logging from rank 0 into the run the launcher created."""
+
+    def __init__(self, run_id: str | None):
+        self.client = None
+        self.run_id = run_id
+        if run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient()
+
+    def log(self, record: dict, step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        from recsys_core.io.registry import metric_key
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(metric_key(k), float(v), now, step) for k, v in record.items() if k != "epoch" and math.isfinite(float(v))
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics)
