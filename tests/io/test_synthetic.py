@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import random
 import re
 from collections import Counter
 from datetime import date, datetime, timedelta, timezone
@@ -192,6 +193,33 @@ def test_sessions_are_bursts_within_genres(tmp_path):
     assert gaps[len(gaps) // 2] < 600, "most consecutive events of a user are minutes apart"
     # Random pairs of items share a genre far less often than items within a session.
     assert same_genre / pairs > 0.6
+    items = [r["item_id"] for r in records]
+    shuffled = random.Random(0).sample(items, len(items))
+    random_pairs = sum(bool(genres[a] & genres[b]) for a, b in zip(items, shuffled)) / len(items)
+    assert same_genre / pairs > 1.8 * random_pairs
+
+
+def test_tastes_drift_over_the_days(tmp_path):
+    spec = SyntheticSpec(events=60_000, users=300, items=500, days=10, seed=11)
+    generate_logs(spec, Lake(str(tmp_path)))
+    catalogue = pq.read_table(tmp_path / "raw/items" / f"snapshot_dt={spec.start}" / "items.parquet").to_pylist()
+    primary = {row["item_id"]: row["genres"][0] for row in catalogue}
+    by_user: dict[str, list[Counter]] = {}
+    for path in event_files(tmp_path):
+        for raw in file_lines(path):
+            record = json.loads(raw)
+            day = (date.fromisoformat(record["ts"][:10]) - spec.start).days
+            by_user.setdefault(str(record["user_id"]), [Counter() for _ in range(spec.days)])[day][primary[record["item_id"]]] += 1
+
+    def cosine(a: Counter, b: Counter) -> float:
+        dot = sum(a[k] * b[k] for k in a)
+        return dot / math.sqrt(sum(v * v for v in a.values()) * sum(v * v for v in b.values()))
+
+    heavy = sorted(by_user.values(), key=lambda days: -sum(sum(c.values()) for c in days))[:60]
+    first = [days[0] + days[1] for days in heavy]
+    near = sum(cosine(f, days[2] + days[3]) for f, days in zip(first, heavy)) / len(heavy)
+    far = sum(cosine(f, days[8] + days[9]) for f, days in zip(first, heavy)) / len(heavy)
+    assert near - far > 0.05, (near, far)
 
 
 def test_snapshots_follow_contracts_and_text_follows_genre(tmp_path):

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import NamedTuple
@@ -51,8 +52,8 @@ MEAN_SESSION_EVENTS = 5.0
 MEAN_GAP_SECONDS = 90.0  # between events of a session, plus a floor of 5 s
 P_SESSION_GENRE = 0.75  # share of a session's events drawn from the session's genre
 P_REPEAT_ITEM = 0.25  # share of events on the previous event's item
-TASTE_SPREAD = 1.5  # std of a user's genre logits
-TASTE_DRIFT = 1.0  # std of the change of a user's genre logits from first to last day
+TASTE_SPREAD = 2.0  # std of a user's genre logits
+TASTE_KEPT = 0.2  # correlation of a user's genre logits on the first and the last day
 # Relative activity per UTC hour (night low, evening peak).
 HOUR_WEIGHTS = np.array(
     [3, 2, 1.5, 1, 1, 1.5, 2.5, 4, 5, 5, 5, 5.5, 6, 5.5, 5, 5, 5.5, 6.5, 8, 9, 9.5, 8.5, 6.5, 4.5]
@@ -152,8 +153,9 @@ class SyntheticSpec:
         for name in ("users", "items", "days", "files_per_day", "n_genres"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.events < 0:
-            problems.append(f"events must be >= 0, got {self.events}")
+        for name in ("events", "seed"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("bad_fraction", "late_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be within [0, 1], got {getattr(self, name)}")
@@ -184,15 +186,13 @@ class _World:
     """Users, items and their tastes: everything the daily simulation draws from."""
 
     genres: list[str]
-    item_genres: list[np.ndarray]  # per item: its genre indices, primary first
     item_primary: np.ndarray  # (items,) primary genre
     pop_cdf: np.ndarray  # (items,) cumulative popularity
     genre_items: list[np.ndarray]  # per genre: items carrying it
     genre_cdf: list[np.ndarray]  # per genre: cumulative popularity of those items
     activity_cdf: np.ndarray  # (users,) cumulative activity
-    taste_start: np.ndarray  # (users, genres) logits on the first day
-    taste_end: np.ndarray  # (users, genres) logits on the last day
-    tokens: dict = field(default_factory=dict)  # Arrow string arrays used to format lines
+    taste_start: np.ndarray  # (users, genres) genre logits on the first day
+    taste_new: np.ndarray  # (users, genres) independent logits the tastes drift towards
 
 
 def _cdf(weights: np.ndarray) -> np.ndarray:
@@ -223,7 +223,6 @@ def _build_world(spec: SyntheticSpec) -> tuple[_World, pa.Table, pa.Table]:
     second = (primary + 1 + r1) % n_genres
     third = (primary + 1 + r2) % n_genres
     genre_matrix = np.stack([primary, second, third], axis=1)
-    item_genres = [genre_matrix[i, : n_item_genres[i]] for i in range(n_items)]
 
     # Zipf popularity over a random permutation of the items.
     rank = np.empty(n_items, dtype=np.int64)
@@ -240,21 +239,20 @@ def _build_world(spec: SyntheticSpec) -> tuple[_World, pa.Table, pa.Table]:
         weight = popularity[members] * np.where(flat_is_primary[mask], 1.0, 0.5)
         genre_cdf.append(_cdf(weight) if len(members) else np.array([]))
 
-    # Users: heavy-tailed activity, genre tastes that drift from a start to an end point.
+    # Users: heavy-tailed activity, genre tastes that drift over the days.
     activity = rng.lognormal(0.0, 1.2, size=n_users)
     taste_start = (rng.normal(0.0, TASTE_SPREAD, size=(n_users, n_genres))).astype(np.float32)
-    taste_end = (taste_start + rng.normal(0.0, TASTE_DRIFT, size=(n_users, n_genres))).astype(np.float32)
+    taste_new = rng.normal(0.0, TASTE_SPREAD, size=(n_users, n_genres)).astype(np.float32)
 
     world = _World(
         genres=genres,
-        item_genres=item_genres,
         item_primary=primary,
         pop_cdf=_cdf(popularity),
         genre_items=genre_items,
         genre_cdf=genre_cdf,
         activity_cdf=_cdf(activity),
         taste_start=taste_start,
-        taste_end=taste_end,
+        taste_new=taste_new,
     )
     items = _items_table(spec, rng, genres, genre_matrix, n_item_genres)
     users = _users_table(spec, rng)
@@ -298,7 +296,7 @@ def _items_table(spec, rng, genres, genre_matrix, n_item_genres) -> pa.Table:
         _str(year), "-", pc.utf8_lpad(_str(month), 2, "0"), "-", pc.utf8_lpad(_str(day_of_month), 2, "0"), ""
     )
     offsets = np.concatenate([[0], np.cumsum(n_item_genres)]).astype(np.int32)
-    flat = np.concatenate([genre_matrix[i, : n_item_genres[i]] for i in range(n_items)]) if n_items else []
+    flat = genre_matrix[np.arange(3) < n_item_genres[:, None]]  # row-major: each item's genres, primary first
     genre_lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(genres, pa.string()).take(pa.array(flat, pa.int64())))
     table = pa.table(
         {
@@ -376,8 +374,9 @@ def _simulate_day(spec: SyntheticSpec, world: _World, d: int, n: int, first_eid:
 
     # Who, and which genre the session is about (tastes drift linearly over the window).
     users = _draw(world.activity_cdf, rng.random(n_sessions)).astype(np.int32)
-    t = d / max(spec.days - 1, 1)
-    logits = (1.0 - t) * world.taste_start[users] + t * world.taste_end[users]
+    # Correlation with the first day's tastes falls linearly to TASTE_KEPT; the spread stays.
+    kept = 1.0 - (1.0 - TASTE_KEPT) * d / max(spec.days - 1, 1)
+    logits = kept * world.taste_start[users] + math.sqrt(1.0 - kept**2) * world.taste_new[users]
     gumbel = -np.log(-np.log(rng.random(logits.shape, dtype=np.float32) + np.float32(1e-12)) + np.float32(1e-12))
     session_genre = np.argmax(logits + gumbel, axis=1)
     event_genre = session_genre[session]
@@ -510,7 +509,9 @@ def _iso(day: date, sec: int) -> str:
     return f"{day.isoformat()}T{sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}Z"
 
 
-def _bad_line(kind: str, variant: int, r: int, base: dict, arrival: date, rules: IngestSettings) -> tuple[bytes | _Padded, str]:
+def _bad_line(
+    kind: str, variant: int, r: int, base: dict, arrival: date, rules: IngestSettings
+) -> tuple[bytes | _Padded, str]:
     """One broken line of ``kind`` (without newline), and the kind it really is.
 
     ``variant`` cycles through the forms of a kind; ``r`` is a random integer
@@ -608,7 +609,14 @@ def _bad_line(kind: str, variant: int, r: int, base: dict, arrival: date, rules:
 # Writing --------------------------------------------------------------------------------------
 
 
-def _write_file(lake: Lake, path: str, spec: SyntheticSpec, tokens: dict, rows: dict[str, np.ndarray], extras: list[tuple[int, bytes | _Padded]]) -> int:
+def _write_file(
+    lake: Lake,
+    path: str,
+    spec: SyntheticSpec,
+    tokens: dict,
+    rows: dict[str, np.ndarray],
+    extras: list[tuple[int, bytes | _Padded]],
+) -> int:
     """Write the good ``rows`` (in order) with ``extras`` (position, line) inserted; returns lines."""
     tmp = path.rsplit("/", 1)
     tmp = f"{tmp[0]}/.{tmp[1]}.tmp"
@@ -621,7 +629,9 @@ def _write_file(lake: Lake, path: str, spec: SyntheticSpec, tokens: dict, rows: 
                 c1 = min(c0 + CHUNK_ROWS, n)
                 if c1 > c0:
                     lines = _format_good(spec, tokens, _take(rows, slice(c0, c1)))
-                    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset)
+                    offsets = np.frombuffer(
+                        lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset
+                    )
                     data = memoryview(lines.buffers()[2])
                 else:
                     offsets, data = np.zeros(1, dtype=np.int32), memoryview(b"")
@@ -681,8 +691,8 @@ def generate_logs(spec: SyntheticSpec, lake: Lake, *, rules: IngestSettings | No
         rng = np.random.default_rng([spec.seed, 2, d])
         rows = _simulate_day(spec, world, d, int(good_per_day[d]), int(first_eid[d])) if good_per_day[d] else None
         on_time = rows
-        if rows is not None and spec.late_fraction > 0 and d < spec.days - 1:
-            max_delay = min(lateness, spec.days - 1 - d)
+        max_delay = min(lateness, spec.days - 1 - d)
+        if rows is not None and spec.late_fraction > 0 and max_delay >= 1:
             n = len(rows["eid"])
             late = rng.random(n) < spec.late_fraction
             delay = rng.integers(1, max_delay + 1, size=n)

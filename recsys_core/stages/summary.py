@@ -1,0 +1,87 @@
+"""What a run of the chain did for a date, in numbers (read back from manifests and reports)."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+from rich.console import Console
+from rich.table import Table
+
+from recsys_core.config import Settings
+from recsys_core.contracts import ITEM_FEATURES, QUARANTINE, RECOMMENDATIONS, USER_PROFILES
+from recsys_core.io.lake import Lake
+from recsys_core.serving.reader import RecommendationReader
+from recsys_core.stages.train import workspace
+
+
+def chain_summary(settings: Settings, run_date: date) -> dict:
+    lake = Lake(settings.lake)
+    ingest = {"days": 0, "rows_in": 0, "rows_accepted": 0, "rows_quarantined": 0, "reasons": {}}
+    for value in lake.partitions(QUARANTINE):
+        if value > run_date.isoformat():
+            continue
+        report = lake.read_manifest(lake.partition_path(QUARANTINE, value))["report"]
+        ingest["days"] += 1
+        for key in ("rows_in", "rows_accepted", "rows_quarantined"):
+            ingest[key] += report[key]
+        for reason, count in report["reasons"].items():
+            ingest["reasons"][reason] = ingest["reasons"].get(reason, 0) + count
+    features = {
+        table.name: lake.read_manifest(lake.partition_path(table, run_date))["rows"]
+        for table in (USER_PROFILES, ITEM_FEATURES)
+        if lake.exists(f"{lake.partition_path(table, run_date)}/_manifest.json")
+    }
+    summary_file = workspace(settings, run_date) / "summary.json"
+    training = json.loads(summary_file.read_text()) if summary_file.exists() else None
+    recs_path = lake.partition_path(RECOMMENDATIONS, run_date)
+    recs = lake.read_manifest(recs_path) if lake.exists(f"{recs_path}/_manifest.json") else None
+    return {"ingest": ingest, "features": features, "training": training, "recommendations": recs, "recs_path": recs_path}
+
+
+def print_summary(settings: Settings, run_date: date, console: Console | None = None) -> dict:
+    console = console or Console(width=120)
+    s = chain_summary(settings, run_date)
+    ingest = s["ingest"]
+    console.rule(f"[bold]Summary for run date {run_date}")
+    stages = Table(title="Rows per stage", show_lines=False)
+    for column in ("stage", "in", "out", "rejected / note"):
+        stages.add_column(column)
+    stages.add_row(
+        "ingest (raw → interactions)", f"{ingest['rows_in']:,}", f"{ingest['rows_accepted']:,}",
+        f"{ingest['rows_quarantined']:,} quarantined {ingest['reasons'] or ''} over {ingest['days']} days",
+    )  # fmt: skip
+    for name, rows in s["features"].items():
+        stages.add_row(f"features: {name}", "", f"{rows:,}", f"as of {run_date}")
+    recs = s["recommendations"]
+    if recs:
+        stages.add_row("nightly: recommendations", f"{recs['users']:,} users", f"{recs['rows']:,}", f"K={recs['k']}, {recs['model_name']} v{recs['model_version']}")
+    console.print(stages)
+
+    training = s["training"]
+    if training:
+        metrics = Table(title=f"Leave-last-out, full ranking (model v{training['model_version']}; promoted: {training['promoted']})")
+        keys = list(next(iter(training["metrics"].values())).keys())
+        metrics.add_column("model")
+        for key in keys:
+            metrics.add_column(key)
+        for model, values in training["metrics"].items():
+            metrics.add_row(model, *[f"{values[k]:.4f}" for k in keys])
+        console.print(metrics)
+        console.print(f"gate: {training['gate']}")
+    if recs:
+        console.print(
+            f"recommendations: {s['recs_path']}  (catalogue coverage {recs['report']['catalogue_coverage']:.1%}, "
+            f"fallback users {recs['report']['fallback_users']})"
+        )
+        reader = RecommendationReader(settings)
+        user = reader.table(run_date).slice(0, 1)["user_id"][0].as_py()
+        _, rows = reader.for_user(user, run_date)
+        table = Table(title=f"Top 10 for user {user} on {run_date}")
+        for column in ("rank", "item", "title", "score", "source"):
+            table.add_column(column)
+        for row in rows[:10]:
+            table.add_row(str(row["rank"]), row["item_id"], row["title"] or "", f"{row['score']:.3f}", row["source"])
+        console.print(table)
+    console.print(f"MLflow UI: make mlflow  (store {settings.tracking_uri}); Airflow UI: make airflow")
+    return s
