@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from recsys_core.config import get_settings
+from recsys_core.config import Settings, get_settings
 from recsys_core.training.loop import train
 
 
@@ -20,10 +20,12 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--run-id", default=None, help="MLflow run that receives per-epoch metrics (rank 0)")
+    parser.add_argument("--settings", type=Path, default=None, help="settings JSON written by the prepare step")
     args = parser.parse_args()
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format=f"[rank {rank}] %(name)s: %(message)s")
-    train(args.dataset, args.out, get_settings().train, mlflow_run_id=args.run_id)
+    settings = Settings.model_validate_json(args.settings.read_text()) if args.settings else get_settings()
+    train(args.dataset, args.out, settings.train, mlflow_run_id=args.run_id)
 
 
 if __name__ == "__main__":

@@ -186,8 +186,20 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
     earliest = F.to_timestamp(F.date_sub("ingest_dt", settings.lateness_days))
     latest = F.to_timestamp(F.date_add("ingest_dt", 1)) + F.expr(f"INTERVAL {settings.clock_skew_minutes} MINUTES")
 
-    m = F.from_json(F.col("raw"), "map<string,string>")
-    df = lines.withColumn("m", F.when(F.col("pre_reason").isNull() & (F.trim("raw") != ""), m))
+    blank = F.regexp_replace("raw", r"\s", "") == ""
+    # Wrapping the line in [ ] makes the parser reject trailing text and a second object on the
+    # same line (both would otherwise be silently dropped); the variant parser also rejects
+    # duplicate keys, single quotes and NaN literals.
+    parsed = F.expr("try_parse_json(concat('[', raw, ']'))")
+    one_object = F.expr("try_variant_get(_v, '$', 'array<variant>')")
+    df = (
+        lines.withColumn("_v", F.when(F.col("pre_reason").isNull() & ~blank, parsed))
+        .withColumn(
+            "m",
+            F.when(F.size(one_object) == 1, F.expr("try_variant_get(_v, '$[0]', 'map<string,string>')")),
+        )
+        .drop("_v")
+    )
     for name in KNOWN_FIELDS:
         raw_field = F.col("m").getItem(name)
         df = df.withColumn(f"f_{name}", F.trim(raw_field) if name in ID_FIELDS else raw_field)
@@ -200,6 +212,8 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
         return F.col(f"f_{name}").rlike(r"^\s*[\[{]") | F.col(f"f_{name}").isin("true", "false")
 
     numeric_ts = F.col("f_ts").rlike(r"^-?\d+(\.\d+)?$")
+    # A text timestamp must say its offset: without one, "10:00" is ambiguous.
+    iso_with_offset = F.col("f_ts").rlike(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)$")
     epoch = F.expr("try_cast(f_ts AS DOUBLE)")
     event_ts = F.when(
         numeric_ts,
@@ -207,7 +221,7 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
         F.timestamp_micros(
             F.when(epoch > 1e11, epoch * 1000).otherwise(epoch * 1_000_000).cast("long")
         ),
-    ).otherwise(F.expr("try_to_timestamp(f_ts)"))
+    ).when(iso_with_offset, F.expr("try_to_timestamp(f_ts)"))
     df = df.withColumn("event_ts", event_ts)
     value = F.expr("try_cast(f_value AS DOUBLE)")
     df = df.withColumn("value", F.when(F.col("f_value").isNull(), F.lit(None).cast("double")).otherwise(value))
@@ -225,13 +239,13 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
 
     is_nan = F.isnan(F.col("value")) | F.col("value").isin(float("inf"), float("-inf"))
     checks = [
-        ("empty_line", F.trim("raw") == "", F.lit("blank line")),
+        ("empty_line", blank, F.lit("blank line")),
         ("malformed_json", F.col("m").isNull(), F.lit("not a JSON object")),
         ("missing_field", first_missing().isNotNull(), F.concat(F.lit("missing or empty: "), first_missing())),
         ("bad_type", first_structured().isNotNull(), F.concat(F.lit("not a scalar: "), first_structured())),
         ("oversized_field", first_oversized().isNotNull(), F.concat(F.lit(f"longer than {settings.max_field_chars} chars: "), first_oversized())),
         ("unknown_event_type", ~F.col("f_event_type").isin(*settings.event_types), F.concat(F.lit("event_type="), F.col("f_event_type"))),
-        ("bad_timestamp", F.col("event_ts").isNull(), F.concat(F.lit("cannot parse ts="), F.col("f_ts"))),
+        ("bad_timestamp", F.col("event_ts").isNull(), F.concat(F.lit("not ISO-8601 with offset nor epoch seconds: ts="), F.col("f_ts"))),
         ("ts_out_of_range", F.col("event_ts") < F.lit(floor), F.concat(F.lit(f"before {settings.min_event_time}: "), F.col("f_ts"))),
         ("ts_in_future", F.col("event_ts") >= latest, F.concat(F.lit("after the arrival day plus clock skew: "), F.col("f_ts"))),
         ("late_event", F.col("event_ts") < earliest, F.concat(F.lit(f"more than {settings.lateness_days} days before arrival: "), F.col("f_ts"))),

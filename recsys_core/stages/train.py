@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 DATASET = "dataset.pt"
 RUNS = "runs.json"
+SETTINGS = "settings.json"  # the exact settings the ranks train with
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "train.py"
 
 
@@ -93,6 +94,7 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
     config = model_config(data, settings.train.model)
     tensors = build_tensors(data, config)
     save_dataset(tensors, ws / DATASET)
+    (ws / SETTINGS).write_text(settings.model_dump_json(indent=2))
 
     configure_tracking(settings)
     lineage = input_lineage(settings, as_of)
@@ -151,6 +153,7 @@ def torchrun_command(settings: Settings, as_of: date, nproc: int | None = None) 
         "--dataset", str(ws / DATASET),
         "--out", str(ws / "checkpoints"),
         "--run-id", runs["seqrec"],
+        "--settings", str(ws / SETTINGS),
     ]  # fmt: skip
 
 

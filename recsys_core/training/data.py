@@ -133,6 +133,8 @@ def build_sequences(interactions: pa.Table, prep: Preprocessing, user_ids: list[
     """Group interactions (any order) into per-user sequences, for the given users in that order.
 
     Events on items outside the catalogue are skipped; users with no events get empty arrays.
+    Only the first interaction of a user with an item is kept: the product recommends items
+    the user has not interacted with yet, so a repeat is never a valid next item to predict.
     """
     table = interactions.select(["user_id", "item_id", "event_ts", "source_file", "line_no"]).sort_by(
         [("user_id", "ascending"), ("event_ts", "ascending"), ("source_file", "ascending"), ("line_no", "ascending")]
@@ -140,7 +142,11 @@ def build_sequences(interactions: pa.Table, prep: Preprocessing, user_ids: list[
     item_idx = np.array([prep.item_index.get(i, 0) for i in table["item_id"].to_pylist()], dtype=np.int64)
     times = pc.cast(table["event_ts"], pa.int64()).to_numpy() // 1_000_000
     users = table["user_id"].to_numpy(zero_copy_only=False)
-    keep = item_idx > 0
+    user_codes = pc.dictionary_encode(table["user_id"]).combine_chunks().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    _, first = np.unique(user_codes * (prep.n_items + 1) + item_idx, return_index=True)
+    keep = np.zeros(len(item_idx), dtype=bool)
+    keep[first] = True
+    keep &= item_idx > 0
     item_idx, times, users = item_idx[keep], times[keep], users[keep]
     boundaries = np.flatnonzero(users[1:] != users[:-1]) + 1 if len(users) else np.array([], dtype=np.int64)
     starts = np.concatenate([[0], boundaries]) if len(users) else np.array([], dtype=np.int64)

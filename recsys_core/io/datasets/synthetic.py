@@ -662,6 +662,13 @@ def generate_logs(spec: SyntheticSpec, lake: Lake, *, rules: IngestSettings | No
     field and line limits, the oldest valid time); the defaults match the
     platform's defaults. Existing event files of the generated days are
     replaced, so a rerun is idempotent.
+
+    The summary counts lines as written: ``expected_quarantine`` maps each
+    reason code to the number of lines the ingest must quarantine with it
+    (``per_day`` has the same per arrival day). A duplicate that has no good
+    line to repeat (a day without good events) is written as malformed JSON
+    instead and counted as such. Cross-day duplicates are only detected when
+    the earlier day is ingested in the same run or before.
     """
     started = time.monotonic()
     rules = rules or IngestSettings()

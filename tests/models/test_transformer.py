@@ -1,0 +1,226 @@
+"""recsys_core.models.transformer: losses, causality, padding, content path, time buckets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recsys_core.models.transformer import GAP_BUCKETS, SeqRec, SeqRecConfig, gap_buckets
+
+N_ITEMS, L, D = 20, 8, 16
+
+
+def config(**kw) -> SeqRecConfig:
+    base = dict(
+        n_items=N_ITEMS,
+        max_len=L,
+        d_model=D,
+        n_heads=2,
+        n_layers=2,
+        dropout=0.0,
+        content_dim=3,
+        user_cardinalities=(4, 3),
+        use_time=True,
+        loss="full",
+        n_negatives=8,
+    )
+    base.update(kw)
+    return SeqRecConfig(**base)
+
+
+def content() -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    c = torch.randn(N_ITEMS + 1, 3, generator=gen)
+    c[0] = 0
+    return c
+
+
+def model_for(cfg: SeqRecConfig, seed: int = 0) -> SeqRec:
+    torch.manual_seed(seed)
+    return SeqRec(cfg, content() if cfg.content_dim else None)
+
+
+def batch():
+    items = torch.tensor(
+        [
+            [0, 0, 0, 3, 5, 7, 2, 9],
+            [1, 2, 3, 4, 5, 6, 7, 8],
+            [0, 0, 0, 0, 0, 0, 0, 4],  # one event: no target inside the sequence
+        ]
+    )
+    targets = torch.zeros_like(items)
+    targets[:, :-1] = items[:, 1:]
+    targets[items == 0] = 0
+    targets[0, -1], targets[1, -1] = 11, 12
+    gaps = torch.randint(0, GAP_BUCKETS, items.shape, generator=torch.Generator().manual_seed(2))
+    gaps[items == 0] = 0
+    user_feats = torch.tensor([[1, 2], [3, 0], [0, 1]])
+    return items, gaps, user_feats, targets
+
+
+@pytest.fixture
+def no_fastpath():
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    yield
+    torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def test_config_round_trip():
+    cfg = config()
+    again = SeqRecConfig.from_dict(cfg.to_dict())
+    assert again == cfg
+    assert isinstance(again.user_cardinalities, tuple)
+    # As after a JSON round trip, where tuples become lists.
+    assert SeqRecConfig.from_dict({**cfg.to_dict(), "user_cardinalities": [4, 3]}) == cfg
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_forward_returns_finite_scalar_loss_with_gradients(loss):
+    model = model_for(config(loss=loss))
+    model.train()
+    items, gaps, user_feats, targets = batch()
+    value = model(items, gaps, user_feats, targets)
+    assert value.dim() == 0
+    assert torch.isfinite(value)
+    assert value.item() > 0
+    value.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert model.item_embedding.weight.grad.abs().sum() > 0
+
+
+def test_full_loss_equals_cross_entropy_over_catalogue():
+    model = model_for(config()).eval()
+    items, gaps, user_feats, targets = batch()
+    with torch.no_grad():
+        loss = model(items, gaps, user_feats, targets)
+        hidden = model.encode(items, gaps, user_feats)
+        logits = model.scores(hidden[targets > 0])
+        logits[:, 0] = -math.inf
+        expected = torch.nn.functional.cross_entropy(logits, targets[targets > 0])
+    torch.testing.assert_close(loss, expected)
+
+
+def test_sampled_loss_with_popularity_log_probs():
+    model = model_for(config(loss="sampled"))
+    items, gaps, user_feats, targets = batch()
+    probs = torch.arange(N_ITEMS + 1, dtype=torch.float32)
+    log_q = torch.log(probs / probs.sum())  # log(0) = -inf for padding: never sampled
+    value = model(items, gaps, user_feats, targets, item_log_prob=log_q)
+    assert value.dim() == 0 and torch.isfinite(value)
+
+
+def test_padding_item_never_predicted_by_full_loss():
+    model = model_for(config()).eval()
+    items, gaps, user_feats, targets = batch()
+    with torch.no_grad():
+        model.item_embedding.weight[0] = 100.0  # would dominate if index 0 were scored
+        loss = model(items, gaps, user_feats, targets)
+    assert torch.isfinite(loss)
+
+
+def test_causal_later_items_do_not_change_earlier_states(no_fastpath):
+    model = model_for(config()).eval()
+    items, gaps, user_feats, _ = batch()
+    changed = items.clone()
+    changed[1, 5] = 17  # was 6
+    with torch.no_grad():
+        h = model.encode(items, gaps, user_feats)
+        h2 = model.encode(changed, gaps, user_feats)
+    torch.testing.assert_close(h2[:, :5], h[:, :5], rtol=0, atol=1e-6)
+    assert not torch.allclose(h2[1, 5:], h[1, 5:], atol=1e-4)  # the change does reach later positions
+    torch.testing.assert_close(h2[[0, 2]], h[[0, 2]], rtol=0, atol=1e-6)  # and no other row
+
+
+def test_causal_in_training_mode_without_dropout():
+    model = model_for(config()).train()  # dropout=0.0: deterministic, but the fast path is not taken
+    items, gaps, user_feats, _ = batch()
+    changed = items.clone()
+    changed[0, 6] = 19
+    with torch.no_grad():
+        h = model.encode(items, gaps, user_feats)
+        h2 = model.encode(changed, gaps, user_feats)
+    torch.testing.assert_close(h2[:, :6], h[:, :6], rtol=0, atol=1e-6)
+
+
+def test_left_padded_and_empty_histories_give_finite_outputs(no_fastpath):
+    model = model_for(config()).eval()
+    items = torch.tensor([[0] * L, [0] * (L - 1) + [5], [0] * (L - 2) + [5, 6]])
+    gaps = torch.zeros_like(items)
+    user_feats = torch.tensor([[1, 1], [0, 0], [3, 2]])
+    hidden = model.encode(items, gaps, user_feats)
+    assert torch.isfinite(hidden).all()
+    last = model.last_hidden(items, gaps, user_feats)
+    assert last.shape == (3, D)
+    scores = model.scores(last)
+    assert scores.shape == (3, N_ITEMS + 1)
+    assert torch.isfinite(scores).all()
+    # A user with no history is still scored from their features: different features, different scores.
+    other = model.last_hidden(items[:1], gaps[:1], torch.tensor([[2, 2]]))
+    assert not torch.allclose(other, last[:1])
+
+
+def test_shorter_sequences_than_max_len(no_fastpath):
+    model = model_for(config()).eval()
+    items = torch.tensor([[0, 4, 5]])
+    hidden = model.encode(items, torch.zeros_like(items), torch.tensor([[1, 1]]))
+    assert hidden.shape == (1, 3, D) and torch.isfinite(hidden).all()
+
+
+def test_content_gives_an_item_without_id_embedding_a_real_score(no_fastpath):
+    model = model_for(config()).eval()
+    cold = 13
+    with torch.no_grad():
+        model.item_embedding.weight[cold] = 0.0
+    assert model.item_matrix()[cold].abs().sum() > 0
+    items, gaps, user_feats, _ = batch()
+    with torch.no_grad():
+        scores = model.scores(model.last_hidden(items, gaps, user_feats))
+    assert torch.isfinite(scores[:, cold]).all()
+    assert scores[:, cold].std() > 1e-4  # varies with the user: not a constant
+
+    # Control: without content the same item has no representation and scores 0 for everyone.
+    plain = model_for(config(content_dim=0)).eval()
+    with torch.no_grad():
+        plain.item_embedding.weight[cold] = 0.0
+        plain_scores = plain.scores(plain.last_hidden(items, gaps, user_feats))
+    assert torch.all(plain_scores[:, cold] == 0)
+
+
+def test_content_is_a_saved_buffer_not_a_parameter():
+    model = model_for(config())
+    assert "item_content" in model.state_dict()
+    assert all(p is not model.item_content for p in model.parameters())
+    torch.testing.assert_close(model.item_content, content())
+
+
+def test_gap_buckets_monotone_and_bounded():
+    seconds = torch.tensor([-5, 0, 30, 59, 60, 61, 119, 120, 3600, 86_400, 7 * 86_400, 365 * 86_400, 10**12])
+    buckets = gap_buckets(seconds)
+    assert buckets.dtype == torch.long
+    assert torch.all(buckets[1:] >= buckets[:-1])
+    assert buckets.min() >= 1 and buckets.max() <= GAP_BUCKETS - 1
+    assert buckets[0] == buckets[1] == 1  # negative gaps clamp to zero
+    assert buckets[4] == 2  # one minute: 1 + floor(log2(2))
+    assert buckets[-1] == GAP_BUCKETS - 1  # absurd gaps saturate
+    dense = gap_buckets(torch.arange(0, 10**7, 997))
+    assert torch.all(dense[1:] >= dense[:-1])
+    assert len(torch.unique(dense)) > 10
+
+
+def test_inference_fast_path_agrees_with_reference_path():
+    # Nightly scoring runs in eval mode under no_grad, where PyTorch may take the fused fast path.
+    model = model_for(config()).eval()
+    items, gaps, user_feats, _ = batch()
+    previous = torch.backends.mha.get_fastpath_enabled()
+    try:
+        torch.backends.mha.set_fastpath_enabled(True)
+        fast = model.last_hidden(items, gaps, user_feats)
+        torch.backends.mha.set_fastpath_enabled(False)
+        slow = model.last_hidden(items, gaps, user_feats)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)

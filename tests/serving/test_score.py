@@ -1,0 +1,141 @@
+"""recsys_core.serving.score: top-K against brute force, exclusion, batching, the seen matrix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from recsys_core.serving.score import score_top_k, seen_matrix
+
+N_USERS, N_ITEMS, DIM, K = 9, 15, 4, 5
+
+
+@pytest.fixture
+def vectors():
+    gen = torch.Generator().manual_seed(7)
+    users = torch.randn(N_USERS, DIM, generator=gen)
+    items = torch.randn(N_ITEMS, DIM, generator=gen)
+    return users, items
+
+
+def brute_force(users: torch.Tensor, items: torch.Tensor, k: int, exclude: np.ndarray | None = None):
+    scores = (users.numpy().astype(np.float64) @ items.numpy().astype(np.float64).T)
+    if exclude is not None:
+        scores = np.where(exclude, -np.inf, scores)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def random_exclusion(seed: int, density: float = 0.3) -> np.ndarray:
+    return np.random.default_rng(seed).random((N_USERS, N_ITEMS)) < density
+
+
+def test_matches_brute_force_best_first(vectors):
+    users, items = vectors
+    top, scores = score_top_k(users, items, K)
+    expected_items, expected_scores = brute_force(users, items, K)
+    assert top.shape == (N_USERS, K) and top.dtype == np.int64
+    assert scores.dtype == np.float32
+    np.testing.assert_array_equal(top, expected_items)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+def test_excluded_items_are_never_returned(vectors):
+    users, items = vectors
+    mask = random_exclusion(1)
+    top, scores = score_top_k(users, items, K, exclude=sp.csr_matrix(mask.astype(np.float32)))
+    for u in range(N_USERS):
+        assert not mask[u, top[u]].any()
+    expected_items, expected_scores = brute_force(users, items, K, mask)
+    np.testing.assert_array_equal(top, expected_items)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+    assert np.isfinite(scores).all()
+
+
+def test_excluding_the_best_item_promotes_the_next(vectors):
+    users, items = vectors
+    top, _ = score_top_k(users, items, K)
+    mask = np.zeros((N_USERS, N_ITEMS), dtype=np.float32)
+    mask[np.arange(N_USERS), top[:, 0]] = 1
+    top_ex, _ = score_top_k(users, items, K, exclude=sp.csr_matrix(mask))
+    np.testing.assert_array_equal(top_ex[:, : K - 1], top[:, 1:])
+
+
+def test_user_with_fewer_than_k_items_left_raises(vectors):
+    users, items = vectors
+    mask = np.zeros((N_USERS, N_ITEMS), dtype=np.float32)
+    mask[7, : N_ITEMS - K + 1] = 1  # user row 7 keeps only K-1 items
+    with pytest.raises(ValueError, match=r"user row 7 has fewer than K=5"):
+        score_top_k(users, items, K, exclude=sp.csr_matrix(mask), batch_users=3)  # row 7 is in the third batch
+
+
+def test_exactly_k_items_left_is_fine(vectors):
+    users, items = vectors
+    mask = np.zeros((N_USERS, N_ITEMS), dtype=np.float32)
+    mask[2, : N_ITEMS - K] = 1
+    top, _ = score_top_k(users, items, K, exclude=sp.csr_matrix(mask))
+    assert sorted(top[2].tolist()) == list(range(N_ITEMS - K, N_ITEMS))
+
+
+def test_k_larger_than_catalogue_raises(vectors):
+    users, items = vectors
+    with pytest.raises(ValueError, match="larger than the catalogue"):
+        score_top_k(users, items, N_ITEMS + 1)
+
+
+@pytest.mark.parametrize("batch_users", [1, 2, 4, N_USERS, 1024])
+def test_batches_agree_with_one_batch(vectors, batch_users):
+    users, items = vectors
+    exclude = sp.csr_matrix(random_exclusion(3).astype(np.float32))
+    one_items, one_scores = score_top_k(users, items, K, exclude=exclude, batch_users=10_000)
+    items_b, scores_b = score_top_k(users, items, K, exclude=exclude, batch_users=batch_users)
+    np.testing.assert_array_equal(items_b, one_items)
+    np.testing.assert_allclose(scores_b, one_scores, rtol=1e-6, atol=1e-6)
+
+
+def test_scoring_does_not_modify_inputs(vectors):
+    users, items = vectors
+    u0, i0 = users.clone(), items.clone()
+    exclude = sp.csr_matrix(random_exclusion(4).astype(np.float32))
+    before = exclude.toarray().copy()
+    score_top_k(users, items, K, exclude=exclude, batch_users=2)
+    assert torch.equal(users, u0) and torch.equal(items, i0)
+    np.testing.assert_array_equal(exclude.toarray(), before)
+
+
+def test_seen_matrix_ignores_unknown_and_dedups():
+    m = seen_matrix(
+        ["a", "b", "c"],
+        ["x", "y", "z"],
+        ["a", "a", "b", "ghost", "a", "c", "b"],
+        ["x", "x", "z", "x", "w", "y", "z"],
+    )
+    assert m.shape == (3, 3)
+    assert isinstance(m, sp.csr_matrix)
+    np.testing.assert_array_equal(
+        m.toarray() > 0,
+        np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0]], dtype=bool),
+    )
+    assert m.nnz == 3  # one stored entry per (user, item) pair
+    assert m.has_canonical_format
+
+
+def test_seen_matrix_empty_interactions():
+    m = seen_matrix(["a"], ["x", "y"], [], [])
+    assert m.shape == (1, 2) and m.nnz == 0
+
+
+def test_seen_matrix_drives_exclusion_end_to_end(vectors):
+    users, items = vectors
+    user_ids = [f"u{i}" for i in range(N_USERS)]
+    item_ids = [f"i{j}" for j in range(N_ITEMS)]
+    top, _ = score_top_k(users, items, K)
+    # Every user has seen their current favourite (twice) plus an unknown item.
+    log_users = [u for u in user_ids for _ in range(3)]
+    log_items = [x for u in range(N_USERS) for x in (item_ids[top[u, 0]], item_ids[top[u, 0]], "unknown")]
+    seen = seen_matrix(user_ids, item_ids, log_users, log_items)
+    top_ex, _ = score_top_k(users, items, K, exclude=seen)
+    assert not np.any(top_ex == top[:, :1])

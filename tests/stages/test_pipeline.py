@@ -1,0 +1,124 @@
+"""The real chain on a seeded synthetic log: Spark local, torchrun x2, MLflow on SQLite, nightly publish."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
+from recsys_core.features.ingest import end_of_day
+from recsys_core.io.lake import Lake
+from recsys_core.io.tables import read_interactions
+
+pytestmark = [pytest.mark.spark, pytest.mark.torchrun, pytest.mark.mlflow, pytest.mark.slow]
+
+
+def test_every_input_row_is_accepted_or_quarantined(pipeline):
+    reports = pipeline.ingest_reports
+    for report in reports:
+        assert report.rows_accepted + report.rows_quarantined == report.rows_in
+    assert sum(r.rows_in for r in reports) == pipeline.generated["events_written"]
+    reasons: dict[str, int] = {}
+    for report in reports:
+        for reason, count in report.reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    assert reasons == pipeline.generated["expected_quarantine"]
+
+
+def test_features_are_point_in_time(pipeline):
+    lake = Lake(pipeline.settings.lake)
+    profiles = lake.read_partition(USER_PROFILES, pipeline.run_date)
+    bound = end_of_day(pipeline.run_date)
+    last = pc.max(profiles["last_event_ts"]).as_py()
+    assert last is not None and last < bound
+    interactions = read_interactions(lake, pipeline.run_date, pipeline.settings.ingest.lateness_days)
+    assert pc.max(interactions["event_ts"]).as_py() < bound
+    assert profiles.num_rows == pipeline.features["user_profiles"]
+    # Every user with an event up to the run date has a profile with that many events.
+    counts = interactions.group_by("user_id").aggregate([("event_id", "count")])
+    by_user = dict(zip(counts["user_id"].to_pylist(), counts["event_id_count"].to_pylist()))
+    profile_counts = dict(zip(profiles["user_id"].to_pylist(), profiles["n_events"].to_pylist()))
+    assert all(profile_counts[u] == n for u, n in by_user.items())
+
+
+def test_training_logged_and_registered(pipeline):
+    import mlflow
+
+    summary = pipeline.training
+    assert set(summary["metrics"]) == {"seqrec", "popularity", "ease"}
+    assert all(np.isfinite(v) for m in summary["metrics"].values() for v in m.values())
+    assert summary["train"]["world_size"] == 2
+    client = mlflow.MlflowClient(pipeline.settings.tracking_uri)
+    version = client.get_model_version_by_alias(pipeline.settings.train.model_name, "champion")
+    assert str(version.version) == summary["model_version"]
+    parent = client.get_run(summary["parent_run_id"])
+    assert parent.data.tags["as_of"] == pipeline.run_date.isoformat()
+    assert "git_commit" in parent.data.tags and "config_digest" in parent.data.tags
+    assert parent.inputs.dataset_inputs, "input partitions are logged with mlflow.log_input"
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {r.data.tags.get("model") for r in children} >= {"seqrec", "popularity", "ease"}
+    seqrec = next(r for r in children if r.data.tags.get("model") == "seqrec")
+    history = client.get_metric_history(seqrec.info.run_id, "train_loss")
+    assert len(history) == summary["train"]["epochs_run"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/metrics_at_k.png", "plots/popularity_bias.png"} <= artifacts
+
+
+def test_published_table_honours_the_contract(pipeline):
+    lake = Lake(pipeline.settings.lake)
+    k = pipeline.settings.serve.top_k
+    table = lake.read_partition(RECOMMENDATIONS, pipeline.run_date)
+    assert table.schema.names[:7] == ["user_id", "rank", "item_id", "score", "model_name", "model_version", "generated_at"]
+    assert table.schema.equals(RECOMMENDATIONS.schema, check_metadata=False)
+    profiles = lake.read_partition(USER_PROFILES, pipeline.run_date)
+    users = set(profiles["user_id"].to_pylist())
+    assert set(table["user_id"].to_pylist()) == users
+    assert table.num_rows == len(users) * k
+    catalogue = set(lake.read_partition(ITEM_FEATURES, pipeline.run_date)["item_id"].to_pylist())
+    assert set(table["item_id"].to_pylist()) <= catalogue
+    interactions = read_interactions(lake, pipeline.run_date, pipeline.settings.ingest.lateness_days)
+    seen = set(zip(interactions["user_id"].to_pylist(), interactions["item_id"].to_pylist()))
+    assert not seen & set(zip(table["user_id"].to_pylist(), table["item_id"].to_pylist()))
+    ordered = table.sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    ranks = ordered["rank"].to_numpy().reshape(-1, k)
+    assert (ranks == np.arange(1, k + 1)).all()
+    scores = ordered["score"].to_numpy().reshape(-1, k)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    manifest = lake.read_manifest(lake.partition_path(RECOMMENDATIONS, pipeline.run_date))
+    assert manifest["rows"] == table.num_rows and manifest["model_version"] == pipeline.training["model_version"]
+
+
+def test_nightly_rerun_is_idempotent(pipeline):
+    from recsys_core.stages.recommend import run_recommend
+
+    lake = Lake(pipeline.settings.lake)
+    before = lake.read_partition(RECOMMENDATIONS, pipeline.run_date).drop_columns(["generated_at"])
+    run_recommend(pipeline.settings, pipeline.run_date)
+    after = lake.read_partition(RECOMMENDATIONS, pipeline.run_date).drop_columns(["generated_at"])
+    assert lake.partitions(RECOMMENDATIONS) == [pipeline.run_date.isoformat()]
+    assert after.equals(before)
+
+
+def test_nightly_scores_equal_training_scores(pipeline):
+    """No train/serve skew: the registered model and its logged preprocessing score like the trained one."""
+    import torch
+
+    from recsys_core.io.registry import champion
+    from recsys_core.models.bundle import ModelBundle
+    from recsys_core.stages.train import load_inputs, load_trained
+    from recsys_core.training.dataset import prepare
+
+    settings = pipeline.settings
+    interactions, profiles, items = load_inputs(settings, pipeline.run_date)
+    data = prepare(interactions, profiles, items)
+    trained = load_trained(settings, pipeline.run_date, data)
+    served = ModelBundle.load(champion(settings, settings.work_dir / "parity").bundle_dir)
+
+    _, _, inputs = served.user_inputs(interactions, profiles.sort_by("user_id"))
+    ids, matrix = served.catalogue_matrix(items.sort_by("item_id"))
+    assert ids == data.prep.item_ids
+    nightly = (served.user_vectors(inputs) @ matrix.T).numpy()
+    with torch.no_grad():
+        offline = trained.model.scores(trained.model.last_hidden(inputs["items"], inputs["gaps"], inputs["user_feats"]))[:, 1:].numpy()
+    np.testing.assert_allclose(nightly, offline, rtol=1e-4, atol=1e-4)

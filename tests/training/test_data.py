@@ -1,0 +1,347 @@
+"""recsys_core.training.data and .dataset: vocabularies, sequences, splits, windows, tensors."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from recsys_core.config import ModelSettings
+from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, USER_PROFILES
+from recsys_core.training.data import (
+    AGE_BUCKETS,
+    LeaveLastOut,
+    Preprocessing,
+    Sequences,
+    build_sequences,
+    gaps_of,
+    left_pad,
+)
+from recsys_core.training.dataset import (
+    build_tensors,
+    model_config,
+    prepare,
+    save_dataset,
+    seen_csr,
+    training_windows,
+)
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+SEQ_COLUMNS = ["user_id", "item_id", "event_ts", "source_file", "line_no"]
+
+
+def prep(**kw) -> Preprocessing:
+    base = dict(
+        item_ids=["A", "B", "C", "D", "E"],
+        genres=["Action", "Comedy", "Drama"],
+        gender_vocab=["F", "M"],
+        occupation_vocab=["artist", "engineer"],
+        text_dim=2,
+        release_year_mean=1990.0,
+        release_year_std=10.0,
+    )
+    base.update(kw)
+    return Preprocessing(**base)
+
+
+def events(rows: list[tuple]) -> pa.Table:
+    """(user, item, seconds after T0, source_file, line_no) → an interactions-shaped table."""
+    schema = pa.schema([INTERACTIONS.schema.field(c) for c in SEQ_COLUMNS])
+    return pa.Table.from_pylist(
+        [
+            {"user_id": u, "item_id": i, "event_ts": T0 + timedelta(seconds=s), "source_file": f, "line_no": n}
+            for u, i, s, f, n in rows
+        ],
+        schema=schema,
+    )
+
+
+def item_features(rows: list[dict]) -> pa.Table:
+    full = [
+        {"item_id": None, "title": None, "genres": None, "release_year": None, "text_embedding": None, **r} for r in rows
+    ]
+    schema = pa.schema([ITEM_FEATURES.schema.field(c) for c in ("item_id", "title", "genres", "release_year", "text_embedding")])
+    return pa.Table.from_pylist(full, schema=schema)
+
+
+def user_profiles(rows: list[dict]) -> pa.Table:
+    schema = pa.schema([USER_PROFILES.schema.field(c) for c in ("user_id", "age", "gender", "occupation")])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+# Sequences -----------------------------------------------------------------------
+
+
+def test_build_sequences_orders_by_time_then_file_then_line():
+    p = prep()
+    rows = [
+        ("u1", "E", 50, "z.gz", 1),  # latest
+        ("u1", "C", 10, "b.gz", 1),  # tie at t=10: file b after a
+        ("u1", "B", 10, "a.gz", 9),  # tie at t=10, file a: line 9 after line 2
+        ("u1", "A", 10, "a.gz", 2),
+        ("u1", "D", 5, "zz.gz", 100),  # earliest, despite its file and line
+        ("u2", "B", 1, "a.gz", 3),
+    ]
+    for seed in range(3):  # input order must not matter
+        shuffled = rows[:]
+        random.Random(seed).shuffle(shuffled)
+        seqs = build_sequences(events(shuffled), p, ["u1", "u2"])
+        np.testing.assert_array_equal(seqs.items[0], [4, 1, 2, 3, 5])  # D, A, B, C, E
+        np.testing.assert_array_equal(seqs.times[0], T0.timestamp() + np.array([5, 10, 10, 10, 50]))
+        np.testing.assert_array_equal(seqs.items[1], [2])
+
+
+def test_build_sequences_skips_unknown_items_and_keeps_requested_user_order():
+    p = prep()
+    seqs = build_sequences(
+        events([("u1", "A", 1, "f", 1), ("u1", "NOT-IN-CATALOGUE", 2, "f", 2), ("u1", "C", 3, "f", 3), ("u3", "nope", 1, "f", 4)]),
+        p,
+        ["ghost", "u3", "u1"],
+    )
+    assert seqs.user_ids == ["ghost", "u3", "u1"]
+    np.testing.assert_array_equal(seqs.items[2], [1, 3])
+    assert len(seqs.items[0]) == 0 and len(seqs.times[0]) == 0  # no events at all
+    assert len(seqs.items[1]) == 0  # only events outside the catalogue
+    assert seqs.items[0].dtype == np.int64 and seqs.times[0].dtype == np.int64
+    assert seqs.items[2].dtype == np.int64 and seqs.times[2].dtype == np.int64
+
+
+def test_build_sequences_without_interactions():
+    seqs = build_sequences(events([]), prep(), ["u1"])
+    assert len(seqs.items) == 1 and len(seqs.items[0]) == 0
+
+
+def test_leave_last_out_split():
+    seqs = Sequences(
+        user_ids=["long", "short", "three"],
+        items=[np.array([1, 2, 3, 4, 5]), np.array([4, 2]), np.array([5, 3, 1])],
+        times=[np.array([10, 20, 30, 40, 50]), np.array([1, 2]), np.array([7, 8, 9])],
+    )
+    s = LeaveLastOut.split(seqs)
+    np.testing.assert_array_equal(s.train[0], [1, 2, 3])
+    np.testing.assert_array_equal(s.train_times[0], [10, 20, 30])
+    np.testing.assert_array_equal(s.valid_input[0], [1, 2, 3])
+    np.testing.assert_array_equal(s.test_input[0], [1, 2, 3, 4])
+    np.testing.assert_array_equal(s.test_times[0], [10, 20, 30, 40])
+    np.testing.assert_array_equal(s.valid_target, [4, 0, 3])  # second last
+    np.testing.assert_array_equal(s.test_target, [5, 0, 1])  # last
+    # Too short to evaluate: everything is training data, no target.
+    np.testing.assert_array_equal(s.train[1], [4, 2])
+    np.testing.assert_array_equal(s.test_input[1], [4, 2])
+    np.testing.assert_array_equal(s.train[2], [5])
+
+
+def test_leave_last_out_never_trains_on_targets():
+    rng = np.random.default_rng(0)
+    items = [rng.permutation(np.arange(1, 30))[: rng.integers(0, 29)] for _ in range(20)]
+    s = LeaveLastOut.split(Sequences([str(i) for i in range(20)], items, [np.arange(len(x)) for x in items]))
+    for u, seq in enumerate(items):
+        if s.test_target[u]:
+            assert s.test_target[u] not in s.train[u] and s.valid_target[u] not in s.train[u]
+            assert s.valid_target[u] not in s.valid_input[u]
+
+
+def test_left_pad():
+    out = left_pad([np.array([1, 2, 3]), np.array([], dtype=np.int64), np.arange(4, 10)], 4)
+    np.testing.assert_array_equal(out, [[0, 1, 2, 3], [0, 0, 0, 0], [6, 7, 8, 9]])
+    assert out.dtype == np.int64
+    assert left_pad([], 3).shape == (0, 3)
+
+
+def test_gaps_of():
+    out = gaps_of([np.array([100, 160, 400]), np.array([], dtype=np.int64), np.array([5])], 4)
+    np.testing.assert_array_equal(out, [[0, 0, 60, 240], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_training_windows_cover_every_step_exactly_once():
+    n, length = 25, 5
+    seq = np.arange(1, n + 1)  # distinct items: a step is identified by its (input, target) pair
+    times = np.cumsum(np.arange(1, n + 1)) * 60
+    seqs = Sequences(["long", "tiny", "empty"], [seq, np.array([7]), np.zeros(0, dtype=np.int64)], [times, np.array([1]), np.zeros(0, dtype=np.int64)])
+    split = LeaveLastOut.split(seqs)
+    train = split.train[0]
+    assert len(train) == n - 2
+    inputs, targets, gaps, users = training_windows(split, length)
+    steps = [(int(i), int(t)) for x, y in zip(inputs, targets) for i, t in zip(x, y)]
+    expected = [(int(train[j]), int(train[j + 1])) for j in range(len(train) - 1)]
+    assert sorted(steps) == sorted(expected)
+    assert len(steps) == len(set(steps)) == len(train) - 1
+    assert all(1 <= len(x) <= length and len(x) == len(y) == len(g) for x, y, g in zip(inputs, targets, gaps))
+    np.testing.assert_array_equal(users, np.zeros(len(inputs)))  # the short users yield no windows
+    assert targets[0][-1] == train[-1]  # newest window first
+    # Gaps are aligned with the inputs: the gap before each input event.
+    train_gaps = np.diff(split.train_times[0], prepend=split.train_times[0][:1])
+    for x, g in zip(inputs, gaps):
+        np.testing.assert_array_equal(g, train_gaps[x - 1])
+
+
+def test_training_windows_short_sequence_is_one_window():
+    seqs = Sequences(["u"], [np.array([3, 1, 4, 1, 5])], [np.arange(5)])
+    split = LeaveLastOut.split(seqs, min_events=99)  # keep the whole sequence for training
+    inputs, targets, _, users = training_windows(split, 10)
+    assert len(inputs) == 1
+    np.testing.assert_array_equal(inputs[0], [3, 1, 4, 1])
+    np.testing.assert_array_equal(targets[0], [1, 4, 1, 5])
+
+
+# Preprocessing -----------------------------------------------------------------
+
+
+def test_preprocessing_round_trip_through_json():
+    p = prep()
+    again = Preprocessing.from_dict(json.loads(json.dumps(p.to_dict())))
+    assert again.to_dict() == p.to_dict()
+    assert again.item_index == p.item_index == {"A": 1, "B": 2, "C": 3, "D": 4, "E": 5}
+    assert again.n_items == 5
+    assert again.content_dim == 3 + 2 + 1
+    assert again.user_cardinalities == (len(AGE_BUCKETS) + 1, 3, 3)
+
+
+def test_preprocessing_fit():
+    items = item_features(
+        [
+            {"item_id": "b", "genres": ["Drama", "Action"], "release_year": 2000, "text_embedding": [0.1, 0.2, 0.3]},
+            {"item_id": "a", "genres": ["Comedy"], "release_year": 1990, "text_embedding": [0.0, 0.0, 1.0]},
+            {"item_id": "c", "genres": None, "release_year": None, "text_embedding": None},
+        ]
+    )
+    users = user_profiles(
+        [
+            {"user_id": "u1", "age": 30, "gender": "M", "occupation": "writer"},
+            {"user_id": "u2", "age": None, "gender": None, "occupation": "artist"},
+            {"user_id": "u3", "age": 40, "gender": "F", "occupation": ""},
+        ]
+    )
+    p = Preprocessing.fit(items, users)
+    assert p.item_ids == ["a", "b", "c"]  # sorted, so indices do not depend on input order
+    assert p.genres == ["Action", "Comedy", "Drama"]
+    assert p.gender_vocab == ["F", "M"]
+    assert p.occupation_vocab == ["artist", "writer"]
+    assert p.text_dim == 3
+    assert p.release_year_mean == pytest.approx(1995.0)
+    assert p.release_year_std == pytest.approx(5.0)
+
+
+def test_content_matrix_genre_multi_hot_text_and_year():
+    p = prep()
+    features = item_features(
+        [
+            {"item_id": "B", "genres": ["Comedy", "Drama", "Western"], "release_year": 2010, "text_embedding": [0.5, -0.5]},
+            {"item_id": "A", "genres": ["Action"], "release_year": 1990, "text_embedding": None},
+            {"item_id": "D", "genres": None, "release_year": None, "text_embedding": [1.0, 2.0]},
+            {"item_id": "not-in-vocab", "genres": ["Action"], "release_year": 2000, "text_embedding": [9.0, 9.0]},
+        ]
+    )
+    m = p.content_matrix(features)
+    assert m.shape == (6, 6) and m.dtype == np.float32
+    np.testing.assert_array_equal(m[0], 0)  # padding row
+    np.testing.assert_allclose(m[2], [0, 1, 1, 0.5, -0.5, 2.0])  # B: Comedy+Drama, unknown Western ignored
+    np.testing.assert_allclose(m[1], [1, 0, 0, 0, 0, 0.0])  # A: year at the mean scales to 0
+    np.testing.assert_allclose(m[4], [0, 0, 0, 1.0, 2.0, 0])  # D: no genres, no year
+    np.testing.assert_array_equal(m[3], 0)  # C: no feature row at all
+    np.testing.assert_array_equal(m[5], 0)
+    assert set(np.unique(m[1:, :3])) <= {0.0, 1.0}
+
+
+def test_user_features_encoding_and_unknown_categories():
+    p = prep()
+    profiles = user_profiles(
+        [
+            {"user_id": "u1", "age": 17, "gender": "F", "occupation": "engineer"},
+            {"user_id": "u2", "age": 18, "gender": "X", "occupation": "astronaut"},
+            {"user_id": "u3", "age": None, "gender": None, "occupation": None},
+            {"user_id": "u4", "age": 60, "gender": "M", "occupation": "artist"},
+            {"user_id": "u5", "age": 0, "gender": "", "occupation": ""},
+        ]
+    )
+    ids, feats = p.user_features(profiles)
+    assert ids == ["u1", "u2", "u3", "u4", "u5"]
+    assert feats.dtype == np.int64 and feats.shape == (5, 3)
+    np.testing.assert_array_equal(feats[:, 1], [1, 0, 0, 2, 0])  # gender: F=1, M=2, unknown/None/"" → 0
+    np.testing.assert_array_equal(feats[:, 2], [2, 0, 0, 1, 0])  # occupation: artist=1, engineer=2
+    np.testing.assert_array_equal(feats[:, 0], [1, 2, 0, 7, 1])  # age buckets; missing age → 0
+    assert (feats < np.array(p.user_cardinalities)).all()
+
+
+def test_user_features_without_missing_ages():
+    ids, feats = prep().user_features(user_profiles([{"user_id": "u", "age": 35, "gender": "M", "occupation": "x"}]))
+    np.testing.assert_array_equal(feats, [[4, 2, 0]])
+
+
+# The dataset file ------------------------------------------------------------------
+
+
+def test_seen_csr():
+    indptr, indices = seen_csr([np.array([3, 1, 3]), np.array([], dtype=np.int64), np.array([2])])
+    assert indptr.tolist() == [0, 2, 2, 3]
+    assert indices.tolist() == [0, 2, 1]  # 0-based, distinct, sorted per user
+    assert indices.dtype == torch.int64
+
+
+def small_world():
+    items = item_features(
+        [{"item_id": f"i{j}", "genres": ["Drama"] if j % 2 else ["Comedy"], "release_year": 1980 + j, "text_embedding": [float(j), 1.0]} for j in range(6)]
+    )
+    users = user_profiles(
+        [
+            {"user_id": "u2", "age": 25, "gender": "F", "occupation": "artist"},
+            {"user_id": "u1", "age": 40, "gender": "M", "occupation": "engineer"},
+            {"user_id": "u3", "age": None, "gender": None, "occupation": None},
+        ]
+    )
+    rows = [("u1", f"i{j % 6}", 60 * j, "f.gz", j) for j in range(9)] + [("u2", "i3", 5, "f.gz", 100), ("u2", "i4", 900, "f.gz", 101)]
+    return events(rows), users, items
+
+
+def test_prepare_and_build_tensors():
+    interactions, users, items = small_world()
+    data = prepare(interactions, users, items)
+    assert data.sequences.user_ids == ["u1", "u2", "u3"]  # profiles sorted by user id
+    cfg = model_config(data, ModelSettings(max_len=4, d_model=8, n_heads=2, n_layers=1))
+    assert cfg.n_items == 6 and cfg.content_dim == data.prep.content_dim == 1 + 2 + 1 + 1
+    t = build_tensors(data, cfg)
+    assert t["train_inputs"].shape[1] == 4
+    assert t["train_inputs"].shape == t["train_targets"].shape == t["train_gaps"].shape
+    # Targets are the next items of the inputs; padding lines up.
+    inputs, targets = t["train_inputs"], t["train_targets"]
+    assert torch.equal(inputs == 0, targets == 0)
+    real = inputs[:, :-1] > 0  # left padding: a real position is followed by a real one
+    assert torch.equal(targets[:, :-1][real], inputs[:, 1:][real])
+    assert t["train_gaps"].min() >= 0 and t["train_gaps"].max() < 24
+    assert t["valid_targets"].tolist() == [data.sequences.items[0][-2], 0, 0]
+    assert t["test_targets"].tolist() == [data.sequences.items[0][-1], 0, 0]
+    assert t["item_content"].shape == (7, cfg.content_dim)
+    assert t["user_feats"].shape == (3, 3)
+    assert t["n_items"] == 6
+    assert json.loads(t["config_json"])["max_len"] == 4
+    again = build_tensors(prepare(*small_world()), cfg)
+    assert again["dataset_fingerprint"] == t["dataset_fingerprint"]
+
+
+def test_build_tensors_without_time_or_content_zeroes_them():
+    data = prepare(*small_world())
+    cfg = model_config(data, ModelSettings(max_len=4, use_time=False, use_content=False, use_user_features=False))
+    assert cfg.content_dim == 0 and cfg.user_cardinalities == ()
+    t = build_tensors(data, cfg)
+    assert t["train_gaps"].abs().sum() == 0 and t["test_gaps"].abs().sum() == 0
+    assert t["item_content"].shape == (7, 0)
+
+
+def test_saved_dataset_loads_with_weights_only(tmp_path):
+    data = prepare(*small_world())
+    t = build_tensors(data, model_config(data, ModelSettings(max_len=4)))
+    path = tmp_path / "deep" / "dataset.pt"
+    save_dataset(t, path)
+    assert not list(path.parent.glob("*.tmp"))
+    loaded = torch.load(path, weights_only=True)
+    assert set(loaded) == set(t)
+    for key, value in t.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(loaded[key], value), key
+        else:
+            assert loaded[key] == value, key
