@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,7 +28,13 @@ from pydantic_settings import (
 DEFAULT_CONFIG_FILE = Path("config/recsys.yaml")
 
 
-class SparkSettings(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys are errors, so a typo never silently keeps a default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SparkSettings(Section):
     master: str = "local[*]"
     app_name_prefix: str = "recsys"
     driver_memory: str = "4g"
@@ -37,7 +43,7 @@ class SparkSettings(BaseModel):
     conf: dict[str, str] = Field(default_factory=dict)
 
 
-class IngestSettings(BaseModel):
+class IngestSettings(Section):
     event_types: list[str] = ["rating", "view", "click", "add_to_cart", "purchase"]
     # Oldest plausible event time; anything earlier is a broken clock or a parse error.
     min_event_time: date = date(1995, 1, 1)
@@ -53,7 +59,7 @@ class IngestSettings(BaseModel):
     max_reject_rate: float = 0.05
 
 
-class FeatureSettings(BaseModel):
+class FeatureSettings(Section):
     activity_windows_days: list[int] = [1, 7, 30]
     popularity_windows_days: list[int] = [1, 7, 30]
     # Trend = short-window popularity rate over long-window popularity rate.
@@ -65,7 +71,7 @@ class FeatureSettings(BaseModel):
     embedding_batch_size: int = 256
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(Section):
     """Hyper-parameters of the transformer sequence recommender."""
 
     # Attention width; longer histories are cut into windows of this length for training.
@@ -82,7 +88,7 @@ class ModelSettings(BaseModel):
     n_negatives: int = 256
 
 
-class TrainSettings(BaseModel):
+class TrainSettings(Section):
     model_name: str = "recsys-seq"
     seed: int = 42
     epochs: int = 60
@@ -111,7 +117,7 @@ class TrainSettings(BaseModel):
     model: ModelSettings = ModelSettings()
 
 
-class EvalSettings(BaseModel):
+class EvalSettings(Section):
     ks: list[int] = [10, 20, 50]
     # Days after the run date whose events form the temporal backtest target.
     backtest_horizon_days: int = 7
@@ -119,7 +125,7 @@ class EvalSettings(BaseModel):
     cold_user_max_events: int = 30
 
 
-class RegistrySettings(BaseModel):
+class RegistrySettings(Section):
     tracking_uri: str | None = None  # default: sqlite under <data_root>/mlflow
     artifact_location: str | None = None  # default: <data_root>/mlflow/artifacts
     experiment: str = "recsys"
@@ -129,7 +135,7 @@ class RegistrySettings(BaseModel):
     gate_min_relative_improvement: float = 0.0
 
 
-class ServeSettings(BaseModel):
+class ServeSettings(Section):
     top_k: int = 50
     keep_days: int = 30
     score_batch_users: int = 1024

@@ -49,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--date", type=date.fromisoformat, default=None, help="run date (default: last day of data)")
     args = parser.parse_args()
+    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the venv's airflow and spark-submit
     env = airflow_env()
     os.environ.update(env)
     sys.path.insert(0, str(PROJECT))

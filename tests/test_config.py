@@ -131,11 +131,6 @@ def test_unknown_keyword_override_is_rejected():
         settings_for(bogus_key=1)
 
 
-@pytest.mark.xfail(
-    reason="BUG: nested sections (TrainSettings etc.) are plain BaseModels with the default "
-    "extra='ignore', so a typo such as train.epoch is silently dropped instead of rejected",
-    strict=True,
-)
 def test_unknown_nested_key_in_yaml_is_rejected(monkeypatch, tmp_path):
     cfg = write_yaml(tmp_path / "c.yaml", "train:\n  epoch: 3\n")  # typo of "epochs"
     monkeypatch.setenv("RECSYS_CONFIG", str(cfg))

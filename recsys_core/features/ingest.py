@@ -21,8 +21,8 @@ from recsys_core.config import IngestSettings
 
 # Reason codes, in the order they are checked: a line gets the first that applies.
 REASONS = (
-    "invalid_utf8",
     "oversized_line",
+    "invalid_utf8",
     "empty_line",
     "malformed_json",
     "missing_field",

@@ -62,11 +62,12 @@ class ModelBundle:
 
     def encode_inputs(self, sequences: Sequences, user_feats: np.ndarray) -> dict[str, torch.Tensor]:
         length = self.config.max_len
-        gaps = gap_buckets(torch.as_tensor(gaps_of(sequences.times, length)))
+        items = torch.as_tensor(left_pad(sequences.items, length))
+        gaps = gap_buckets(torch.as_tensor(gaps_of(sequences.times, length)), items)
         if not self.config.use_time:
             gaps = torch.zeros_like(gaps)
         return {
-            "items": torch.as_tensor(left_pad(sequences.items, length)),
+            "items": items,
             "gaps": gaps,
             "user_feats": torch.as_tensor(user_feats),
         }

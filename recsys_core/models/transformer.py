@@ -49,10 +49,11 @@ class SeqRecConfig:
         return cls(**data)
 
 
-def gap_buckets(gaps_seconds: torch.Tensor) -> torch.Tensor:
-    """Log2-bucketed gaps in minutes; bucket 0 is reserved for padding / first event."""
+def gap_buckets(gaps_seconds: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+    """Log2-bucketed gaps in minutes (1..GAP_BUCKETS-1); bucket 0 marks padding positions of ``items``."""
     minutes = gaps_seconds.clamp(min=0).float() / 60.0
-    return (1 + torch.log2(1 + minutes).floor().long()).clamp(max=GAP_BUCKETS - 1)
+    buckets = (1 + torch.log2(1 + minutes).floor().long()).clamp(max=GAP_BUCKETS - 1)
+    return buckets if items is None else buckets * (items > 0)
 
 
 class SeqRec(nn.Module):

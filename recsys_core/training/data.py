@@ -171,9 +171,14 @@ def left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
     return out
 
 
+def event_gaps(times: np.ndarray) -> np.ndarray:
+    """Seconds since the previous event at each position (0 for the first)."""
+    return np.diff(times, prepend=times[:1]) if len(times) else times
+
+
 def gaps_of(times: list[np.ndarray], length: int) -> np.ndarray:
-    """Seconds since the previous event at each position (0 for the first), left-padded like the items."""
-    return left_pad([np.diff(t, prepend=t[:1]) if len(t) else t for t in times], length)
+    """``event_gaps`` of each sequence, left-padded like the items."""
+    return left_pad([event_gaps(t) for t in times], length)
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 
 from recsys_core.config import ModelSettings
 from recsys_core.models.transformer import SeqRecConfig, gap_buckets
-from recsys_core.training.data import LeaveLastOut, Preprocessing, Sequences, build_sequences, gaps_of, left_pad
+from recsys_core.training.data import LeaveLastOut, Preprocessing, Sequences, build_sequences, event_gaps, left_pad
 
 
 @dataclass
@@ -81,7 +81,7 @@ def training_windows(split: LeaveLastOut, length: int) -> tuple[list[np.ndarray]
     for user, (seq, times) in enumerate(zip(split.train, split.train_times)):
         if len(seq) < 2:
             continue
-        seq_gaps = np.diff(times, prepend=times[:1])
+        seq_gaps = event_gaps(times)
         end = len(seq) - 1  # number of (input, target) steps
         while end > 0:
             start = max(0, end - length)
@@ -97,16 +97,23 @@ def build_tensors(data: PreparedData, config: SeqRecConfig) -> dict:
     length = config.max_len
     split = data.split
     train_inputs, train_targets, train_gaps, train_users = training_windows(split, length)
+    def padded(items: list[np.ndarray], gaps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        items_padded = left_pad(items, length)
+        return items_padded, gap_buckets(torch.as_tensor(left_pad(gaps, length)), torch.as_tensor(items_padded)).numpy()
+
+    train_items, train_gap_buckets = padded(train_inputs, train_gaps)
+    valid_items, valid_gap_buckets = padded(split.valid_input, [event_gaps(t) for t in split.valid_times])
+    test_items, test_gap_buckets = padded(split.test_input, [event_gaps(t) for t in split.test_times])
     tensors = {
-        "train_inputs": left_pad(train_inputs, length),
+        "train_inputs": train_items,
         "train_targets": left_pad(train_targets, length),
-        "train_gaps": gap_buckets(torch.as_tensor(left_pad(train_gaps, length))).numpy(),
+        "train_gaps": train_gap_buckets,
         "train_users": train_users,
-        "valid_inputs": left_pad(split.valid_input, length),
-        "valid_gaps": gap_buckets(torch.as_tensor(gaps_of(split.valid_times, length))).numpy(),
+        "valid_inputs": valid_items,
+        "valid_gaps": valid_gap_buckets,
         "valid_targets": split.valid_target,
-        "test_inputs": left_pad(split.test_input, length),
-        "test_gaps": gap_buckets(torch.as_tensor(gaps_of(split.test_times, length))).numpy(),
+        "test_inputs": test_items,
+        "test_gaps": test_gap_buckets,
         "test_targets": split.test_target,
         "user_feats": data.user_feats,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -24,7 +25,7 @@ RUN_DATE = date(2024, 3, 6)
 
 def airflow_env(tmp_path: Path, config_file: Path) -> dict[str, str]:
     base = {**os.environ, "RECSYS_DATA_ROOT": str(tmp_path / "data"), "AIRFLOW_HOME": str(tmp_path / "airflow"),
-            "RECSYS_CONFIG": str(config_file)}  # fmt: skip
+            "RECSYS_CONFIG": str(config_file), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
     out = subprocess.run(
         ["bash", "-c", f"source {PROJECT / 'scripts' / 'airflow_env.sh'} && env -0"],
         capture_output=True, check=True, env=base,

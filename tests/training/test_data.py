@@ -111,6 +111,31 @@ def test_build_sequences_skips_unknown_items_and_keeps_requested_user_order():
     assert seqs.items[2].dtype == np.int64 and seqs.times[2].dtype == np.int64
 
 
+def test_build_sequences_keeps_only_the_first_interaction_with_an_item():
+    rows = [
+        ("u1", "A", 30, "f", 3),  # repeat of A: dropped
+        ("u1", "A", 10, "f", 1),
+        ("u1", "B", 20, "f", 2),
+        ("u1", "B", 20, "f", 5),  # same second, later line: dropped
+        ("u2", "A", 40, "f", 4),  # another user's A is their own first
+    ]
+    seqs = build_sequences(events(rows), prep(), ["u1", "u2"])
+    np.testing.assert_array_equal(seqs.items[0], [1, 2])
+    np.testing.assert_array_equal(seqs.times[0], T0.timestamp() + np.array([10, 20]))
+    np.testing.assert_array_equal(seqs.items[1], [1])
+
+
+def test_build_sequences_first_interaction_across_record_batches():
+    # Several chunks (as read from several Parquet files): users must not be confused across chunks.
+    part1 = events([("u1", "A", 1, "f1", 1), ("u2", "B", 1, "f1", 2)])
+    part2 = events([("u2", "A", 2, "f2", 1), ("u1", "B", 2, "f2", 2), ("u3", "A", 3, "f2", 3)])
+    part3 = events([("u1", "A", 3, "f3", 1), ("u3", "C", 4, "f3", 2)])
+    table = pa.concat_tables([part1, part2, part3])
+    assert table.column("user_id").num_chunks == 3
+    seqs = build_sequences(table, prep(), ["u1", "u2", "u3"])
+    assert [s.tolist() for s in seqs.items] == [[1, 2], [2, 1], [1, 3]]
+
+
 def test_build_sequences_without_interactions():
     seqs = build_sequences(events([]), prep(), ["u1"])
     assert len(seqs.items) == 1 and len(seqs.items[0]) == 0
@@ -225,6 +250,15 @@ def test_preprocessing_fit():
     assert p.text_dim == 3
     assert p.release_year_mean == pytest.approx(1995.0)
     assert p.release_year_std == pytest.approx(5.0)
+
+
+def test_preprocessing_fit_with_one_release_year_does_not_divide_by_zero():
+    items = item_features([{"item_id": "a", "genres": [], "release_year": 1999}, {"item_id": "b", "release_year": 1999}])
+    users = user_profiles([{"user_id": "u", "age": None, "gender": None, "occupation": None}])
+    p = Preprocessing.fit(items, users)
+    assert p.release_year_std == 1.0 and p.text_dim == 0 and p.genres == []
+    m = p.content_matrix(items)
+    assert m.shape == (3, 1) and np.isfinite(m).all() and m[1, 0] == 0.0
 
 
 def test_content_matrix_genre_multi_hot_text_and_year():
