@@ -25,8 +25,7 @@ def main() -> None:
     if args.step == "prepare":
         result = stage.prepare_training(settings, args.date)
     elif args.step == "torchrun":
-        result = stage.run_torchrun(settings, args.date, args.nproc)
-        result.pop("history", None)
+        result = {protocol: {k: v for k, v in r.items() if k != "history"} for protocol, r in stage.run_torchrun(settings, args.date, args.nproc).items()}
     else:
         result = stage.evaluate_and_register(settings, args.date)
     print(json.dumps(result, indent=2, default=str))

@@ -60,14 +60,8 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
 
     training = s["training"]
     if training:
-        metrics = Table(title=f"Leave-last-out, full ranking (model v{training['model_version']}; promoted: {training['promoted']})")
-        keys = list(next(iter(training["metrics"].values())).keys())
-        metrics.add_column("model")
-        for key in keys:
-            metrics.add_column(key)
-        for model, values in training["metrics"].items():
-            metrics.add_row(model, *[f"{values[k]:.4f}" for k in keys])
-        console.print(metrics)
+        console.print(_metrics_table(f"Leave-last-out, full ranking (model v{training['model_version']}; promoted: {training['promoted']})", training["metrics"]))
+        console.print(_metrics_table("Temporal backtest: trained up to the cut, new items of the following days", training["backtest"]))
         console.print(f"gate: {training['gate']}")
     if recs:
         console.print(
@@ -85,3 +79,14 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
         console.print(table)
     console.print(f"MLflow UI: make mlflow  (store {settings.tracking_uri}); Airflow UI: make airflow")
     return s
+
+
+def _metrics_table(title: str, by_model: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    keys = list(next(iter(by_model.values())).keys())
+    table.add_column("model")
+    for key in keys:
+        table.add_column(key)
+    for model, values in by_model.items():
+        table.add_row(model, *[f"{values[k]:.0f}" if k == "users" else f"{values[k]:.4f}" for k in keys])
+    return table

@@ -21,10 +21,12 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import date
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 import torch
 
@@ -32,6 +34,7 @@ from recsys_core.config import Settings
 from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, USER_PROFILES
 from recsys_core.evaluation.gate import gate_decision
 from recsys_core.evaluation.protocols import EvalCase, EvalResult, evaluate
+from recsys_core.features.ingest import end_of_day
 from recsys_core.io.lake import Lake
 from recsys_core.io.provenance import code_version, config_digest, flat_params
 from recsys_core.io.tables import ingests_as_of, read_interactions
@@ -45,7 +48,7 @@ from recsys_core.training.loop import BEST, RESULT
 
 log = logging.getLogger(__name__)
 
-DATASET = "dataset.pt"
+PROTOCOLS = ("loo", "backtest")  # leave-last-out (gate, serving model) and the temporal as-of backtest
 RUNS = "runs.json"
 SETTINGS = "settings.json"  # the exact settings the ranks train with
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "train.py"
@@ -53,6 +56,26 @@ JOB = Path(__file__).resolve().parents[2] / "jobs" / "train.py"
 
 def workspace(settings: Settings, as_of: date) -> Path:
     return settings.work_dir / "train" / as_of.isoformat()
+
+
+def dataset_path(ws: Path, protocol: str) -> Path:
+    return ws / f"dataset-{protocol}.pt"
+
+
+def checkpoint_dir(ws: Path, protocol: str) -> Path:
+    return ws / "checkpoints" / protocol
+
+
+def backtest_cut(settings: Settings, as_of: date) -> datetime:
+    """Events before this instant train the backtest model; new items after it up to the as-of day are its targets."""
+    return end_of_day(as_of - timedelta(days=settings.eval.backtest_horizon_days))
+
+
+def prepared_protocols(settings: Settings, as_of: date, interactions, profiles, items) -> dict[str, PreparedData]:
+    """Both protocols' data, with the same preprocessing (fitted on the as-of features)."""
+    cut = backtest_cut(settings, as_of)
+    before_cut = interactions.filter(pc.less(interactions["event_ts"], pa.scalar(cut, interactions.schema.field("event_ts").type)))
+    return {"loo": prepare(interactions, profiles, items), "backtest": prepare(before_cut, profiles, items)}
 
 
 def load_inputs(settings: Settings, as_of: date):
@@ -90,10 +113,14 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
         shutil.rmtree(ws)
     ws.mkdir(parents=True)
     interactions, profiles, items = load_inputs(settings, as_of)
-    data = prepare(interactions, profiles, items)
+    datasets = prepared_protocols(settings, as_of, interactions, profiles, items)
+    data = datasets["loo"]
     config = model_config(data, settings.train.model)
-    tensors = build_tensors(data, config)
-    save_dataset(tensors, ws / DATASET)
+    fingerprints = {}
+    for protocol, prepared in datasets.items():
+        tensors = build_tensors(prepared, config)
+        save_dataset(tensors, dataset_path(ws, protocol))
+        fingerprints[protocol] = tensors["dataset_fingerprint"]
     (ws / SETTINGS).write_text(settings.model_dump_json(indent=2))
 
     configure_tracking(settings)
@@ -102,19 +129,23 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
         mlflow.set_tags({"as_of": as_of.isoformat(), "stage": "train", **code_version(), "config_digest": config_digest(settings)})
         mlflow.log_params(flat_params("", settings.model_dump(mode="json", include={"train", "eval", "features"})))
         mlflow.log_params({"data.users": len(data.sequences.user_ids), "data.items": data.prep.n_items,
-                           "data.interactions": interactions.num_rows, "data.fingerprint": tensors["dataset_fingerprint"]})  # fmt: skip
+                           "data.interactions": interactions.num_rows, "data.fingerprint": fingerprints["loo"],
+                           "data.backtest_cut": backtest_cut(settings, as_of).isoformat()})  # fmt: skip
         mlflow.log_dict(json.loads(settings.model_dump_json()), "config.json")
         mlflow.log_dict(lineage, "lineage.json")
         _log_inputs(settings, as_of, interactions, profiles, items)
-        with mlflow.start_run(run_name="seqrec", nested=True) as child:
-            mlflow.set_tags({"model": "seqrec", "as_of": as_of.isoformat(), **code_version()})
-            mlflow.log_params(flat_params("model", config.to_dict()))
-    runs = {"parent": parent.info.run_id, "seqrec": child.info.run_id, "as_of": as_of.isoformat()}
+        runs = {"parent": parent.info.run_id, "as_of": as_of.isoformat()}
+        for protocol in PROTOCOLS:
+            name = "seqrec" if protocol == "loo" else f"seqrec-{protocol}"
+            with mlflow.start_run(run_name=name, nested=True) as child:
+                mlflow.set_tags({"model": "seqrec", "protocol": protocol, "as_of": as_of.isoformat(), **code_version()})
+                mlflow.log_params(flat_params("model", config.to_dict()))
+            runs[protocol] = child.info.run_id
     (ws / RUNS).write_text(json.dumps(runs))
     log.info(
         "prepared training data as of %s: %d users, %d items, %d interactions (%d training windows) in %.1fs",
         as_of, len(data.sequences.user_ids), data.prep.n_items, interactions.num_rows,
-        len(tensors["train_targets"]), time.monotonic() - started,
+        len(build_tensors(data, config)["train_targets"]), time.monotonic() - started,
     )  # fmt: skip
     return runs
 
@@ -134,7 +165,7 @@ def _log_inputs(settings: Settings, as_of: date, interactions, profiles, items) 
 
 
 # Step 2 ----------------------------------------------------------------------------
-def torchrun_command(settings: Settings, as_of: date, nproc: int | None = None) -> list[str]:
+def torchrun_command(settings: Settings, as_of: date, protocol: str = "loo", nproc: int | None = None) -> list[str]:
     ws = workspace(settings, as_of)
     runs = json.loads((ws / RUNS).read_text())
     nproc = nproc or settings.train.nproc_per_node
@@ -150,50 +181,75 @@ def torchrun_command(settings: Settings, as_of: date, nproc: int | None = None) 
         *launcher,
         f"--nproc-per-node={nproc}",
         str(JOB),
-        "--dataset", str(ws / DATASET),
-        "--out", str(ws / "checkpoints"),
-        "--run-id", runs["seqrec"],
+        "--dataset", str(dataset_path(ws, protocol)),
+        "--out", str(checkpoint_dir(ws, protocol)),
+        "--run-id", runs[protocol],
         "--settings", str(ws / SETTINGS),
     ]  # fmt: skip
 
 
 def run_torchrun(settings: Settings, as_of: date, nproc: int | None = None) -> dict:
-    command = torchrun_command(settings, as_of, nproc)
-    log.info("launching: %s", " ".join(command))
+    """Train one model per protocol with torchrun; returns the leave-last-out model's training result."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "OMP_NUM_THREADS": str(settings.train.torch_threads)}
-    result = subprocess.run(command, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"torchrun exited with {result.returncode}; its log is above. Rerunning the same command resumes "
-            f"from the last checkpoint in {workspace(settings, as_of) / 'checkpoints'}"
-        )
-    return json.loads((workspace(settings, as_of) / "checkpoints" / RESULT).read_text())
+    results = {}
+    for protocol in PROTOCOLS:
+        command = torchrun_command(settings, as_of, protocol, nproc)
+        log.info("launching (%s): %s", protocol, " ".join(command))
+        completed = subprocess.run(command, env=env)
+        if completed.returncode != 0:
+            raise RuntimeError(
+                f"torchrun exited with {completed.returncode}; its log is above. Rerunning the same command resumes "
+                f"from the last checkpoint in {checkpoint_dir(workspace(settings, as_of), protocol)}"
+            )
+        results[protocol] = json.loads((checkpoint_dir(workspace(settings, as_of), protocol) / RESULT).read_text())
+    return results
 
 
 # Step 3 ----------------------------------------------------------------------------
-def load_trained(settings: Settings, as_of: date, data: PreparedData) -> ModelBundle:
+def load_trained(settings: Settings, as_of: date, data: PreparedData, protocol: str = "loo") -> ModelBundle:
     ws = workspace(settings, as_of)
-    tensors = torch.load(ws / DATASET, map_location="cpu", weights_only=True)
+    tensors = torch.load(dataset_path(ws, protocol), map_location="cpu", weights_only=True)
     config = SeqRecConfig.from_dict(json.loads(tensors["config_json"]))
     model = SeqRec(config, tensors["item_content"])
-    best = load_checkpoint(ws / "checkpoints" / BEST)
+    best = load_checkpoint(checkpoint_dir(ws, protocol) / BEST)
     if best is None:
-        raise FileNotFoundError(f"no trained model at {ws / 'checkpoints' / BEST}; run the torchrun step first")
+        raise FileNotFoundError(f"no trained model at {checkpoint_dir(ws, protocol) / BEST}; run the torchrun step first")
     model.load_state_dict(best["model"])
     model.eval()
     return ModelBundle(config, data.prep, model)
 
 
-def leave_last_out_case(data: PreparedData) -> EvalCase:
+def leave_last_out_case(data: PreparedData) -> tuple[EvalCase, Sequences]:
+    """Each user's last new item is the target; the model sees everything before it."""
     split = data.split
     rows = np.flatnonzero(split.test_target > 0)
-    seen = history_matrix([split.test_input[r] for r in rows], data.prep.n_items)
-    return EvalCase(
+    case = EvalCase(
         rows=rows,
-        seen=seen,
+        seen=history_matrix([split.test_input[r] for r in rows], data.prep.n_items),
         relevant=[np.array([split.test_target[r] - 1]) for r in rows],
         history_lengths=np.array([len(split.test_input[r]) for r in rows]),
     )
+    inputs = Sequences(data.sequences.user_ids, list(split.test_input), list(split.test_times))
+    return case, inputs
+
+
+def backtest_case(full: PreparedData, before_cut: PreparedData) -> tuple[EvalCase, Sequences]:
+    """Targets are the items each user met for the first time after the cut; the model sees everything before it."""
+    rows, relevant = [], []
+    for user, (items, earlier) in enumerate(zip(full.sequences.items, before_cut.sequences.items)):
+        # Sequences hold first interactions only, so what follows the earlier prefix is new.
+        future = items[len(earlier) :]
+        if len(future):
+            rows.append(user)
+            relevant.append(np.unique(future) - 1)
+    rows_array = np.array(rows, dtype=np.int64)
+    case = EvalCase(
+        rows=rows_array,
+        seen=history_matrix([before_cut.sequences.items[r] for r in rows], full.prep.n_items),
+        relevant=relevant,
+        history_lengths=np.array([len(before_cut.sequences.items[r]) for r in rows]),
+    )
+    return case, before_cut.sequences
 
 
 def bundle_scorer(bundle: ModelBundle, sequences: Sequences, user_feats: np.ndarray, catalogue_ids: list[str], items_table):
@@ -213,6 +269,44 @@ def bundle_scorer(bundle: ModelBundle, sequences: Sequences, user_feats: np.ndar
     return score
 
 
+def evaluation_context(settings: Settings, data: PreparedData, inputs: Sequences) -> dict:
+    """What every model's evaluation shares: cut-offs, the items' popularity in the inputs, their categories."""
+    popularity = np.bincount(np.concatenate(inputs.items) - 1, minlength=data.prep.n_items).astype(np.float64)
+    return {
+        "ks": tuple(settings.eval.ks),
+        "item_popularity": popularity,
+        "item_categories": sp.csr_matrix((data.item_content[1:, : len(data.prep.genres)] > 0).astype(np.float32)),
+        "cold_user_max_events": settings.eval.cold_user_max_events,
+    }
+
+
+def evaluate_protocol(
+    settings: Settings, data: PreparedData, case: EvalCase, inputs: Sequences, bundle: ModelBundle, items_table
+) -> dict[str, EvalResult]:
+    """The sequence model and every baseline, on the same users, histories and targets."""
+    n_items = data.prep.n_items
+    histories = [np.asarray(s) for s in inputs.items]
+    all_items, all_times = np.concatenate(histories), np.concatenate([np.asarray(t) for t in inputs.times])
+    common = evaluation_context(settings, data, inputs)
+    results = {"seqrec": evaluate(bundle_scorer(bundle, inputs, data.user_feats, data.prep.item_ids, items_table), case, **common)}
+    history = history_matrix(histories, n_items)
+    for name in settings.train.baselines:
+        started = time.monotonic()
+        if name == "popularity":
+            model = Popularity(settings.train.trending_window_days).fit(all_items, all_times, n_items, int(all_times.max()))
+            results[name] = evaluate(lambda rows, m=model: m.score(history[rows]), case, **common)
+        elif name == "ease":
+            model = EASE(settings.train.ease_lambda).fit(history)
+            results[name] = evaluate(lambda rows, m=model: m.score(history[rows]), case, **common)
+        elif name == "als":
+            from recsys_core.models.als import fit_als
+
+            factors = fit_als(settings, history)
+            results[name] = evaluate(factors.score, case, **common)
+        log.info("baseline %s: ndcg@10 %.4f (%.1fs)", name, results[name].metrics["ndcg@10"], time.monotonic() - started)
+    return results
+
+
 def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     import mlflow
 
@@ -222,104 +316,89 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     started = time.monotonic()
     ws = workspace(settings, as_of)
     runs = json.loads((ws / RUNS).read_text())
-    train_result = json.loads((ws / "checkpoints" / RESULT).read_text())
+    train_results = {p: json.loads((checkpoint_dir(ws, p) / RESULT).read_text()) for p in PROTOCOLS}
     interactions, profiles, items = load_inputs(settings, as_of)
-    data = prepare(interactions, profiles, items)
-    case = leave_last_out_case(data)
+    datasets = prepared_protocols(settings, as_of, interactions, profiles, items)
+    data = datasets["loo"]
+    bundle = load_trained(settings, as_of, data, "loo")
+    loo_case, loo_inputs = leave_last_out_case(data)
+    bt_case, bt_inputs = backtest_case(data, datasets["backtest"])
+    evaluations = {
+        "loo": evaluate_protocol(settings, data, loo_case, loo_inputs, bundle, items),
+        "backtest": evaluate_protocol(
+            settings, datasets["backtest"], bt_case, bt_inputs, load_trained(settings, as_of, datasets["backtest"], "backtest"), items
+        ),
+    }
     ks = tuple(settings.eval.ks)
-    n_items = data.prep.n_items
-    split = data.split
-    test_sequences = Sequences(
-        data.sequences.user_ids,
-        [np.asarray(s) for s in split.test_input],
-        [np.asarray(t) for t in split.test_times],
-    )
-    popularity_all = np.bincount(np.concatenate(split.test_input) - 1, minlength=n_items).astype(np.float64)
-    categories = sp.csr_matrix((data.item_content[1:, : len(data.prep.genres)] > 0).astype(np.float32))
-    common = dict(ks=ks, item_popularity=popularity_all, item_categories=categories,
-                  cold_user_max_events=settings.eval.cold_user_max_events)  # fmt: skip
-    catalogue_ids = data.prep.item_ids
-
-    bundle = load_trained(settings, as_of, data)
-    results: dict[str, EvalResult] = {}
-    results["seqrec"] = evaluate(bundle_scorer(bundle, test_sequences, data.user_feats, catalogue_ids, items), case, **common)
-
-    history = history_matrix(split.test_input, n_items)
-    for name in settings.train.baselines:
-        baseline_started = time.monotonic()
-        if name == "popularity":
-            all_items = np.concatenate(split.test_input)
-            all_times = np.concatenate(split.test_times)
-            model = Popularity(settings.train.trending_window_days).fit(all_items, all_times, n_items, int(all_times.max()))
-            results[name] = evaluate(lambda rows, m=model: m.score(history[rows]), case, **common)
-        elif name == "ease":
-            model = EASE(settings.train.ease_lambda).fit(history)
-            results[name] = evaluate(lambda rows, m=model: m.score(history[rows]), case, **common)
-        elif name == "als":
-            from recsys_core.models.als import fit_als
-
-            model = fit_als(settings, history)
-            results[name] = evaluate(lambda rows, m=model: m.score(rows), case, **common)
-        log.info("baseline %s: ndcg@10 %.4f (%.1fs)", name, results[name].metrics["ndcg@10"], time.monotonic() - baseline_started)
+    metric = settings.registry.gate_metric
 
     configure_tracking(settings)
     bundle_dir = bundle.save(ws / "bundle", extra={"as_of": as_of.isoformat(), **code_version()})
-    metric = settings.registry.gate_metric
     with mlflow.start_run(run_id=runs["parent"]):
-        with mlflow.start_run(run_id=runs["seqrec"], nested=True):
-            log_metrics(results["seqrec"].metrics, prefix="test/")
-            log_metrics(train_result)
-            mlflow.log_figure(report.training_curves_figure(train_result["history"]), "plots/training_curves.png")
-            example = _input_example(data, profiles)
-            info = log_bundle(bundle_dir, "model", example, registered_model_name=settings.train.model_name)
-            version = str(info.registered_model_version)
-        for name, result in results.items():
+        for protocol in PROTOCOLS:
+            with mlflow.start_run(run_id=runs[protocol], nested=True):
+                log_metrics(evaluations[protocol]["seqrec"].metrics, prefix="test/")
+                log_metrics(train_results[protocol])
+                mlflow.log_figure(report.training_curves_figure(train_results[protocol]["history"]), "plots/training_curves.png")
+                if protocol == "loo":
+                    info = log_bundle(bundle_dir, "model", _input_example(data, profiles), registered_model_name=settings.train.model_name)
+                    version = str(info.registered_model_version)
+        for name in evaluations["loo"]:
             if name == "seqrec":
                 continue
             with mlflow.start_run(run_name=name, nested=True):
                 mlflow.set_tags({"model": name, "as_of": as_of.isoformat(), **code_version()})
-                log_metrics(result.metrics, prefix="test/")
-        summary = {name: {k: round(v, 5) for k, v in r.metrics.items()} for name, r in results.items()}
-        best_baseline = max((n for n in results if n != "seqrec"), key=lambda n: results[n].metrics[metric], default=None)
-        if best_baseline:
-            lift = results["seqrec"].metrics[metric] / max(1e-12, results[best_baseline].metrics[metric])
-            log_metrics({f"lift_over_best_baseline/{metric}": lift})
-        for name, result in results.items():
-            log_metrics({k: v for k, v in result.metrics.items() if "/" not in k}, prefix=f"{name}/")
-        mlflow.log_dict(summary, "evaluation/leave_last_out.json")
-        mlflow.log_figure(report.metric_at_k_figure({n: r.metrics for n, r in results.items()}, ks=ks), "plots/metrics_at_k.png")
-        mlflow.log_figure(
-            report.popularity_bias_figure({n: r.recommended for n, r in results.items()}, popularity_all, k=10),
-            "plots/popularity_bias.png",
-        )
+                for protocol in PROTOCOLS:
+                    log_metrics(evaluations[protocol][name].metrics, prefix=f"{protocol}/")
+        summary = {
+            protocol: {name: {k: round(v, 5) for k, v in r.metrics.items()} for name, r in results.items()}
+            for protocol, results in evaluations.items()
+        }
+        for protocol, results in evaluations.items():
+            for name, result in results.items():
+                log_metrics({k: v for k, v in result.metrics.items() if "/" not in k}, prefix=f"{protocol}/{name}/")
+            baselines = [n for n in results if n != "seqrec"]
+            if baselines:
+                best = max(baselines, key=lambda n: results[n].metrics[metric])
+                lift = results["seqrec"].metrics[metric] / max(1e-12, results[best].metrics[metric])
+                log_metrics({f"{protocol}/lift_over_best_baseline/{metric}": lift})
+            mlflow.log_dict(summary[protocol], f"evaluation/{protocol}.json")
+            mlflow.log_figure(report.metric_at_k_figure({n: r.metrics for n, r in results.items()}, ks=ks), f"plots/{protocol}_metrics_at_k.png")
+        loo = evaluations["loo"]
+        loo_context = evaluation_context(settings, data, loo_inputs)
+        popularity = loo_context["item_popularity"]
+        mlflow.log_figure(report.popularity_bias_figure({n: r.recommended for n, r in loo.items()}, popularity, k=10), "plots/popularity_bias.png")
+        mlflow.log_figure(report.coverage_figure({n: r.recommended for n, r in loo.items()}, data.prep.n_items, ks), "plots/coverage.png")
 
         # The gate: the current champion, scored by the same code on the same users.
         current = champion(settings, settings.work_dir / "registry")
         champion_metric = None
         if current is not None and current.version != version:
             champ = ModelBundle.load(current.bundle_dir)
-            champ_sequences = _resequence(test_sequences, data.prep.item_ids, champ)
+            champ_inputs = _resequence(loo_inputs, data.prep.item_ids, champ)
             _, champ_feats = champ.prep.user_features(profiles.sort_by("user_id"))
-            champ_result = evaluate(bundle_scorer(champ, champ_sequences, champ_feats, catalogue_ids, items), case, **common)
-            champion_metric = champ_result.metrics[metric]
+            scorer = bundle_scorer(champ, champ_inputs, champ_feats, data.prep.item_ids, items)
+            champion_metric = evaluate(scorer, loo_case, **loo_context).metrics[metric]
             log_metrics({metric: champion_metric}, prefix="champion/")
-        decision = gate_decision(metric, results["seqrec"].metrics[metric], champion_metric,
+        decision = gate_decision(metric, loo["seqrec"].metrics[metric], champion_metric,
                                  settings.registry.gate_min_relative_improvement)  # fmt: skip
         apply_gate(settings, version, decision)
         mlflow.set_tags({"gate.promoted": str(decision.promote), "gate.reason": decision.reason, "model_version": version})
+    headline = ("ndcg@10", "hitrate@10", "recall@50", "mrr", "coverage@10")
     out = {
         "as_of": as_of.isoformat(),
         "model_name": settings.train.model_name,
         "model_version": version,
         "promoted": decision.promote,
         "gate": decision.reason,
-        "metrics": {n: {k: summary[n][k] for k in ("ndcg@10", "hitrate@10", "recall@50", "mrr", "coverage@10")} for n in summary},
-        "train": {k: v for k, v in train_result.items() if k != "history"},
+        "metrics": {n: {k: summary["loo"][n][k] for k in headline} for n in summary["loo"]},
+        "backtest": {n: {k: summary["backtest"][n][k] for k in ("ndcg@10", "recall@10", "hitrate@10", "users")} for n in summary["backtest"]},
+        "train": {p: {k: v for k, v in r.items() if k != "history"} for p, r in train_results.items()},
         "parent_run_id": runs["parent"],
         "seconds": round(time.monotonic() - started, 1),
     }
     (ws / "summary.json").write_text(json.dumps(out, indent=2))
-    log.info("evaluation as of %s: %s", as_of, json.dumps(out["metrics"]))
+    log.info("evaluation as of %s: leave-last-out %s; backtest %s", as_of, json.dumps(out["metrics"]), json.dumps(out["backtest"]))
     return out
 
 

@@ -74,20 +74,24 @@ def model_config(data: PreparedData, settings: ModelSettings) -> SeqRecConfig:
 def training_windows(split: LeaveLastOut, length: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
     """Cut each training sequence into windows of ``length`` next-item steps, newest first.
 
-    Every event of a long history is trained on, while attention stays
-    ``length`` wide. Returns inputs, targets, gaps (seconds) and each window's user row.
+    The first step predicts the first item from an empty history (input 0, the
+    padding id), so the model also learns what to recommend to a user with no
+    events yet. Every event of a long history is trained on, while attention
+    stays ``length`` wide. Returns inputs, targets, gaps (seconds) and each
+    window's user row.
     """
     inputs, targets, gaps, users = [], [], [], []
     for user, (seq, times) in enumerate(zip(split.train, split.train_times)):
-        if len(seq) < 2:
+        if len(seq) == 0:
             continue
-        seq_gaps = event_gaps(times)
-        end = len(seq) - 1  # number of (input, target) steps
+        steps_in = np.concatenate([[0], seq[:-1]])
+        steps_gap = np.concatenate([[0], event_gaps(times)[:-1]])
+        end = len(seq)
         while end > 0:
             start = max(0, end - length)
-            inputs.append(seq[start:end])
-            targets.append(seq[start + 1 : end + 1])
-            gaps.append(seq_gaps[start:end])
+            inputs.append(steps_in[start:end])
+            targets.append(seq[start:end])
+            gaps.append(steps_gap[start:end])
             users.append(user)
             end = start
     return inputs, targets, gaps, np.array(users, dtype=np.int64)

@@ -192,17 +192,19 @@ def test_training_windows_cover_every_step_exactly_once():
     train = split.train[0]
     assert len(train) == n - 2
     inputs, targets, gaps, users = training_windows(split, length)
-    steps = [(int(i), int(t)) for x, y in zip(inputs, targets) for i, t in zip(x, y)]
-    expected = [(int(train[j]), int(train[j + 1])) for j in range(len(train) - 1)]
+    steps = [(int(i), int(t)) for x, y, u in zip(inputs, targets, users) if u == 0 for i, t in zip(x, y)]
+    # Step 0 predicts the first item from an empty history (input 0), then each next item.
+    expected = [(0, int(train[0]))] + [(int(train[j]), int(train[j + 1])) for j in range(len(train) - 1)]
     assert sorted(steps) == sorted(expected)
-    assert len(steps) == len(set(steps)) == len(train) - 1
+    assert len(steps) == len(set(steps)) == len(train)
     assert all(1 <= len(x) <= length and len(x) == len(y) == len(g) for x, y, g in zip(inputs, targets, gaps))
-    np.testing.assert_array_equal(users, np.zeros(len(inputs)))  # the short users yield no windows
+    # "tiny" keeps its single event for training (one empty-history step); "empty" yields nothing.
+    assert sorted(set(users.tolist())) == [0, 1]
     assert targets[0][-1] == train[-1]  # newest window first
-    # Gaps are aligned with the inputs: the gap before each input event.
+    # Gaps are aligned with the inputs: the gap before each input event (0 for the empty-history step).
     train_gaps = np.diff(split.train_times[0], prepend=split.train_times[0][:1])
-    for x, g in zip(inputs, gaps):
-        np.testing.assert_array_equal(g, train_gaps[x - 1])
+    for x, g in zip(inputs[: len(inputs) - 1], gaps):
+        np.testing.assert_array_equal(g, np.where(x > 0, train_gaps[np.maximum(x - 1, 0)], 0))
 
 
 def test_training_windows_short_sequence_is_one_window():
@@ -210,8 +212,8 @@ def test_training_windows_short_sequence_is_one_window():
     split = LeaveLastOut.split(seqs, min_events=99)  # keep the whole sequence for training
     inputs, targets, _, users = training_windows(split, 10)
     assert len(inputs) == 1
-    np.testing.assert_array_equal(inputs[0], [3, 1, 4, 1])
-    np.testing.assert_array_equal(targets[0], [1, 4, 1, 5])
+    np.testing.assert_array_equal(inputs[0], [0, 3, 1, 4, 1])
+    np.testing.assert_array_equal(targets[0], [3, 1, 4, 1, 5])
 
 
 # Preprocessing -----------------------------------------------------------------
@@ -341,9 +343,11 @@ def test_prepare_and_build_tensors():
     t = build_tensors(data, cfg)
     assert t["train_inputs"].shape[1] == 4
     assert t["train_inputs"].shape == t["train_targets"].shape == t["train_gaps"].shape
-    # Targets are the next items of the inputs; padding lines up.
+    # Targets are the next items of the inputs; padding (no target) has no input either,
+    # and an input 0 with a target is the empty-history first step.
     inputs, targets = t["train_inputs"], t["train_targets"]
-    assert torch.equal(inputs == 0, targets == 0)
+    assert torch.all(inputs[targets == 0] == 0)
+    assert torch.all((inputs == 0).sum(dim=1) - (targets == 0).sum(dim=1) <= 1)
     real = inputs[:, :-1] > 0  # left padding: a real position is followed by a real one
     assert torch.equal(targets[:, :-1][real], inputs[:, 1:][real])
     assert t["train_gaps"].min() >= 0 and t["train_gaps"].max() < 24
