@@ -18,9 +18,8 @@ def gate_decision(metric: str, candidate: float, champion: float | None, min_rel
     if champion is None:
         return GateDecision(True, f"no champion yet; candidate {metric}={candidate:.4f}", candidate, None)
     required = champion * (1.0 + min_relative_improvement)
-    # With no margin a tie promotes, so rerunning the same training moves the alias to the new version.
-    better = candidate > required if min_relative_improvement > 0 else candidate >= champion
-    if better:
+    # Strictly better: a tie keeps the champion, so rerunning the same training changes nothing downstream.
+    if candidate > required:
         return GateDecision(
             True,
             f"candidate {metric}={candidate:.4f} beats champion {champion:.4f} (needed > {required:.4f})",

@@ -142,6 +142,19 @@ class Lake:
                     digest.update(chunk)
         return digest.hexdigest()
 
+    def move_dir(self, source: str, target: str) -> None:
+        """Move a folder. One rename on a file system; on an object store (no directory
+        renames) a copy of each object, then the source is deleted: readers still only
+        trust a partition once its manifest, copied last, is there."""
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            self.fs.move(source, target)
+            return
+        infos = self.fs.get_file_info(pafs.FileSelector(source, recursive=True))
+        files = sorted((i.path for i in infos if i.type == pafs.FileType.File), key=lambda p: p.endswith(MANIFEST))
+        for path in files:
+            self.fs.copy_file(path, target + path[len(source) :])
+        self.fs.delete_dir(source)
+
     # Staging and publishing -------------------------------------------------------
     def new_staging_path(self, table: Table, label: str) -> str:
         path = self.path(table.name, STAGING, f"{label}.{uuid.uuid4().hex[:12]}")
@@ -177,8 +190,8 @@ class Lake:
         trash = self.path(table.name, TRASH, f"{partition_name(table.partition or 'dt', value)}.{uuid.uuid4().hex[:12]}")
         if self.exists(target):
             self.fs.create_dir(trash.rsplit("/", 1)[0], recursive=True)
-            self.fs.move(target, trash)
-        self.fs.move(staged_path, target)
+            self.move_dir(target, trash)
+        self.move_dir(staged_path, target)
         if self.exists(trash):
             self.fs.delete_dir(trash)
         log.debug("published %s %s: %d rows", table.name, partition_name(table.partition or "dt", value), rows)
@@ -198,7 +211,7 @@ class Lake:
         ]
         if aside:
             newest = max(aside, key=lambda p: self.read_manifest(p).get("created_at", ""))
-            self.fs.move(newest, target)
+            self.move_dir(newest, target)
             log.warning("restored %s from %s after an interrupted publish", target, newest)
 
     def drop_spark_markers(self, folder: str) -> None:

@@ -57,7 +57,7 @@ def commit_ingest(lake: Lake, ingest_dt: date, staged: str, manifest: dict) -> l
     for info in fs.get_file_info(pafs.FileSelector(staged)):
         if info.type == pafs.FileType.Directory and info.base_name.startswith("dt="):
             fs.create_dir(f"{root}/{info.base_name}", recursive=True)
-            fs.move(info.path, f"{root}/{info.base_name}/{leaf}")
+            lake.move_dir(info.path, f"{root}/{info.base_name}/{leaf}")
             moved.append(info.base_name)
     fs.delete_dir(staged)
     fs.create_dir(marker.rsplit("/", 1)[0], recursive=True)

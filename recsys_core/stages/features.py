@@ -104,7 +104,7 @@ def _with_text_embeddings(spark, lake: Lake, features, settings: Settings):
         fresh.write.mode("overwrite").parquet(lake.spark_uri(staged))
         lake.fs.create_dir(cache_dir, recursive=True)
         for path in lake.data_files(staged):
-            lake.fs.move(path, f"{cache_dir}/{int(time.time() * 1000)}-{path.rsplit('/', 1)[-1]}")
+            lake.fs.copy_file(path, f"{cache_dir}/{int(time.time() * 1000)}-{path.rsplit('/', 1)[-1]}")
         lake.fs.delete_dir(staged)
         log.info("embedded %d new item texts with %s in %.1fs (cache: %s)", n_missing, model, time.monotonic() - started, cache_dir)
         cached = spark.read.schema(schema).parquet(lake.spark_uri(cache_dir))

@@ -174,7 +174,7 @@ def torchrun_command(settings: Settings, as_of: date, protocol: str = "loo", npr
         if not settings.train.rdzv_endpoint:
             raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint (host:port of the rendezvous)")
         launcher += [f"--nnodes={settings.train.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={settings.train.rdzv_endpoint}",
-                     f"--rdzv-id=recsys-{as_of}"]  # fmt: skip
+                     f"--rdzv-id=recsys-{as_of}-{protocol}"]  # fmt: skip
     else:
         launcher += ["--standalone", "--nnodes=1"]
     return [

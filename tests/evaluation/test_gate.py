@@ -37,9 +37,10 @@ def test_worse_is_not_promoted_and_reason_names_both_values(margin):
     assert "does not beat" in d.reason
 
 
-def test_tie_with_zero_margin_promotes():
+def test_tie_with_zero_margin_keeps_the_champion():
+    # A rerun of the same training must not move the alias (and so change the nightly table).
     d = gate_decision("ndcg@10", 0.25, 0.25, 0.0)
-    assert d.promote is True
+    assert d.promote is False
 
 
 def test_tie_with_positive_margin_is_not_promoted():
@@ -62,3 +63,8 @@ def test_decision_is_immutable():
     d = gate_decision("ndcg@10", 0.3, 0.2, 0.0)
     with pytest.raises(AttributeError):
         d.promote = False  # type: ignore[misc]
+
+
+def test_negative_margin_tolerates_a_small_regression():
+    assert gate_decision("ndcg@10", 0.245, 0.25, -0.05).promote is True
+    assert gate_decision("ndcg@10", 0.20, 0.25, -0.05).promote is False
