@@ -83,6 +83,8 @@ class ModelSettings(Section):
     use_content: bool = True
     use_user_features: bool = True
     use_time: bool = True
+    # A learned prior on each item's recent popularity (features.trend_short_days / trend_long_days windows).
+    use_trend: bool = True
     # "full" softmax over the catalogue, or "sampled" softmax with logQ correction for huge catalogues.
     loss: Literal["full", "sampled"] = "full"
     n_negatives: int = 256
@@ -140,6 +142,17 @@ class ServeSettings(Section):
     keep_days: int = 30
     score_batch_users: int = 1024
     unavailable_items: list[str] = Field(default_factory=list)
+    # "local": one process, torch (the reference). "spark": user batches scored by Spark tasks
+    # (mapInArrow) on spark.master, item matrix broadcast; both publish the same table.
+    engine: Literal["local", "spark"] = "local"
+    # If item features carry this column, items whose value is set and not in
+    # available_statuses are never recommended (a null status counts as available).
+    item_status_column: str = "status"
+    available_statuses: list[str] = Field(default_factory=lambda: ["available"])
+    # Diversity re-rank (MMR by genre) of the model's top mmr_pool_factor*K; off when None.
+    # With it on, the published score is the MMR objective (non-increasing), not the raw model score.
+    mmr_lambda: float | None = Field(default=None, ge=0.0, le=1.0)
+    mmr_pool_factor: int = Field(default=3, ge=1)
 
 
 class Settings(BaseSettings):

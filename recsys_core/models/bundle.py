@@ -51,14 +51,33 @@ class ModelBundle:
 
     # Scoring ------------------------------------------------------------------
     def catalogue_matrix(self, item_features: pa.Table) -> tuple[list[str], torch.Tensor]:
-        """Output representations for today's catalogue, including items new since training."""
+        """Output representations of today's catalogue, new items included: [m, d + 1].
+
+        The last column is each item's trend prior from its recent popularity
+        (item_features ``pop_<w>d``); ``user_vectors`` end with a matching 1,
+        so a plain matrix product gives the model's full score.
+        """
         ids = item_features["item_id"].to_pylist()
         index = torch.as_tensor([self.prep.item_index.get(i, 0) for i in ids])
         with torch.no_grad():
             matrix = self.model.item_embedding.weight[index]
             if self.model.content_projection is not None:
                 matrix = matrix + self.model.content_projection(_content_rows(self.prep, item_features))
-        return ids, matrix
+            bias = self.model.trend_bias(self.catalogue_trend(item_features))
+            bias = bias if isinstance(bias, torch.Tensor) else torch.zeros(len(ids))
+        return ids, torch.cat([matrix, bias.unsqueeze(1)], dim=1)
+
+    def catalogue_trend(self, item_features: pa.Table) -> torch.Tensor | None:
+        """[m, len(trend_windows)] log1p of each item's events in each window, as of the features' date."""
+        if not self.config.trend_windows:
+            return None
+        columns = []
+        for window in self.config.trend_windows:
+            name = f"pop_{window}d"
+            if name not in item_features.column_names:
+                raise ValueError(f"the model needs item feature {name!r}; add {window} to features.popularity_windows_days")
+            columns.append(torch.log1p(torch.as_tensor(item_features[name].to_numpy(zero_copy_only=False).astype(np.float32))))
+        return torch.stack(columns, dim=1)
 
     def encode_inputs(self, sequences: Sequences, user_feats: np.ndarray) -> dict[str, torch.Tensor]:
         length = self.config.max_len
@@ -79,11 +98,13 @@ class ModelBundle:
 
     @torch.no_grad()
     def user_vectors(self, inputs: dict[str, torch.Tensor], batch: int = 1024) -> torch.Tensor:
+        """[n, d + 1]: the users' representations, with a trailing 1 that picks up the item trend column."""
         out = []
         for start in range(0, len(inputs["items"]), batch):
             part = {k: v[start : start + batch] for k, v in inputs.items()}
             out.append(self.model.last_hidden(part["items"], part["gaps"], part["user_feats"]))
-        return torch.cat(out) if out else torch.zeros(0, self.config.d_model)
+        hidden = torch.cat(out) if out else torch.zeros(0, self.config.d_model)
+        return torch.cat([hidden, torch.ones(len(hidden), 1)], dim=1)
 
 
 def _content_rows(prep: Preprocessing, item_features: pa.Table) -> torch.Tensor:

@@ -38,6 +38,7 @@ class SeqRecConfig:
     use_time: bool = True
     loss: str = "full"  # "full" or "sampled"
     n_negatives: int = 256
+    trend_windows: tuple[int, ...] = ()  # popularity windows (days) of the learned trend prior; () = off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +47,7 @@ class SeqRecConfig:
     def from_dict(cls, data: dict) -> "SeqRecConfig":
         data = dict(data)
         data["user_cardinalities"] = tuple(data.get("user_cardinalities", ()))
+        data["trend_windows"] = tuple(data.get("trend_windows", ()))
         return cls(**data)
 
 
@@ -69,6 +71,8 @@ class SeqRec(nn.Module):
         self.content_projection = nn.Linear(config.content_dim, d, bias=False) if config.content_dim else None
         self.user_embeddings = nn.ModuleList(nn.Embedding(c, d) for c in config.user_cardinalities)
         self.gap_embedding = nn.Embedding(GAP_BUCKETS, d) if config.use_time else None
+        # Weights of log1p(recent popularity) per window, added to every item's score.
+        self.trend_weights = nn.Parameter(torch.zeros(len(config.trend_windows))) if config.trend_windows else None
         layer = nn.TransformerEncoderLayer(
             d, config.n_heads, dim_feedforward=d * 4, dropout=config.dropout, batch_first=True, norm_first=True,
             activation="gelu",
@@ -115,9 +119,18 @@ class SeqRec(nn.Module):
         h = self.encoder(x, mask=mask, is_causal=True)
         return self.final_norm(h)
 
-    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [..., d] → scores over the catalogue [..., n_items + 1] (index 0 is padding)."""
-        return hidden @ self.item_matrix().T
+    def scores(self, hidden: torch.Tensor, trend: torch.Tensor | None = None) -> torch.Tensor:
+        """hidden [..., d] → scores over the catalogue [..., n_items + 1] (index 0 is padding).
+
+        ``trend`` [..., n_items + 1, len(trend_windows)]: the items' log1p recent popularity at
+        the time of each prediction (see training.data.TrendTable).
+        """
+        return hidden @ self.item_matrix().T + self.trend_bias(trend)
+
+    def trend_bias(self, trend: torch.Tensor | None) -> torch.Tensor | float:
+        if self.trend_weights is None or trend is None:
+            return 0.0
+        return trend @ self.trend_weights
 
     def forward(
         self,
@@ -125,20 +138,29 @@ class SeqRec(nn.Module):
         gaps: torch.Tensor | None,
         user_feats: torch.Tensor | None,
         targets: torch.Tensor,
+        trend_table: torch.Tensor | None = None,
+        trend_rows: torch.Tensor | None = None,
         item_log_prob: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Next-item loss over every non-padded position (targets 0 are ignored)."""
+        """Next-item loss over every non-padded position (targets 0 are ignored).
+
+        ``trend_table`` [days, n_items + 1, k] and ``trend_rows`` [B, L] give each position
+        the items' recent popularity at its time.
+        """
         hidden = self.encode(items, gaps, user_feats)
         valid = targets > 0
         h = hidden[valid]
         y = targets[valid]
+        trend = trend_table[trend_rows[valid]] if trend_table is not None and trend_rows is not None else None
         if self.config.loss == "full":
-            logits = self.scores(h)
+            logits = self.scores(h, trend)
             logits[:, 0] = float("-inf")
             return F.cross_entropy(logits, y)
-        return self._sampled_softmax(h, y, item_log_prob)
+        return self._sampled_softmax(h, y, item_log_prob, trend)
 
-    def _sampled_softmax(self, h: torch.Tensor, y: torch.Tensor, item_log_prob: torch.Tensor | None) -> torch.Tensor:
+    def _sampled_softmax(
+        self, h: torch.Tensor, y: torch.Tensor, item_log_prob: torch.Tensor | None, trend: torch.Tensor | None
+    ) -> torch.Tensor:
         """Sampled softmax with logQ correction (negatives drawn by popularity)."""
         table = self.item_matrix()
         if item_log_prob is None:
@@ -147,6 +169,10 @@ class SeqRec(nn.Module):
         negatives = torch.multinomial(item_log_prob.exp(), self.config.n_negatives, replacement=True)
         pos_logit = (h * table[y]).sum(-1, keepdim=True) - item_log_prob[y].unsqueeze(-1)
         neg_logits = h @ table[negatives].T - item_log_prob[negatives].unsqueeze(0)
+        if trend is not None and self.trend_weights is not None:
+            bias = self.trend_bias(trend)  # [n, n_items + 1]
+            pos_logit = pos_logit + bias.gather(1, y.unsqueeze(1))
+            neg_logits = neg_logits + bias[:, negatives]
         neg_logits = neg_logits.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), float("-inf"))
         logits = torch.cat([pos_logit, neg_logits], dim=1)
         return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=h.device))

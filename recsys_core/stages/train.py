@@ -42,7 +42,7 @@ from recsys_core.models.baselines import EASE, Popularity, history_matrix
 from recsys_core.models.bundle import ModelBundle
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
 from recsys_core.training.checkpoint import load_checkpoint
-from recsys_core.training.data import Sequences
+from recsys_core.training.data import SECONDS_PER_DAY, Sequences, TrendTable
 from recsys_core.training.dataset import PreparedData, build_tensors, model_config, prepare, save_dataset
 from recsys_core.training.loop import BEST, RESULT
 
@@ -75,7 +75,15 @@ def prepared_protocols(settings: Settings, as_of: date, interactions, profiles, 
     """Both protocols' data, with the same preprocessing (fitted on the as-of features)."""
     cut = backtest_cut(settings, as_of)
     before_cut = interactions.filter(pc.less(interactions["event_ts"], pa.scalar(cut, interactions.schema.field("event_ts").type)))
-    return {"loo": prepare(interactions, profiles, items), "backtest": prepare(before_cut, profiles, items)}
+    windows = (settings.features.trend_short_days, settings.features.trend_long_days)
+    return {
+        "loo": prepare(interactions, profiles, items, epoch_day(end_of_day(as_of)), windows),
+        "backtest": prepare(before_cut, profiles, items, epoch_day(cut), windows),
+    }
+
+
+def epoch_day(moment: datetime) -> int:
+    return int(moment.timestamp()) // SECONDS_PER_DAY
 
 
 def load_inputs(settings: Settings, as_of: date):
@@ -252,21 +260,46 @@ def backtest_case(full: PreparedData, before_cut: PreparedData) -> tuple[EvalCas
     return case, before_cut.sequences
 
 
-def bundle_scorer(bundle: ModelBundle, sequences: Sequences, user_feats: np.ndarray, catalogue_ids: list[str], items_table):
-    """Scores of ``bundle`` for rows of ``sequences`` over the current catalogue, by item id."""
+def bundle_scorer(
+    bundle: ModelBundle,
+    sequences: Sequences,
+    user_feats: np.ndarray,
+    catalogue_ids: list[str],
+    items_table,
+    trend: TrendTable | None = None,
+    trend_days: np.ndarray | None = None,
+):
+    """Scores of ``bundle`` for rows of ``sequences`` over the current catalogue (``catalogue_ids``).
+
+    With ``trend`` (indexed like ``catalogue_ids``) and one day per user, each user's trend prior
+    is the items' popularity at that user's own prediction time instead of the features' date.
+    """
     inputs = bundle.encode_inputs(sequences, user_feats)
     ids, matrix = bundle.catalogue_matrix(items_table)
     order = {item: j for j, item in enumerate(ids)}
     columns = np.array([order.get(i, -1) for i in catalogue_ids])
+    known = columns >= 0
 
+    @torch.no_grad()
     def score(rows: np.ndarray) -> np.ndarray:
         part = {k: v[torch.as_tensor(rows)] for k, v in inputs.items()}
-        scores = (bundle.user_vectors(part) @ matrix.T).numpy()
+        vectors = bundle.user_vectors(part)
+        if trend is None:
+            scores = (vectors @ matrix.T).numpy()[:, columns[known]]
+        else:
+            per_user = torch.as_tensor(trend.values[trend.row(trend_days[rows])][:, 1:][:, known])
+            bias = bundle.model.trend_bias(per_user)
+            scores = ((vectors[:, :-1] @ matrix[:, :-1].T)[:, columns[known]] + bias).numpy()
         out = np.full((len(rows), len(catalogue_ids)), -1e9, dtype=np.float32)
-        out[:, columns >= 0] = scores[:, columns[columns >= 0]]
+        out[:, known] = scores
         return out
 
     return score
+
+
+def prediction_days(inputs: Sequences, default_day: int) -> np.ndarray:
+    """The day each user's prediction is made: that of their last input event (``default_day`` if none)."""
+    return np.array([t[-1] // SECONDS_PER_DAY if len(t) else default_day for t in inputs.times], dtype=np.int64)
 
 
 def evaluation_context(settings: Settings, data: PreparedData, inputs: Sequences) -> dict:
@@ -281,14 +314,21 @@ def evaluation_context(settings: Settings, data: PreparedData, inputs: Sequences
 
 
 def evaluate_protocol(
-    settings: Settings, data: PreparedData, case: EvalCase, inputs: Sequences, bundle: ModelBundle, items_table
+    settings: Settings,
+    data: PreparedData,
+    case: EvalCase,
+    inputs: Sequences,
+    trend_days: np.ndarray,
+    bundle: ModelBundle,
+    items_table,
 ) -> dict[str, EvalResult]:
     """The sequence model and every baseline, on the same users, histories and targets."""
     n_items = data.prep.n_items
     histories = [np.asarray(s) for s in inputs.items]
     all_items, all_times = np.concatenate(histories), np.concatenate([np.asarray(t) for t in inputs.times])
     common = evaluation_context(settings, data, inputs)
-    results = {"seqrec": evaluate(bundle_scorer(bundle, inputs, data.user_feats, data.prep.item_ids, items_table), case, **common)}
+    scorer = bundle_scorer(bundle, inputs, data.user_feats, data.prep.item_ids, items_table, data.trend, trend_days)
+    results = {"seqrec": evaluate(scorer, case, **common)}
     history = history_matrix(histories, n_items)
     for name in settings.train.baselines:
         started = time.monotonic()
@@ -323,10 +363,14 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     bundle = load_trained(settings, as_of, data, "loo")
     loo_case, loo_inputs = leave_last_out_case(data)
     bt_case, bt_inputs = backtest_case(data, datasets["backtest"])
+    # Leave-last-out predicts at each user's last input event; the backtest at the cut, as the nightly job would.
+    loo_days = prediction_days(loo_inputs, data.until_day)
+    bt_data = datasets["backtest"]
+    bt_days = np.full(len(bt_inputs.items), bt_data.until_day, dtype=np.int64)
     evaluations = {
-        "loo": evaluate_protocol(settings, data, loo_case, loo_inputs, bundle, items),
+        "loo": evaluate_protocol(settings, data, loo_case, loo_inputs, loo_days, bundle, items),
         "backtest": evaluate_protocol(
-            settings, datasets["backtest"], bt_case, bt_inputs, load_trained(settings, as_of, datasets["backtest"], "backtest"), items
+            settings, bt_data, bt_case, bt_inputs, bt_days, load_trained(settings, as_of, bt_data, "backtest"), items
         ),
     }
     ks = tuple(settings.eval.ks)
@@ -377,7 +421,7 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
             champ = ModelBundle.load(current.bundle_dir)
             champ_inputs = _resequence(loo_inputs, data.prep.item_ids, champ)
             _, champ_feats = champ.prep.user_features(profiles.sort_by("user_id"))
-            scorer = bundle_scorer(champ, champ_inputs, champ_feats, data.prep.item_ids, items)
+            scorer = bundle_scorer(champ, champ_inputs, champ_feats, data.prep.item_ids, items, data.trend, loo_days)
             champion_metric = evaluate(scorer, loo_case, **loo_context).metrics[metric]
             log_metrics({metric: champion_metric}, prefix="champion/")
         decision = gate_decision(metric, loo["seqrec"].metrics[metric], champion_metric,

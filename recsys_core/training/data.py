@@ -120,6 +120,45 @@ class Preprocessing:
         return user_profiles["user_id"].to_pylist(), feats
 
 
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass
+class TrendTable:
+    """Each item's recent popularity as of the start of every day: the model's time-aware prior.
+
+    ``values[d, i, j]`` = log1p(events of item i in the ``windows[j]`` days before
+    the start of day ``first_day + d``), days counted in UTC since the epoch.
+    The same quantities as item_features' ``pop_<w>d`` as of the day before.
+    """
+
+    first_day: int
+    windows: tuple[int, ...]
+    values: np.ndarray  # [n_days, n_items + 1, len(windows)] float32
+
+    def row(self, day: int | np.ndarray) -> np.ndarray:
+        """Row index for "as of the start of ``day``", clipped to the table."""
+        return np.clip(np.asarray(day) - self.first_day, 0, len(self.values) - 1)
+
+    @classmethod
+    def build(cls, interactions: pa.Table, prep: "Preprocessing", windows: tuple[int, ...], until_day: int) -> "TrendTable":
+        """From every event (repeats included, like item_features) up to the start of ``until_day``."""
+        items = np.array([prep.item_index.get(i, 0) for i in interactions["item_id"].to_pylist()], dtype=np.int64)
+        days = pc.cast(interactions["event_ts"], pa.int64()).to_numpy() // (1_000_000 * SECONDS_PER_DAY)
+        first = int(days.min()) if len(days) else until_day
+        n_days = max(1, until_day - first + 1)
+        counts = np.zeros((n_days, prep.n_items + 1), dtype=np.float64)
+        keep = (items > 0) & (days < until_day)
+        np.add.at(counts, (days[keep] - first, items[keep]), 1.0)
+        # before[d] = events strictly before day first + d
+        before = np.concatenate([np.zeros((1, prep.n_items + 1)), np.cumsum(counts, axis=0)])[:n_days]
+        values = np.stack(
+            [np.log1p(before - before[np.maximum(np.arange(n_days) - w, 0)] * (np.arange(n_days) >= w)[:, None]) for w in windows],
+            axis=-1,
+        ).astype(np.float32)
+        return cls(first, tuple(windows), values)
+
+
 @dataclass
 class Sequences:
     """Per-user event histories as item indices and times, oldest first."""

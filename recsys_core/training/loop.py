@@ -103,7 +103,8 @@ def evaluate_split(model: SeqRec, data: dict, prefix: str, rows: np.ndarray, ks,
         hidden = model.last_hidden(
             data[f"{prefix}_inputs"][idx].to(device), data[f"{prefix}_gaps"][idx].to(device), data["user_feats"][idx].to(device)
         )
-        scores = model.scores(hidden)[:, 1:].float().cpu().numpy()
+        trend = data["trend_table"][data[f"{prefix}_trend_rows"][idx]].to(device)
+        scores = model.scores(hidden, trend)[:, 1:].float().cpu().numpy()
         ranks.append(target_ranks(scores, targets[rows[start : start + batch]] - 1, exclude=seen[start : start + batch]))
     return metrics_from_ranks(np.concatenate(ranks), ks)
 
@@ -233,6 +234,8 @@ def _forward_loss(model, data: dict, rows: torch.Tensor, device: torch.device) -
         data["train_gaps"][rows].to(device),
         data["user_feats"][data["train_users"][rows]].to(device),
         data["train_targets"][rows].to(device),
+        trend_table=data["trend_table"].to(device),
+        trend_rows=data["train_trend_rows"][rows].to(device),
     )
 
 

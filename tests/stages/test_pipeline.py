@@ -106,12 +106,11 @@ def test_nightly_scores_equal_training_scores(pipeline):
 
     from recsys_core.io.registry import champion
     from recsys_core.models.bundle import ModelBundle
-    from recsys_core.stages.train import load_inputs, load_trained
-    from recsys_core.training.dataset import prepare
+    from recsys_core.stages.train import load_inputs, load_trained, prepared_protocols
 
     settings = pipeline.settings
     interactions, profiles, items = load_inputs(settings, pipeline.run_date)
-    data = prepare(interactions, profiles, items)
+    data = prepared_protocols(settings, pipeline.run_date, interactions, profiles, items)["loo"]
     trained = load_trained(settings, pipeline.run_date, data)
     served = ModelBundle.load(champion(settings, settings.work_dir / "parity").bundle_dir)
 
@@ -119,6 +118,9 @@ def test_nightly_scores_equal_training_scores(pipeline):
     ids, matrix = served.catalogue_matrix(items.sort_by("item_id"))
     assert ids == data.prep.item_ids
     nightly = (served.user_vectors(inputs) @ matrix.T).numpy()
+    # Offline, the trend prior comes from the training-time table, as of the end of the run date.
+    trend = torch.as_tensor(data.trend.values[data.trend.row(data.until_day)])
     with torch.no_grad():
-        offline = trained.model.scores(trained.model.last_hidden(inputs["items"], inputs["gaps"], inputs["user_feats"]))[:, 1:].numpy()
+        hidden = trained.model.last_hidden(inputs["items"], inputs["gaps"], inputs["user_feats"])
+        offline = trained.model.scores(hidden, trend)[:, 1:].numpy()
     np.testing.assert_allclose(nightly, offline, rtol=1e-4, atol=1e-4)

@@ -191,7 +191,7 @@ def test_training_windows_cover_every_step_exactly_once():
     split = LeaveLastOut.split(seqs)
     train = split.train[0]
     assert len(train) == n - 2
-    inputs, targets, gaps, users = training_windows(split, length)
+    inputs, targets, gaps, _, users = training_windows(split, length)
     steps = [(int(i), int(t)) for x, y, u in zip(inputs, targets, users) if u == 0 for i, t in zip(x, y)]
     # Step 0 predicts the first item from an empty history (input 0), then each next item.
     expected = [(0, int(train[0]))] + [(int(train[j]), int(train[j + 1])) for j in range(len(train) - 1)]
@@ -210,7 +210,7 @@ def test_training_windows_cover_every_step_exactly_once():
 def test_training_windows_short_sequence_is_one_window():
     seqs = Sequences(["u"], [np.array([3, 1, 4, 1, 5])], [np.arange(5)])
     split = LeaveLastOut.split(seqs, min_events=99)  # keep the whole sequence for training
-    inputs, targets, _, users = training_windows(split, 10)
+    inputs, targets, _, _, users = training_windows(split, 10)
     assert len(inputs) == 1
     np.testing.assert_array_equal(inputs[0], [0, 3, 1, 4, 1])
     np.testing.assert_array_equal(targets[0], [3, 1, 4, 1, 5])
@@ -383,3 +383,22 @@ def test_saved_dataset_loads_with_weights_only(tmp_path):
             assert torch.equal(loaded[key], value), key
         else:
             assert loaded[key] == value, key
+
+
+def test_trend_table_counts_each_window_before_the_start_of_each_day():
+    from recsys_core.training.data import TrendTable
+
+    day = 86_400
+    rows = [("u", "A", 0, "f", 1), ("v", "A", 100, "f", 2), ("u", "A", day + 5, "f", 3), ("u", "A", 5 * day, "f", 4)]
+    table = events(rows)
+    first = int(T0.timestamp()) // day
+    trend = TrendTable.build(table, prep(), windows=(1, 3), until_day=first + 6)
+    a = prep().item_index["A"]
+    got = np.expm1(trend.values[:, a, :])  # back to counts
+    # start of day: 0 -> nothing yet; 1 -> day0 (2); 2 -> day1 (1) | days0-1 (3); 4 -> day3 (0) | days1-3 (1); 6 -> day5 (1) | days3-5 (1)
+    np.testing.assert_allclose(got[0], [0, 0], atol=1e-5)
+    np.testing.assert_allclose(got[1], [2, 2], atol=1e-5)
+    np.testing.assert_allclose(got[2], [1, 3], atol=1e-5)
+    np.testing.assert_allclose(got[4], [0, 1], atol=1e-5)
+    np.testing.assert_allclose(got[6], [1, 1], atol=1e-5)
+    assert trend.row(first + 100) == len(trend.values) - 1  # clipped to the table
