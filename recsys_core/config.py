@@ -2,7 +2,8 @@
 
 Values come, highest priority first, from:
 1. environment variables ``RECSYS_<FIELD>`` (nested with ``__``, e.g. ``RECSYS_TRAIN__EPOCHS=3``),
-2. the YAML file named by ``RECSYS_CONFIG`` (default ``config/recsys.yaml`` in the working directory),
+2. the YAML file named by ``RECSYS_CONFIG`` (default ``config/recsys.yaml`` in the working
+   directory, else the project's own ``config/recsys.yaml``),
 3. the defaults below.
 
 Switching from the embedded default to a cluster is a matter of another YAML
@@ -26,6 +27,8 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG_FILE = Path("config/recsys.yaml")
+# Tasks (Airflow, torchrun, Spark workers) may run in another working directory than the project.
+PROJECT_CONFIG_FILE = Path(__file__).resolve().parents[1] / DEFAULT_CONFIG_FILE
 
 
 class Section(BaseModel):
@@ -189,6 +192,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         yaml_file = Path(os.environ.get("RECSYS_CONFIG", DEFAULT_CONFIG_FILE))
+        if "RECSYS_CONFIG" not in os.environ and not yaml_file.exists():
+            yaml_file = PROJECT_CONFIG_FILE
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if yaml_file.exists():
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))

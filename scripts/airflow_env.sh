@@ -1,6 +1,7 @@
 # Environment of the embedded Airflow (SQLite, LocalExecutor, 127.0.0.1). Source it; no secrets here.
 _project="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export RECSYS_DATA_ROOT="${RECSYS_DATA_ROOT:-$_project/.recsys}"
+export RECSYS_CONFIG="${RECSYS_CONFIG:-$_project/config/recsys.yaml}"
 export AIRFLOW_HOME="${AIRFLOW_HOME:-$RECSYS_DATA_ROOT/airflow}"
 export AIRFLOW__CORE__DAGS_FOLDER="$_project/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False

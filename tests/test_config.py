@@ -22,6 +22,8 @@ def isolated(monkeypatch, tmp_path):
         if key.startswith("RECSYS_"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)
+    # The project's own config/recsys.yaml is the fallback; isolate the defaults from it.
+    monkeypatch.setattr("recsys_core.config.PROJECT_CONFIG_FILE", tmp_path / "no-project-config.yaml")
     return tmp_path
 
 
@@ -165,3 +167,10 @@ def test_relative_and_home_data_root_become_absolute(monkeypatch, tmp_path):
     assert settings_for(data_root="rel/dir").data_root == tmp_path / "rel" / "dir"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert settings_for(data_root="~/recsys").data_root == tmp_path / "home" / "recsys"
+
+
+def test_project_config_is_found_from_another_working_directory(monkeypatch, tmp_path):
+    # Airflow and torchrun tasks run elsewhere; they must still read the project's YAML.
+    project_file = write_yaml(tmp_path / "project.yaml", "train:\n  epochs: 7\n")
+    monkeypatch.setattr("recsys_core.config.PROJECT_CONFIG_FILE", project_file)
+    assert Settings().train.epochs == 7
