@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, task
+import pendulum
+from airflow.sdk import DAG, Asset, Param, task
 
 PROJECT = Path(__file__).resolve().parents[1]
 JOBS = PROJECT / "jobs"
@@ -23,6 +24,21 @@ RUN_DATE_PARAM = Param(
     description="Process data as of the end of this UTC day. Empty: the triggering asset's date, else the logical date.",
 )
 RUN_DATE = "{{ ti.xcom_pull(task_ids='resolve_run_date') }}"
+
+
+def recsys_dag(dag_id: str, *, description: str, schedule, doc_md: str | None, tags: list[str]) -> DAG:
+    """The settings every recsys DAG shares: one run at a time, no catch-up, a run_date param."""
+    return DAG(
+        dag_id=dag_id,
+        description=description,
+        schedule=schedule,
+        start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        params={"run_date": RUN_DATE_PARAM},
+        doc_md=doc_md,
+        tags=["recsys", *tags],
+    )
 
 
 @task

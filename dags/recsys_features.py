@@ -9,21 +9,15 @@ date to ``recsys_train``.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG
-from recsys_common import FEATURES_ASSET, JOBS, RUN_DATE, RUN_DATE_PARAM, emit, resolve_run_date, spark_job_conf
+from recsys_common import FEATURES_ASSET, JOBS, RUN_DATE, emit, recsys_dag, resolve_run_date, spark_job_conf
 
-with DAG(
-    dag_id="recsys_features",
+with recsys_dag(
+    "recsys_features",
     description="Ingest raw events and build point-in-time features",
     schedule="@daily",
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    params={"run_date": RUN_DATE_PARAM},
     doc_md=__doc__,
-    tags=["recsys", "spark"],
+    tags=["spark"],
 ) as dag:
     run_date = resolve_run_date()
     ingest = SparkSubmitOperator(

@@ -7,21 +7,15 @@ date. Output: ``lake/recommendations/dt=YYYY-MM-DD/`` with a manifest; the
 
 from __future__ import annotations
 
-import pendulum
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
-from recsys_common import JOBS, MODEL_ASSET, PYTHON, RECOMMENDATIONS_ASSET, RUN_DATE, RUN_DATE_PARAM, emit, resolve_run_date
+from recsys_common import JOBS, MODEL_ASSET, PYTHON, RECOMMENDATIONS_ASSET, RUN_DATE, emit, recsys_dag, resolve_run_date
 
-with DAG(
-    dag_id="recsys_nightly",
+with recsys_dag(
+    "recsys_nightly",
     description="Batch top-K recommendations for every user",
     schedule=[MODEL_ASSET],
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    params={"run_date": RUN_DATE_PARAM},
     doc_md=__doc__,
-    tags=["recsys", "serving"],
+    tags=["serving"],
 ) as dag:
     run_date = resolve_run_date()
     recommend = BashOperator(task_id="score_and_publish", bash_command=f"{PYTHON} {JOBS / 'recommend.py'} --date {RUN_DATE}")

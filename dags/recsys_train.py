@@ -8,23 +8,17 @@ that moves ``@champion`` only when the candidate is better).
 
 from __future__ import annotations
 
-import pendulum
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import DAG
-from recsys_common import FEATURES_ASSET, JOBS, MODEL_ASSET, PYTHON, RUN_DATE, RUN_DATE_PARAM, emit, resolve_run_date
+from recsys_common import FEATURES_ASSET, JOBS, MODEL_ASSET, PYTHON, RUN_DATE, emit, recsys_dag, resolve_run_date
 
 STEP = f"{PYTHON} {JOBS / 'train_step.py'}"
 
-with DAG(
-    dag_id="recsys_train",
+with recsys_dag(
+    "recsys_train",
     description="DDP training, baselines, evaluation and gated promotion",
     schedule=[FEATURES_ASSET],
-    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    params={"run_date": RUN_DATE_PARAM},
     doc_md=__doc__,
-    tags=["recsys", "torch", "mlflow"],
+    tags=["torch", "mlflow"],
 ) as dag:
     run_date = resolve_run_date()
     prepare = BashOperator(task_id="prepare_dataset", bash_command=f"{STEP} prepare --date {RUN_DATE}")
