@@ -18,6 +18,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# Tests start from the model's defaults plus explicit overrides, not from the demo's YAML.
+os.environ.setdefault("RECSYS_CONFIG", str(Path(__file__).resolve().parent / "recsys-test.yaml"))
 
 from recsys_core.config import Settings, settings_for  # noqa: E402
 
@@ -31,6 +33,7 @@ def make_settings(root: Path, **overrides) -> Settings:
         "data_root": root,
         "spark": TEST_SPARK,
         "ingest": {"max_reject_rate": 1.0},
+        "eval": {"backtest_horizon_days": 3},
         "train": {
             "epochs": 6,
             "eval_every": 2,

@@ -1,21 +1,30 @@
 """Ingestion: raw event lines → typed interactions, or quarantine with a reason.
 
-Every input line ends in exactly one of the two outputs. The JVM does the
+Every input row ends in exactly one of the two outputs. The JVM does the
 heavy lifting (JSON parsing, checks, de-duplication); Python only splits files
 into lines, because only there can we keep exact line numbers, reject invalid
 UTF-8 instead of replacing it, and fail with the file's name on a truncated
 gzip file.
+
+Parquet exports land beside JSON Lines: each row of a ``*.parquet`` file
+becomes one input line (``line_no`` = row index + 1, ``raw`` = the row as a
+JSON object) and then meets exactly the same rules as a JSON line.
 """
 
 from __future__ import annotations
 
+import base64
 import gzip
+import json
+import math
 import zlib
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
-from typing import Iterator
+from decimal import Decimal
+from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recsys_core.config import IngestSettings
 
@@ -94,19 +103,130 @@ def split_lines(path: str, content: bytes, max_line_bytes: int) -> Iterator[tupl
         yield path, number, text, None, None
 
 
-def lines_from_files(batches, max_line_bytes: int):
-    """mapInArrow body: binaryFile rows (path, content) → line rows."""
+PARQUET_SUFFIX = ".parquet"
+# Rows per Arrow batch handed back to the JVM: bounds the memory of one huge file.
+BATCH_ROWS = 65_536
+
+
+def _json_value(value: Any) -> Any:
+    """A value of a Parquet row as JSON can say it: NaN and infinities become strings
+    (so the value check rejects them as bad_value, as it does "NaN" in a JSON line)."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode()
+    if hasattr(value, "isoformat"):
+        # Timestamps keep their offset when they have one (UTC-adjusted Parquet timestamps);
+        # naive ones have none and are rejected like a JSON line's "ts" without an offset.
+        return value.isoformat()
+    return str(value)
+
+
+def _text_like(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_string_view(type_)
+
+
+def parquet_rows(path: str, content: bytes, max_line_bytes: int) -> Iterator[tuple]:
+    """Yield (source_file, line_no, raw, pre_reason, pre_detail) for every row of a Parquet file.
+
+    ``line_no`` is the row index + 1 and ``raw`` the row as a JSON object, so the
+    JVM checks it like any JSON line. Text columns are decoded strictly: a value
+    that is not valid UTF-8 flags its row ``invalid_utf8``, as for JSON Lines.
+    Columns that are not known fields are left out of a row where they are
+    null (a JSON export would not write them); known fields are always written,
+    so a null id is still a missing field. A zero-byte file holds no rows; a
+    file that is not readable Parquet fails the run, naming it.
+    """
+    if not content:
+        return
+    try:
+        reader = pq.ParquetFile(pa.py_buffer(content))
+        batches = reader.iter_batches(batch_size=BATCH_ROWS)
+        line_no = 0
+        for batch in batches:
+            names = batch.schema.names
+            text = [_text_like(f.type) for f in batch.schema]
+            columns = [
+                batch.column(i).cast(pa.binary()) if text[i] else batch.column(i)
+                for i in range(batch.num_columns)
+            ]
+            values = [c.to_pylist() for c in columns]
+            for row in zip(*values):
+                line_no += 1
+                yield _parquet_line(path, line_no, names, text, row, max_line_bytes)
+    except (pa.ArrowException, OSError, EOFError) as err:
+        raise UnreadableInput(
+            f"{path}: not a readable Parquet file ({err}); the file is truncated or corrupt. "
+            "Re-deliver it, or move it out of the landing folder and rerun."
+        ) from err
+
+
+def _parquet_line(path: str, line_no: int, names, text, row, max_line_bytes: int) -> tuple:
+    obj: dict[str, Any] = {}
+    bad_utf8 = None
+    for name, is_text, value in zip(names, text, row):
+        if value is None and name not in KNOWN_FIELDS:
+            continue
+        if is_text and value is not None:
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad_utf8 = bad_utf8 or f"column {name}: {err}"
+                value = value.decode("utf-8", "backslashreplace")
+        obj[name] = _json_value(value)
+    raw = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_json_default)
+    size = len(raw.encode("utf-8"))
+    if size > max_line_bytes:
+        return path, line_no, raw[:1024], "oversized_line", f"{size} bytes > {max_line_bytes}"
+    if bad_utf8:
+        return path, line_no, raw, "invalid_utf8", bad_utf8
+    return path, line_no, raw, None, None
+
+
+def file_rows(path: str, content: bytes, max_line_bytes: int) -> Iterator[tuple]:
+    """The input rows of one landed file, whatever its format."""
+    if path.endswith(PARQUET_SUFFIX):
+        return parquet_rows(path, content, max_line_bytes)
+    return split_lines(path, content, max_line_bytes)
+
+
+def _batch(rows: list[tuple]) -> pa.RecordBatch:
+    columns = list(zip(*rows))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(c, type=f.type) for c, f in zip(columns, LINES_SCHEMA)], schema=LINES_SCHEMA
+    )
+
+
+def lines_from_files(batches, max_line_bytes: int, batch_rows: int = BATCH_ROWS):
+    """mapInArrow body: binaryFile rows (path, content) → line rows, at most ``batch_rows`` a batch."""
     for batch in batches:
         paths = batch.column("path").to_pylist()
         contents = batch.column("content").to_pylist()
         for path, content in zip(paths, contents):
-            rows = list(split_lines(path, content, max_line_bytes))
+            rows: list[tuple] = []
+            for row in file_rows(path, content, max_line_bytes):
+                rows.append(row)
+                if len(rows) >= batch_rows:
+                    yield _batch(rows)
+                    rows = []
             if rows:
-                columns = list(zip(*rows))
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array(c, type=f.type) for c, f in zip(columns, LINES_SCHEMA)],
-                    schema=LINES_SCHEMA,
-                )
+                yield _batch(rows)
 
 
 def end_of_day(day: date) -> datetime:

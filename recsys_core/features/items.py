@@ -13,6 +13,8 @@ def item_features(interactions, items, as_of_end: datetime, settings: FeatureSet
     The catalogue is the snapshot plus any item seen in events (those get no
     title or genres but are still scorable). Trend compares the daily rate of
     the short window with that of the long window: above 1 means rising.
+    ``description`` is passed through for the text embedding (it is not a
+    column of the contract).
     """
     from pyspark.sql import functions as F
 
@@ -28,7 +30,7 @@ def item_features(interactions, items, as_of_end: datetime, settings: FeatureSet
         *[window_count(d).alias(f"pop_{d}d") for d in windows],
     )
     short, long_ = settings.trend_short_days, settings.trend_long_days
-    catalogue = items.select("item_id", "title", "genres", "release_date")
+    catalogue = items.select("item_id", "title", "description", "genres", "release_date")
     seen_only = interactions.select("item_id").distinct().join(catalogue.select("item_id"), "item_id", "left_anti")
     catalogue = catalogue.unionByName(seen_only, allowMissingColumns=True)
     pop_cols = {f"pop_{d}d": 0 for d in windows}

@@ -7,8 +7,12 @@ import time
 from datetime import date
 from functools import partial
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from recsys_core.config import Settings
 from recsys_core.contracts import ITEM_FEATURES, RAW_ITEMS, RAW_USERS, USER_PROFILES, spark_conform
+from recsys_core.features.checks import check_table
 from recsys_core.features.ingest import end_of_day
 from recsys_core.features.items import item_features
 from recsys_core.features.profiles import user_profiles
@@ -37,51 +41,79 @@ def run_features(settings: Settings, as_of: date, spark=None) -> dict:
         "users_snapshot": snapshot_path(lake, RAW_USERS, as_of),
         "items_snapshot": snapshot_path(lake, RAW_ITEMS, as_of),
     }
+    staged: dict = {}
     try:
         n_interactions = interactions.count()
         profiles = user_profiles(interactions, users, items, end, settings.features)
         features = item_features(interactions, items, end, settings.features)
+        embedded = 0
         if settings.features.text_embeddings:
-            features = _with_text_embeddings(spark, lake, features, settings)
+            features, embedded = _with_text_embeddings(spark, lake, features, settings)
         else:
             from pyspark.sql import functions as F
 
             features = features.withColumn("text_embedding", F.lit(None).cast("array<float>"))
-        n_users = _publish(lake, USER_PROFILES, as_of, profiles, lineage)
-        n_items = _publish(lake, ITEM_FEATURES, as_of, features, lineage)
+        # Both tables are written and checked before either is published, so a failed
+        # check leaves the previous partitions of both in place.
+        staged[USER_PROFILES] = _stage(lake, USER_PROFILES, as_of, profiles)
+        staged[ITEM_FEATURES] = _stage(lake, ITEM_FEATURES, as_of, features)
+        for contract, path in staged.items():
+            _check_staged(lake, contract, as_of, path)
+        n_users, n_items = (
+            lake.read_manifest(lake.publish(contract, as_of, staged.pop(contract), {"lineage": lineage}))["rows"]
+            for contract in (USER_PROFILES, ITEM_FEATURES)
+        )
     finally:
         interactions.unpersist()
+        for path in staged.values():
+            if lake.exists(path):
+                lake.fs.delete_dir(path)
     summary = {
         "as_of": as_of.isoformat(),
         "interactions": n_interactions,
         "user_profiles": n_users,
         "item_features": n_items,
+        "embedded_new_texts": embedded,
         "seconds": round(time.monotonic() - started, 1),
     }
     log.info(
-        "features as of %s: %d interactions -> %d user profiles, %d item features in %.1fs",
-        as_of, n_interactions, n_users, n_items, summary["seconds"],
+        "features as of %s: %d interactions -> %d user profiles, %d item features (%d texts embedded) in %.1fs",
+        as_of, n_interactions, n_users, n_items, embedded, summary["seconds"],
     )  # fmt: skip
     return summary
 
 
-def _publish(lake: Lake, contract, as_of: date, df, lineage: dict) -> int:
+def _stage(lake: Lake, contract, as_of: date, df) -> str:
     staged = lake.new_staging_path(contract, f"dt={as_of}")
-    spark_conform(df, contract).coalesce(1).sortWithinPartitions(df.columns[0]).write.mode("overwrite").parquet(
+    spark_conform(df, contract).coalesce(1).sortWithinPartitions(contract.columns[0]).write.mode("overwrite").parquet(
         lake.spark_uri(staged)
     )
     lake.drop_spark_markers(staged)
-    return lake.read_manifest(lake.publish(contract, as_of, staged, {"lineage": lineage}))["rows"]
+    return staged
+
+
+def _check_staged(lake: Lake, contract, as_of: date, staged: str) -> int:
+    """The data checks of a staged features partition (with its dt), before it is published."""
+    files = lake.data_files(staged)
+    table = pq.read_table(files, filesystem=lake.fs, partitioning=None) if files else contract.schema.empty_table().drop_columns(["dt"])
+    table = table.append_column("dt", pa.array([as_of] * table.num_rows, pa.date32()))
+    return check_table(table, contract, where=f"dt={as_of}, staged")
 
 
 def _with_text_embeddings(spark, lake: Lake, features, settings: Settings):
-    """Join cached embeddings by content hash; embed (and cache) only texts not seen before."""
+    """Join cached embeddings by content hash; embed (and cache) only texts not seen before.
+
+    The text of an item is ``recsys_core.features.text.item_text`` (title,
+    description, genres); an item without any has no embedding. Returns the
+    features with ``text_embedding`` and the number of texts embedded now.
+    """
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     model = settings.features.text_model
-    text = F.concat_ws(". ", F.col("title"), F.array_join(F.col("genres"), ", "))
-    keyed = features.withColumn("_text", text).withColumn("content_hash", F.sha2(F.concat(F.lit(model + "\x00"), "_text"), 256))
+    keyed = features.withColumn("_text", spark_item_text()).withColumn(
+        "content_hash", F.when(F.col("_text") != "", F.sha2(F.concat(F.lit(model + "\x00"), "_text"), 256))
+    )
     cache_dir = lake.path(EMBEDDING_CACHE, f"model={model}")
     schema = from_arrow_schema(EMBEDDINGS_SCHEMA)
     cached = (
@@ -90,7 +122,8 @@ def _with_text_embeddings(spark, lake: Lake, features, settings: Settings):
         else spark.createDataFrame([], schema)
     )
     missing = (
-        keyed.select("content_hash", F.col("_text").alias("text"))
+        keyed.where(F.col("content_hash").isNotNull())
+        .select("content_hash", F.col("_text").alias("text"))
         .dropDuplicates(["content_hash"])
         .join(cached.select("content_hash"), "content_hash", "left_anti")
     )
@@ -110,4 +143,14 @@ def _with_text_embeddings(spark, lake: Lake, features, settings: Settings):
         cached = spark.read.schema(schema).parquet(lake.spark_uri(cache_dir))
     else:
         log.info("all item texts found in the embedding cache (%s)", cache_dir)
-    return keyed.join(cached.dropDuplicates(["content_hash"]), "content_hash", "left").drop("_text", "content_hash")
+    joined = keyed.join(cached.dropDuplicates(["content_hash"]), "content_hash", "left").drop("_text", "content_hash")
+    return joined, n_missing
+
+
+def spark_item_text():
+    """``item_text(title, description, genres)`` as a Spark column: the non-empty parts joined by ". "."""
+    from pyspark.sql import functions as F
+
+    genres = F.array_join(F.coalesce(F.col("genres"), F.array().cast("array<string>")), ", ")
+    parts = F.array(F.col("title"), F.col("description"), genres)
+    return F.array_join(F.filter(parts, lambda p: p.isNotNull() & (p != "")), ". ")

@@ -1,7 +1,11 @@
 """Stage 1a: arrival days of raw events → interactions + quarantine + a report per day.
 
 One Spark job handles any number of arrival days, so a backfill of months
-costs one job, not one per day. Each day is still committed on its own.
+costs one job, not one per day. Each day is still committed on its own, and
+only after its staged output passed the data checks
+(``recsys_core.features.checks``) and holds exactly the rows its report counts.
+Landed files are JSON Lines (optionally gzipped) or Parquet; a file that
+cannot be read fails the run, naming it.
 """
 
 from __future__ import annotations
@@ -11,12 +15,16 @@ import time
 from datetime import date, timedelta
 from functools import partial
 
+import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from recsys_core.config import Settings
 from recsys_core.contracts import INTERACTIONS, QUARANTINE, RAW_EVENTS
+from recsys_core.features.checks import DataCheckFailed, check_table
 from recsys_core.features.ingest import (
     LINES_SCHEMA,
+    PARQUET_SUFFIX,
     IngestReport,
     UnreadableInput,
     classify,
@@ -27,7 +35,7 @@ from recsys_core.io.tables import commit_ingest, completed_ingests, spark_ingest
 
 log = logging.getLogger(__name__)
 
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz")
+INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson", ".ndjson.gz", PARQUET_SUFFIX)
 REPORT = "_report.json"
 
 
@@ -60,7 +68,7 @@ def input_files(lake: Lake, run_date: date) -> list[str]:
     unsupported = [f for f in files if not f.endswith(INPUT_SUFFIXES)]
     if unsupported:
         raise UnreadableInput(
-            f"unsupported input files in {folder}: {unsupported[:5]}; expected JSON Lines ({', '.join(INPUT_SUFFIXES)})"
+            f"unsupported input files in {folder}: {unsupported[:5]}; expected JSON Lines or Parquet ({', '.join(INPUT_SUFFIXES)})"
         )
     for path in files:
         try:
@@ -105,7 +113,14 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
     staged_interactions = lake.new_staging_path(INTERACTIONS, f"ingest-{dates[0]}-{dates[-1]}")
     staged_quarantine = lake.new_staging_path(QUARANTINE, f"ingest-{dates[0]}-{dates[-1]}")
     try:
-        rows_in = {r["ingest_dt"]: r["n"] for r in lines.groupBy("ingest_dt").agg(F.count("*").alias("n")).collect()}
+        try:
+            rows_in = {r["ingest_dt"]: r["n"] for r in lines.groupBy("ingest_dt").agg(F.count("*").alias("n")).collect()}
+        except Exception as err:
+            # A file that cannot be read fails in a Spark worker; say which, without the Java stack.
+            unreadable = _unreadable_input(err)
+            if unreadable:
+                raise UnreadableInput(unreadable) from err
+            raise
         reports = _reports(classified, dates, files, rows_in)
         for report in reports:
             report.check_balanced()
@@ -129,6 +144,9 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
             .partitionBy("dt")
             .parquet(lake.spark_uri(staged_quarantine))
         )
+        # The data checks run on what was written, before anything is published.
+        for report in reports:
+            _check_staged(lake, report, staged_interactions, staged_quarantine, settings)
     except BaseException:
         lake.fs.delete_dir(staged_interactions)
         lake.fs.delete_dir(staged_quarantine)
@@ -164,6 +182,44 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
         sum(r.rows_quarantined for r in reports), time.monotonic() - started,
     )  # fmt: skip
     return reports
+
+
+def _unreadable_input(err: BaseException) -> str | None:
+    """The UnreadableInput message inside a Spark error raised by a Python worker, if any."""
+    text = str(err)
+    marker = f"{UnreadableInput.__name__}: "
+    if marker not in text:
+        return None
+    return text[text.rindex(marker) + len(marker) :].split("\n", 1)[0].strip()
+
+
+def _staged_table(lake: Lake, folder: str, contract, constants: dict, partition: str | None) -> pa.Table:
+    """A staged partition as one Arrow table in contract column order (empty if nothing was written)."""
+    if not lake.exists(folder) or not lake.data_files(folder):
+        return contract.schema.empty_table()
+    partitioning = ds.partitioning(pa.schema([(partition, pa.date32())]), flavor="hive") if partition else None
+    table = ds.dataset(folder, filesystem=lake.fs, format="parquet", partitioning=partitioning).to_table()
+    for name, value in constants.items():
+        if name not in table.column_names:
+            table = table.append_column(name, pa.array([value] * table.num_rows, contract.schema.field(name).type))
+    known = [c for c in contract.columns if c in table.column_names]
+    return table.select(known + [c for c in table.column_names if c not in known])
+
+
+def _check_staged(lake: Lake, report: IngestReport, staged_interactions: str, staged_quarantine: str, settings: Settings) -> None:
+    """Checks of one arrival day's staged output: its data checks, and its row counts against the report."""
+    day = report.run_date
+    accepted = _staged_table(lake, f"{staged_interactions}/ingest_dt={day}", INTERACTIONS, {"ingest_dt": day}, "dt")
+    quarantined = _staged_table(lake, f"{staged_quarantine}/dt={day}", QUARANTINE, {"dt": day}, None)
+    if (accepted.num_rows, quarantined.num_rows) != (report.rows_accepted, report.rows_quarantined):
+        raise DataCheckFailed(
+            f"ingest {day}: wrote {accepted.num_rows} interactions and {quarantined.num_rows} quarantined rows, "
+            f"but the report counts {report.rows_accepted} accepted and {report.rows_quarantined} quarantined; "
+            "nothing was published."
+        )
+    where = f"ingest_dt={day}, staged"
+    check_table(accepted, INTERACTIONS, where=where, event_types=settings.ingest.event_types)
+    check_table(quarantined, QUARANTINE, where=where)
 
 
 def _reports(classified, dates: list[date], files: dict, rows_in: dict) -> list[IngestReport]:

@@ -61,7 +61,8 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
     training = s["training"]
     if training:
         console.print(_metrics_table(f"Leave-last-out, full ranking (model v{training['model_version']}; promoted: {training['promoted']})", training["metrics"]))
-        console.print(_metrics_table("Temporal backtest: trained up to the cut, new items of the following days", training["backtest"]))
+        if training["backtest"]:
+            console.print(_metrics_table("Temporal backtest: trained up to the cut, new items of the following days", training["backtest"]))
         console.print(f"gate: {training['gate']}")
     if recs:
         console.print(

@@ -82,6 +82,20 @@ def prepared_protocols(settings: Settings, as_of: date, interactions, profiles, 
     }
 
 
+def feasible_protocols(datasets: dict[str, PreparedData]) -> list[str]:
+    """Leave-last-out always; the backtest only when there is history before the cut and activity after it."""
+    before = datasets["backtest"]
+    case, _ = backtest_case(datasets["loo"], before)
+    if len(case.rows) and any(len(s) for s in before.split.train):
+        return list(PROTOCOLS)
+    log.warning(
+        "temporal backtest skipped: %d users active after the cut, %d events before it; "
+        "lower eval.backtest_horizon_days for data this short",
+        len(case.rows), sum(len(s) for s in before.sequences.items),
+    )  # fmt: skip
+    return ["loo"]
+
+
 def epoch_day(moment: datetime) -> int:
     return int(moment.timestamp()) // SECONDS_PER_DAY
 
@@ -124,8 +138,10 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
     datasets = prepared_protocols(settings, as_of, interactions, profiles, items)
     data = datasets["loo"]
     config = model_config(data, settings.train.model)
+    protocols = feasible_protocols(datasets)
     fingerprints = {}
-    for protocol, prepared in datasets.items():
+    for protocol in protocols:
+        prepared = datasets[protocol]
         tensors = build_tensors(prepared, config)
         save_dataset(tensors, dataset_path(ws, protocol))
         fingerprints[protocol] = tensors["dataset_fingerprint"]
@@ -142,8 +158,8 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
         mlflow.log_dict(json.loads(settings.model_dump_json()), "config.json")
         mlflow.log_dict(lineage, "lineage.json")
         _log_inputs(settings, as_of, interactions, profiles, items)
-        runs = {"parent": parent.info.run_id, "as_of": as_of.isoformat()}
-        for protocol in PROTOCOLS:
+        runs = {"parent": parent.info.run_id, "as_of": as_of.isoformat(), "protocols": protocols}
+        for protocol in protocols:
             name = "seqrec" if protocol == "loo" else f"seqrec-{protocol}"
             with mlflow.start_run(run_name=name, nested=True) as child:
                 mlflow.set_tags({"model": "seqrec", "protocol": protocol, "as_of": as_of.isoformat(), **code_version()})
@@ -200,7 +216,8 @@ def run_torchrun(settings: Settings, as_of: date, nproc: int | None = None) -> d
     """Train one model per protocol with torchrun; returns the leave-last-out model's training result."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "OMP_NUM_THREADS": str(settings.train.torch_threads)}
     results = {}
-    for protocol in PROTOCOLS:
+    runs = json.loads((workspace(settings, as_of) / RUNS).read_text())
+    for protocol in runs["protocols"]:
         command = torchrun_command(settings, as_of, protocol, nproc)
         log.info("launching (%s): %s", protocol, " ".join(command))
         completed = subprocess.run(command, env=env)
@@ -356,30 +373,29 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     started = time.monotonic()
     ws = workspace(settings, as_of)
     runs = json.loads((ws / RUNS).read_text())
-    train_results = {p: json.loads((checkpoint_dir(ws, p) / RESULT).read_text()) for p in PROTOCOLS}
+    protocols = runs["protocols"]
+    train_results = {p: json.loads((checkpoint_dir(ws, p) / RESULT).read_text()) for p in protocols}
     interactions, profiles, items = load_inputs(settings, as_of)
     datasets = prepared_protocols(settings, as_of, interactions, profiles, items)
     data = datasets["loo"]
     bundle = load_trained(settings, as_of, data, "loo")
     loo_case, loo_inputs = leave_last_out_case(data)
-    bt_case, bt_inputs = backtest_case(data, datasets["backtest"])
     # Leave-last-out predicts at each user's last input event; the backtest at the cut, as the nightly job would.
     loo_days = prediction_days(loo_inputs, data.until_day)
-    bt_data = datasets["backtest"]
-    bt_days = np.full(len(bt_inputs.items), bt_data.until_day, dtype=np.int64)
-    evaluations = {
-        "loo": evaluate_protocol(settings, data, loo_case, loo_inputs, loo_days, bundle, items),
-        "backtest": evaluate_protocol(
-            settings, bt_data, bt_case, bt_inputs, bt_days, load_trained(settings, as_of, bt_data, "backtest"), items
-        ),
-    }
+    evaluations = {"loo": evaluate_protocol(settings, data, loo_case, loo_inputs, loo_days, bundle, items)}
+    if "backtest" in protocols:
+        bt_data = datasets["backtest"]
+        bt_case, bt_inputs = backtest_case(data, bt_data)
+        bt_days = np.full(len(bt_inputs.items), bt_data.until_day, dtype=np.int64)
+        bt_bundle = load_trained(settings, as_of, bt_data, "backtest")
+        evaluations["backtest"] = evaluate_protocol(settings, bt_data, bt_case, bt_inputs, bt_days, bt_bundle, items)
     ks = tuple(settings.eval.ks)
     metric = settings.registry.gate_metric
 
     configure_tracking(settings)
     bundle_dir = bundle.save(ws / "bundle", extra={"as_of": as_of.isoformat(), **code_version()})
     with mlflow.start_run(run_id=runs["parent"]):
-        for protocol in PROTOCOLS:
+        for protocol in protocols:
             with mlflow.start_run(run_id=runs[protocol], nested=True):
                 log_metrics(evaluations[protocol]["seqrec"].metrics, prefix="test/")
                 log_metrics(train_results[protocol])
@@ -392,7 +408,7 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
                 continue
             with mlflow.start_run(run_name=name, nested=True):
                 mlflow.set_tags({"model": name, "as_of": as_of.isoformat(), **code_version()})
-                for protocol in PROTOCOLS:
+                for protocol in protocols:
                     log_metrics(evaluations[protocol][name].metrics, prefix=f"{protocol}/")
         summary = {
             protocol: {name: {k: round(v, 5) for k, v in r.metrics.items()} for name, r in results.items()}
@@ -436,7 +452,9 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
         "promoted": decision.promote,
         "gate": decision.reason,
         "metrics": {n: {k: summary["loo"][n][k] for k in headline} for n in summary["loo"]},
-        "backtest": {n: {k: summary["backtest"][n][k] for k in ("ndcg@10", "recall@10", "hitrate@10", "users")} for n in summary["backtest"]},
+        "backtest": {
+            n: {k: summary["backtest"][n][k] for k in ("ndcg@10", "recall@10", "hitrate@10", "users")} for n in summary.get("backtest", {})
+        },
         "train": {p: {k: v for k, v in r.items() if k != "history"} for p, r in train_results.items()},
         "parent_run_id": runs["parent"],
         "seconds": round(time.monotonic() - started, 1),

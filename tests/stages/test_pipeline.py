@@ -48,7 +48,8 @@ def test_training_logged_and_registered(pipeline):
     summary = pipeline.training
     assert set(summary["metrics"]) == {"seqrec", "popularity", "ease"}
     assert all(np.isfinite(v) for m in summary["metrics"].values() for v in m.values())
-    assert summary["train"]["world_size"] == 2
+    assert summary["train"]["loo"]["world_size"] == 2
+    assert set(summary["backtest"]) == {"seqrec", "popularity", "ease"}
     client = mlflow.MlflowClient(pipeline.settings.tracking_uri)
     version = client.get_model_version_by_alias(pipeline.settings.train.model_name, "champion")
     assert str(version.version) == summary["model_version"]
@@ -60,9 +61,9 @@ def test_training_logged_and_registered(pipeline):
     assert {r.data.tags.get("model") for r in children} >= {"seqrec", "popularity", "ease"}
     seqrec = next(r for r in children if r.data.tags.get("model") == "seqrec")
     history = client.get_metric_history(seqrec.info.run_id, "train_loss")
-    assert len(history) == summary["train"]["epochs_run"]
+    assert len(history) == summary["train"]["loo"]["epochs_run"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/metrics_at_k.png", "plots/popularity_bias.png"} <= artifacts
+    assert {"plots/loo_metrics_at_k.png", "plots/backtest_metrics_at_k.png", "plots/popularity_bias.png", "plots/coverage.png"} <= artifacts
 
 
 def test_published_table_honours_the_contract(pipeline):
