@@ -1,8 +1,21 @@
 """Stage 3: the nightly job. Score every known user with the champion and publish the top-K.
 
-Publishing is atomic: the table is written to staging, validated, then
-swapped into ``recommendations/dt=D/`` with its manifest, and the ``latest``
-pointer moves last. A failed run leaves every earlier night untouched.
+- Scoring: the "local" engine (one process, torch) or the "spark" engine (user
+  batches scored by Spark tasks with the same kernel); ``serve.engine`` selects,
+  both publish the same table.
+- Exclusions: items the user interacted with, items listed in
+  ``serve.unavailable_items``, and items whose status column (if the item
+  features carry one) says they are not available.
+- Cold start: users without history but with a profile are scored by the
+  model (source "model"); users with neither get the trending items (source
+  "fallback"); items without interactions are scored through their content.
+- Optional MMR diversity re-rank by genre (``serve.mmr_lambda``).
+- Publishing: the table is validated, written to staging, read back and
+  checked, then swapped into ``recommendations/dt=D/`` with its manifest; the
+  ``latest`` pointer moves last. A rerun whose rows are identical (same
+  ``content_digest``) leaves the published partition untouched, generated_at
+  included. A killed run leaves every earlier night untouched; its leftovers
+  are cleaned by the next run of the same date.
 """
 
 from __future__ import annotations
@@ -13,64 +26,71 @@ from datetime import date, datetime, timezone
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import torch
 
-from recsys_core.config import Settings
-from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES, conform
+from recsys_core.config import ServeSettings, Settings
+from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.evaluation import metrics as M
-from recsys_core.io.lake import Lake
+from recsys_core.io.lake import MANIFEST, STAGING, TRASH, Lake, partition_name
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.bundle import ModelBundle
-from recsys_core.serving.score import score_top_k, seen_matrix
-from recsys_core.serving.validate import validate_recommendations
+from recsys_core.serving.output import build_table, content_digest, format_report
+from recsys_core.serving.reader import LATEST
+from recsys_core.serving.rerank import category_matrix
+from recsys_core.serving.score import recommend_top_k, score_top_k, seen_matrix
+from recsys_core.serving.validate import InvalidRecommendations, validate_recommendations
 
 log = logging.getLogger(__name__)
 
-from recsys_core.serving.reader import LATEST
 
-
-def run_recommend(settings: Settings, run_date: date) -> dict:
+def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     from recsys_core.io.registry import champion
 
     started = time.monotonic()
     lake = Lake(settings.lake)
-    k = settings.serve.top_k
+    serve = settings.serve
+    k = serve.top_k
     current = champion(settings, settings.work_dir / "registry")
     if current is None:
         raise RuntimeError(
             f"no model holds @{settings.registry.champion_alias} for {settings.train.model_name}; "
             "train one first (`recsys train --date D` or the recsys_train DAG)"
         )
+    tidy_leftovers(lake, run_date)
     bundle = ModelBundle.load(current.bundle_dir)
     interactions = read_interactions(lake, run_date, settings.ingest.lateness_days, columns=["user_id", "item_id", "event_ts", "source_file", "line_no"])
     profiles = lake.read_partition(USER_PROFILES, run_date).sort_by("user_id")
     items = lake.read_partition(ITEM_FEATURES, run_date)
-    unavailable = set(settings.serve.unavailable_items)
-    catalogue = items.filter(pa.compute.invert(pa.compute.is_in(items["item_id"], pa.array(sorted(unavailable), pa.string())))) if unavailable else items
-    catalogue = catalogue.sort_by("item_id")
+    catalogue, excluded = available_catalogue(items, serve)
     catalogue_ids = catalogue["item_id"].to_pylist()
 
-    user_ids, sequences, inputs = bundle.user_inputs(interactions, profiles)
+    user_ids, _, inputs = bundle.user_inputs(interactions, profiles)
     _, item_matrix = bundle.catalogue_matrix(catalogue)
     seen = seen_matrix(user_ids, catalogue_ids, interactions["user_id"].to_pylist(), interactions["item_id"].to_pylist())
     has_history = np.asarray(seen.sum(axis=1)).ravel() > 0
     has_profile = (inputs["user_feats"] > 0).any(dim=1).numpy()
     use_model = has_history | has_profile
     log.info(
-        "scoring %d users (%d with history, %d profile only, %d fallback) over %d items with %s v%s",
+        "scoring %d users (%d with history, %d profile only, %d fallback) over %d items (%d unavailable excluded) "
+        "with %s v%s on the %s engine",
         len(user_ids), int(has_history.sum()), int((~has_history & has_profile).sum()), int((~use_model).sum()),
-        len(catalogue_ids), current.name, current.version,
+        len(catalogue_ids), len(excluded), current.name, current.version, serve.engine,
     )  # fmt: skip
 
     top_items = np.empty((len(user_ids), k), dtype=np.int64)
     top_scores = np.empty((len(user_ids), k), dtype=np.float32)
     model_rows = np.flatnonzero(use_model)
+    scoring_started = time.monotonic()
     if len(model_rows):
         part = {name: tensor[torch.as_tensor(model_rows)] for name, tensor in inputs.items()}
-        vectors = bundle.user_vectors(part, batch=settings.serve.score_batch_users)
-        top_items[model_rows], top_scores[model_rows] = score_top_k(
-            vectors, item_matrix, k, exclude=seen[model_rows], batch_users=settings.serve.score_batch_users
-        )
+        vectors = bundle.user_vectors(part, batch=serve.score_batch_users)
+        categories = category_matrix(catalogue["genres"].to_pylist()) if serve.mmr_lambda is not None else None
+        top_items[model_rows], top_scores[model_rows] = score_users(
+            settings, run_date, [user_ids[i] for i in model_rows], vectors, catalogue_ids, item_matrix,
+            seen[model_rows], categories, spark=spark,
+        )  # fmt: skip
     fallback_rows = np.flatnonzero(~use_model)
     if len(fallback_rows):
         trending = catalogue[f"pop_{settings.train.trending_window_days}d"].to_numpy().astype(np.float32)
@@ -78,62 +98,127 @@ def run_recommend(settings: Settings, run_date: date) -> dict:
         top_items[fallback_rows], top_scores[fallback_rows] = score_top_k(
             torch.ones(len(fallback_rows), 1), torch.as_tensor(trending).unsqueeze(1), k, exclude=seen[fallback_rows]
         )
+    scoring_seconds = time.monotonic() - scoring_started
 
-    generated_at = datetime.now(timezone.utc).replace(microsecond=0)
-    ids = np.array(catalogue_ids, dtype=object)
-    table = pa.table(
-        {
-            "user_id": np.repeat(np.array(user_ids, dtype=object), k),
-            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(user_ids)),
-            "item_id": ids[top_items.ravel()],
-            "score": top_scores.ravel(),
-            "model_name": [current.name] * (len(user_ids) * k),
-            "model_version": [current.version] * (len(user_ids) * k),
-            "generated_at": pa.array([generated_at] * (len(user_ids) * k), RECOMMENDATIONS.schema.field("generated_at").type),
-            "source": np.repeat(np.where(use_model, "model", "fallback").astype(object), k),
-        }
-    )
-    table = conform(table, RECOMMENDATIONS)
+    table = build_table(
+        user_ids, catalogue_ids, top_items, top_scores, np.where(use_model, "model", "fallback"),
+        current.name, current.version, datetime.now(timezone.utc).replace(microsecond=0),
+    )  # fmt: skip
     seen_sets = _seen_sets(interactions)
     validate_recommendations(table, k=k, users=user_ids, catalogue=set(catalogue_ids), seen=seen_sets)
+    digest = content_digest(table)
 
-    report = nightly_report(top_items, use_model, catalogue, settings)
-    staged = lake.new_staging_path(RECOMMENDATIONS, f"dt={run_date}")
-    lake.write_parquet(table, staged)
-    manifest = {
-        "users": len(user_ids),
-        "k": k,
-        "model_name": current.name,
-        "model_version": current.version,
-        "mlflow_run_id": current.run_id,
-        "input_partitions": {
-            "interactions_ingests": [d.isoformat() for d in ingests_as_of(lake, run_date, settings.ingest.lateness_days)],
-            "user_profiles": lake.partition_path(USER_PROFILES, run_date),
-            "item_features": lake.partition_path(ITEM_FEATURES, run_date),
-        },
-        "report": report,
-    }
-    target = lake.publish(RECOMMENDATIONS, run_date, staged, manifest)
-    lake.write_json(lake.path(RECOMMENDATIONS.name, LATEST), {"dt": run_date.isoformat(), "path": target, "updated_at": datetime.now(timezone.utc).isoformat()})
-    dropped = lake.drop_partitions_older_than(RECOMMENDATIONS, settings.serve.keep_days)
+    report = nightly_report(top_items, use_model, catalogue, settings, has_history=has_history, unavailable=len(excluded))
+    target = lake.partition_path(RECOMMENDATIONS, run_date)
+    previous = lake.read_manifest(target) if lake.exists(f"{target}/{MANIFEST}") else None
+    unchanged = previous is not None and previous.get("content_digest") == digest
+    if unchanged:
+        log.info("unchanged: %s already holds these rows (content_digest %s); left as published at %s", target, digest[:12], previous.get("created_at"))
+        rows = previous["rows"]
+    else:
+        staged = lake.new_staging_path(RECOMMENDATIONS, partition_name("dt", run_date))
+        lake.write_parquet(table, staged)
+        _check_staged(lake, staged, table.num_rows, digest)
+        manifest = {
+            "users": len(user_ids),
+            "k": k,
+            "model_name": current.name,
+            "model_version": current.version,
+            "mlflow_run_id": current.run_id,
+            "content_digest": digest,
+            "engine": serve.engine,
+            "mmr_lambda": serve.mmr_lambda,
+            "input_partitions": {
+                "interactions_ingests": [d.isoformat() for d in ingests_as_of(lake, run_date, settings.ingest.lateness_days)],
+                "user_profiles": lake.partition_path(USER_PROFILES, run_date),
+                "item_features": lake.partition_path(ITEM_FEATURES, run_date),
+            },
+            "report": report,
+        }
+        lake.publish(RECOMMENDATIONS, run_date, staged, manifest)
+        rows = table.num_rows
+    moved = _update_latest(lake, run_date, target)
+    dropped = lake.drop_partitions_older_than(RECOMMENDATIONS, serve.keep_days)
     seconds = round(time.monotonic() - started, 1)
-    _log_nightly(settings, run_date, report, top_items, catalogue, current, seconds)
+    log.info("%s", format_report(report, title=f"nightly report {run_date} ({current.name} v{current.version}, {serve.engine} engine)"))
+    _log_nightly(settings, run_date, report, top_items, catalogue, current, seconds, unchanged=unchanged)
     summary = {
         "dt": run_date.isoformat(),
         "path": target,
-        "rows": table.num_rows,
+        "rows": rows,
         "users": len(user_ids),
         "k": k,
         "model": f"{current.name} v{current.version}",
+        "engine": serve.engine,
+        "status": "unchanged" if unchanged else "published",
+        "content_digest": digest,
+        "latest_moved": moved,
         **report,
         "dropped_partitions": dropped,
+        "scoring_seconds": round(scoring_seconds, 2),
         "seconds": seconds,
     }
     log.info(
-        "published %d rows for %d users to %s (catalogue coverage %.1f%%, fallback users %d) in %.1fs",
-        table.num_rows, len(user_ids), target, 100 * report["catalogue_coverage"], report["fallback_users"], seconds,
+        "%s %d rows for %d users to %s (catalogue coverage %.1f%%, fallback users %d) in %.1fs",
+        "kept" if unchanged else "published", rows, len(user_ids), target, 100 * report["catalogue_coverage"],
+        report["fallback_users"], seconds,
     )  # fmt: skip
     return summary
+
+
+# Scoring ------------------------------------------------------------------------
+def score_users(
+    settings: Settings,
+    run_date: date,
+    user_ids: list[str],
+    vectors: torch.Tensor,
+    item_ids: list[str],
+    item_matrix: torch.Tensor,
+    exclude,
+    categories: np.ndarray | None,
+    spark=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-K item columns and scores for model users on the configured engine."""
+    serve = settings.serve
+    options = {"mmr_lambda": serve.mmr_lambda, "categories": categories, "pool_factor": serve.mmr_pool_factor}
+    if serve.engine == "local":
+        return recommend_top_k(vectors, item_matrix, serve.top_k, exclude=exclude, batch_users=serve.score_batch_users, **options)
+    from recsys_core.serving.spark_score import rows_to_matrices, spark_top_k
+
+    session, owned = spark, False
+    if session is None:
+        from pyspark.sql import SparkSession
+
+        from recsys_core.io.spark import spark_session
+
+        owned = SparkSession.getActiveSession() is None
+        session = spark_session(settings, f"recommend-{run_date}")
+    try:
+        rows = spark_top_k(
+            session, user_ids, vectors.numpy(), item_ids, item_matrix.detach().numpy(), serve.top_k, exclude,
+            batch_users=serve.score_batch_users, **options,
+        )  # fmt: skip
+    finally:
+        if owned:
+            session.stop()
+    return rows_to_matrices(rows, user_ids, item_ids, serve.top_k)
+
+
+def available_catalogue(items: pa.Table, serve: ServeSettings) -> tuple[pa.Table, list[str]]:
+    """Items that may be recommended (sorted by id), and the ids excluded as unavailable."""
+    keep = pa.array(np.ones(items.num_rows, dtype=bool))
+    if serve.unavailable_items:
+        keep = pc.and_(keep, pc.invert(pc.is_in(items["item_id"], pa.array(sorted(set(serve.unavailable_items)), pa.string()))))
+    column = serve.item_status_column
+    if column and column in items.column_names:
+        status = items[column]
+        if pa.types.is_boolean(status.type):
+            ok = pc.fill_null(status, True)
+        else:
+            ok = pc.or_(pc.is_null(status), pc.is_in(pc.cast(status, pa.string()), pa.array(serve.available_statuses, pa.string())))
+        keep = pc.and_(keep, ok)
+    excluded = sorted(items.filter(pc.invert(keep))["item_id"].to_pylist())
+    return items.filter(keep).sort_by("item_id"), excluded
 
 
 def _seen_sets(interactions: pa.Table) -> dict[str, set[str]]:
@@ -143,20 +228,84 @@ def _seen_sets(interactions: pa.Table) -> dict[str, set[str]]:
     return seen
 
 
-def nightly_report(top_items: np.ndarray, use_model: np.ndarray, catalogue: pa.Table, settings: Settings) -> dict:
+# Publishing ---------------------------------------------------------------------
+def tidy_leftovers(lake: Lake, run_date: date) -> None:
+    """Undo or delete what a killed run of this date left behind.
+
+    A run killed between publish's two renames left the previous partition in
+    ``_trash``: it is restored. Staging folders of this date and trash copies of
+    a partition that is in place are garbage. Other dates' leftovers are not
+    touched (a backfill of another date may be running).
+    """
+    lake.recover(RECOMMENDATIONS, run_date)
+    prefix = partition_name("dt", run_date) + "."
+    complete = lake.exists(f"{lake.partition_path(RECOMMENDATIONS, run_date)}/{MANIFEST}")
+    for folder in (STAGING, TRASH):
+        base = lake.path(RECOMMENDATIONS.name, folder)
+        if not lake.exists(base):
+            continue
+        for info in lake.fs.get_file_info(pafs.FileSelector(base)):
+            if info.base_name.startswith(prefix) and (folder == STAGING or complete):
+                lake.fs.delete_dir(info.path)
+                log.info("removed %s left by an interrupted run", info.path)
+
+
+def _check_staged(lake: Lake, staged: str, rows: int, digest: str) -> None:
+    """Read the staged files back: the bytes on storage must hold exactly the validated rows."""
+    import pyarrow.parquet as pq
+
+    files = lake.data_files(staged)
+    back = pq.read_table(files, filesystem=lake.fs, partitioning=None) if files else RECOMMENDATIONS.schema.empty_table()
+    if back.num_rows != rows or content_digest(back) != digest:
+        raise InvalidRecommendations(f"staged table {staged} does not read back as written ({back.num_rows} rows, expected {rows})")
+
+
+def _update_latest(lake: Lake, run_date: date, target: str) -> bool:
+    """Point ``latest`` at this night unless a newer complete night is already there (a backfill)."""
+    import json
+
+    pointer = lake.path(RECOMMENDATIONS.name, LATEST)
+    if lake.exists(pointer):
+        with lake.fs.open_input_stream(pointer) as stream:
+            current = json.loads(stream.read().decode()).get("dt", "")
+        newer = lake.exists(f"{lake.partition_path(RECOMMENDATIONS, current)}/{MANIFEST}") if current else False
+        if current == run_date.isoformat() or (newer and current > run_date.isoformat()):
+            return False
+    lake.write_json(pointer, {"dt": run_date.isoformat(), "path": target, "updated_at": datetime.now(timezone.utc).isoformat()})
+    return True
+
+
+# Report ---------------------------------------------------------------------------
+def nightly_report(
+    top_items: np.ndarray,
+    use_model: np.ndarray,
+    catalogue: pa.Table,
+    settings: Settings,
+    *,
+    has_history: np.ndarray | None = None,
+    unavailable: int = 0,
+) -> dict:
     popularity = catalogue["pop_all"].to_numpy().astype(np.float64)
     k = top_items.shape[1]
     bias = M.popularity_bias(top_items, popularity, k)
-    return {
+    report = {
         "catalogue_coverage": round(M.catalog_coverage(top_items, len(popularity), k), 6),
         "gini": round(float(bias["gini"]), 6),
         "head_share": round(float(bias["head_share"]), 6),
         "fallback_users": int((~use_model).sum()),
         "fallback_share": round(float((~use_model).mean()) if len(use_model) else 0.0, 6),
+        "users": int(len(use_model)),
+        "users_source_model": int(use_model.sum()),
+        "users_source_fallback": int((~use_model).sum()),
+        "catalogue_items": int(catalogue.num_rows),
+        "unavailable_items": int(unavailable),
     }
+    if has_history is not None:
+        report["users_model_profile_only"] = int((use_model & ~has_history).sum())
+    return report
 
 
-def _log_nightly(settings: Settings, run_date: date, report: dict, top_items, catalogue, current, seconds: float) -> None:
+def _log_nightly(settings: Settings, run_date: date, report: dict, top_items, catalogue, current, seconds: float, unchanged: bool = False) -> None:
     import mlflow
 
     from recsys_core.evaluation.report import popularity_bias_figure
@@ -164,11 +313,16 @@ def _log_nightly(settings: Settings, run_date: date, report: dict, top_items, ca
 
     configure_tracking(settings)
     with mlflow.start_run(run_name=f"nightly-{run_date}"):
-        mlflow.set_tags({"stage": "nightly", "dt": run_date.isoformat(), "model_name": current.name, "model_version": current.version})
+        mlflow.set_tags(
+            {
+                "stage": "nightly", "dt": run_date.isoformat(), "model_name": current.name,
+                "model_version": current.version, "engine": settings.serve.engine,
+                "publish": "unchanged" if unchanged else "published",
+            }
+        )  # fmt: skip
         log_metrics({**report, "seconds": seconds, "users": len(top_items)})
         popularity = catalogue["pop_all"].to_numpy().astype(np.float64)
         mlflow.log_figure(
             popularity_bias_figure({f"{current.name} v{current.version}": top_items}, popularity, k=top_items.shape[1]),
             "plots/nightly_popularity.png",
         )
-

@@ -139,3 +139,85 @@ def test_seen_matrix_drives_exclusion_end_to_end(vectors):
     seen = seen_matrix(user_ids, item_ids, log_users, log_items)
     top_ex, _ = score_top_k(users, items, K, exclude=seen)
     assert not np.any(top_ex == top[:, :1])
+
+
+# Large catalogues: the two-stage (block maxima) selection -------------------------------
+def big_case(n_users=37, n_items=5003, dim=8, seed=11, density=0.05):
+    gen = torch.Generator().manual_seed(seed)
+    users = torch.randn(n_users, dim, generator=gen)
+    items = torch.randn(n_items, dim, generator=gen)
+    mask = np.random.default_rng(seed).random((n_users, n_items)) < density
+    return users, items, mask
+
+
+def test_two_stage_selection_is_used_and_exact():
+    from recsys_core.serving.score import _Selector
+
+    users, items, mask = big_case()
+    assert _Selector(items.shape[0], 10).two_stage  # 5003 items, K=10: the block path
+    top, scores = score_top_k(users, items, 10, exclude=sp.csr_matrix(mask.astype(np.float32)), batch_users=8)
+    expected_items, expected_scores = brute_force(users, items, 10, mask)
+    np.testing.assert_array_equal(top, expected_items)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+    assert (top < items.shape[0]).all()  # never a padding column
+
+
+def test_two_stage_with_many_ties_returns_the_best_values():
+    # Integer scores: huge ties. Any tie order is fine, the values must be the true top-k.
+    n_users, n_items, k = 11, 4000, 12
+    rng = np.random.default_rng(5)
+    levels = rng.integers(0, 30, size=(n_users, n_items)).astype(np.float32)
+    users = torch.eye(n_users)
+    items = torch.as_tensor(levels.T.copy())  # score(u, i) = levels[u, i]
+    mask = rng.random((n_users, n_items)) < 0.2
+    top, scores = score_top_k(users, items, k, exclude=sp.csr_matrix(mask.astype(np.float32)))
+    masked = np.where(mask, -np.inf, levels)
+    expected = -np.sort(-masked, axis=1)[:, :k]
+    np.testing.assert_array_equal(scores, expected)
+    np.testing.assert_array_equal(np.take_along_axis(levels, top, axis=1), scores)
+    assert all(len(set(row)) == k for row in top.tolist())
+    assert not np.take_along_axis(mask, top, axis=1).any()
+
+
+def test_two_stage_user_with_too_few_items_raises():
+    users, items, _ = big_case(n_users=4, n_items=3000)
+    mask = np.zeros((4, 3000), dtype=np.float32)
+    mask[2, 5:] = 1  # five items left, K=10
+    with pytest.raises(ValueError, match=r"user row 2 has fewer than K=10"):
+        score_top_k(users, items, 10, exclude=sp.csr_matrix(mask))
+
+
+@pytest.mark.parametrize("n_items", [15, 3001])
+def test_candidate_pool_pads_short_users(n_items):
+    users, items, _ = big_case(n_users=3, n_items=n_items)
+    mask = np.zeros((3, n_items), dtype=np.float32)
+    mask[1, 7:] = 1  # seven items left
+    top, scores = score_top_k(users, items, 12, exclude=sp.csr_matrix(mask), min_valid=5)
+    assert (top[1, 7:] == -1).all() and np.isneginf(scores[1, 7:]).all()
+    assert sorted(top[1, :7].tolist()) == list(range(7))
+    assert (top[[0, 2]] >= 0).all() and np.isfinite(scores[[0, 2]]).all()
+    with pytest.raises(ValueError, match="fewer than K=8"):
+        score_top_k(users, items, 12, exclude=sp.csr_matrix(mask), min_valid=8)
+
+
+def test_no_users_gives_empty_result():
+    top, scores = score_top_k(torch.zeros(0, DIM), torch.randn(N_ITEMS, DIM), K)
+    assert top.shape == (0, K) and scores.shape == (0, K)
+
+
+def test_exclusion_from_lists_matches_seen_matrix():
+    from recsys_core.serving.score import exclusion_from_lists
+
+    m = exclusion_from_lists(np.array([3, 5, 5, 6]), np.array([0, 2, 1]), 4)  # offsets need not start at 0
+    np.testing.assert_array_equal(m.toarray() > 0, [[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 0, 0]])
+
+
+def test_recommend_top_k_without_mmr_is_score_top_k(vectors):
+    from recsys_core.serving.score import recommend_top_k
+
+    users, items = vectors
+    exclude = sp.csr_matrix(random_exclusion(6).astype(np.float32))
+    a = score_top_k(users, items, K, exclude=exclude)
+    b = recommend_top_k(users, items, K, exclude=exclude)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])

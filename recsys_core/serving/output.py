@@ -1,0 +1,101 @@
+"""The published table of a night: building it, its content digest, and the report as a text table (pure)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from recsys_core.contracts import RECOMMENDATIONS, conform
+
+# Columns that describe when a table was made, not what it says.
+VOLATILE_COLUMNS = ("generated_at",)
+
+
+def build_table(
+    user_ids: list[str],
+    item_ids: list[str],
+    top_items: np.ndarray,
+    top_scores: np.ndarray,
+    sources: np.ndarray,
+    model_name: str,
+    model_version: str,
+    generated_at: datetime,
+) -> pa.Table:
+    """One row per (user, rank), users in the given order, ranks 1..K, in the contract's schema."""
+    n, k = top_items.shape
+    ids = pa.array(item_ids, pa.string())
+    table = pa.table(
+        {
+            "user_id": pc.take(pa.array(user_ids, pa.string()), pa.array(np.repeat(np.arange(n), k))),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
+            "item_id": pc.take(ids, pa.array(top_items.ravel())),
+            "score": top_scores.astype(np.float32).ravel(),
+            "model_name": pa.array([model_name] * (n * k), pa.string()),
+            "model_version": pa.array([model_version] * (n * k), pa.string()),
+            "generated_at": pa.array([generated_at] * (n * k), RECOMMENDATIONS.schema.field("generated_at").type),
+            "source": pc.take(pa.array(np.asarray(sources, dtype=object), pa.string()), pa.array(np.repeat(np.arange(n), k))),
+        }
+    )
+    return conform(table, RECOMMENDATIONS)
+
+
+def content_digest(table: pa.Table) -> str:
+    """SHA-256 of the rows' contract columns, ignoring row order and the volatile ones (generated_at).
+
+    Canonical: rows sorted by (user_id, rank); per column its name, type, null
+    mask and values (strings as lengths + UTF-8 bytes, numbers as little-endian
+    bytes), so it does not depend on Parquet encoding, chunking or library versions.
+    """
+    columns = [c for c in RECOMMENDATIONS.columns if c not in VOLATILE_COLUMNS]  # e.g. a reader's dt column is no content
+    ordered = table.select(columns).sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    digest = hashlib.sha256()
+    digest.update(f"rows={ordered.num_rows}".encode())
+    for name in columns:
+        array = ordered[name].combine_chunks() if ordered.num_rows else pa.array([], ordered[name].type)
+        digest.update(f"|{name}:{array.type}|".encode())
+        digest.update(np.asarray(pc.is_null(array).to_numpy(zero_copy_only=False), dtype=np.uint8).tobytes())
+        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+            array = array.cast(pa.large_string())
+            offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+            digest.update(np.diff(offsets).astype("<i8").tobytes())
+            data = array.buffers()[2]
+            if data is not None and len(offsets):
+                digest.update(memoryview(data)[offsets[0] : offsets[-1]])
+        else:
+            values = array.fill_null(0).to_numpy(zero_copy_only=False)
+            digest.update(np.ascontiguousarray(values).astype(values.dtype.newbyteorder("<")).tobytes())
+    return digest.hexdigest()
+
+
+def format_report(report: dict, title: str = "nightly report") -> str:
+    """The night's report as a small fixed-width text table, for task logs."""
+    rows: list[tuple[str, str]] = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            for sub, count in value.items():
+                rows.append((f"{key}[{sub}]", _fmt(count)))
+        elif isinstance(value, (list, tuple)):
+            rows.append((key, ", ".join(map(str, value)) or "-"))
+        else:
+            rows.append((key, _fmt(value)))
+    width = max([len("metric"), *(len(r[0]) for r in rows)])
+    vwidth = max([len("value"), *(len(r[1]) for r in rows)])
+    rule = f"+-{'-' * width}-+-{'-' * vwidth}-+"
+    lines = [title, rule, f"| {'metric':<{width}} | {'value':>{vwidth}} |", rule]
+    lines += [f"| {name:<{width}} | {value:>{vwidth}} |" for name, value in rows]
+    lines.append(rule)
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
