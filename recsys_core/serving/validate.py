@@ -9,6 +9,9 @@ import pyarrow.compute as pc
 from recsys_core.contracts import RECOMMENDATIONS
 
 
+SOURCES = ("model", "fallback")
+
+
 class InvalidRecommendations(ValueError):
     """The staged table breaks a publishing rule; the message names the rule and an example."""
 
@@ -54,6 +57,9 @@ def validate_recommendations(
     for row in range(len(users)):
         if len(set(per_user_items[row])) != k:
             raise InvalidRecommendations(f"user {user_sorted[row * k]!r}: an item appears twice")
+    bad_sources = set(pc.unique(table["source"]).to_pylist()) - set(SOURCES)
+    if bad_sources:
+        raise InvalidRecommendations(f"source must be one of {list(SOURCES)}, found {sorted(bad_sources, key=str)}")
     unknown = set(items.tolist()) - catalogue
     if unknown:
         raise InvalidRecommendations(f"{len(unknown)} item ids are not in the catalogue, e.g. {sorted(unknown)[:3]}")

@@ -221,3 +221,11 @@ def test_recommend_top_k_without_mmr_is_score_top_k(vectors):
     b = recommend_top_k(users, items, K, exclude=exclude)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("n_items", [15, 3001])  # one-stage and two-stage selection
+def test_non_finite_scores_are_refused(n_items):
+    users, items, _ = big_case(n_users=5, n_items=n_items)
+    users[3, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"user row 3 .*non-finite"):
+        score_top_k(users, items, 5)

@@ -160,3 +160,11 @@ def test_missing_source_column():
 def test_extra_trailing_columns_are_allowed():
     tbl = table(rows())
     check(tbl.append_column("debug", pa.array(range(tbl.num_rows))))
+
+
+@pytest.mark.parametrize("bad", ["popular", None])
+def test_unknown_source(bad):
+    rs = rows()
+    row(rs, "u1", 2)["source"] = bad
+    with pytest.raises(InvalidRecommendations, match=r"source must be one of \['model', 'fallback'\]"):
+        check(table(rs))
