@@ -220,16 +220,6 @@ class Lake:
             if info.type == pafs.FileType.File and (info.base_name == "_SUCCESS" or info.base_name.endswith(".crc")):
                 self.fs.delete_file(info.path)
 
-    def clean_staging(self, table: Table) -> int:
-        """Delete leftovers of killed runs (staging and trash folders)."""
-        removed = 0
-        for folder in (STAGING, TRASH):
-            path = self.path(table.name, folder)
-            if self.exists(path):
-                removed += len(self.fs.get_file_info(pafs.FileSelector(path)))
-                self.fs.delete_dir(path)
-        return removed
-
     def drop_partitions_older_than(self, table: Table, keep: int) -> list[str]:
         values = self.partitions(table, complete_only=False)
         dropped = values[:-keep] if keep > 0 and len(values) > keep else []

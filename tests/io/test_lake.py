@@ -223,15 +223,6 @@ def test_latest_partition_on_or_before(lake):
     assert lake.latest_partition(T, on_or_before=date(2024, 2, 28)) is None
 
 
-def test_clean_staging_removes_leftovers(lake, tmp_path):
-    stage(lake, data([1]))
-    stage(lake, data([2]))
-    _simulate_kill_between_renames(lake, tmp_path)
-    assert lake.clean_staging(T) == 3
-    assert not (tmp_path / "lake" / "things" / STAGING).exists()
-    assert not (tmp_path / "lake" / "things" / TRASH).exists()
-
-
 def test_empty_partition_reads_as_empty_contract_table(lake):
     staged = lake.new_staging_path(T, "empty")
     target = lake.publish(T, DAY, staged, {})
