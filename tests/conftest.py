@@ -7,6 +7,7 @@ and the stage tests assert on what it left behind.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -18,6 +19,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+# py4j logs "closing down" from finalizers after pytest has closed its streams.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 # Tests start from the model's defaults plus explicit overrides, not from the demo's YAML.
 os.environ.setdefault("RECSYS_CONFIG", str(Path(__file__).resolve().parent / "recsys-test.yaml"))
 
