@@ -41,6 +41,7 @@ def run_one(script: Path, quick: bool, log_dir: Path) -> dict:
     log_path = log_dir / f"{result_name(name, quick)}.log"
     print(f"\n##### {name}: {' '.join(Path(c).name if i < 2 else c for i, c in enumerate(cmd))}", flush=True)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    started_at = time.time()
     started = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -53,7 +54,7 @@ def run_one(script: Path, quick: bool, log_dir: Path) -> dict:
     wall = time.perf_counter() - started
     print(f"##### {name}: exit code {code} after {wall:.0f}s (log: {log_path.relative_to(REPO)})", flush=True)
     return {"name": name, "script": script.name, "exit_code": code, "wall_s": round(wall, 1), "tail": list(tail),
-            "log": str(log_path.relative_to(REPO))}  # fmt: skip
+            "log": str(log_path.relative_to(REPO)), "started_at": started_at}  # fmt: skip
 
 
 def write_summary(runs: list[dict], quick: bool) -> Path:
@@ -79,7 +80,7 @@ def write_summary(runs: list[dict], quick: bool) -> Path:
             if md.exists():
                 parts += [f"Results file of an earlier or partial run ({md.name}):", ""]
         if md.exists():
-            fresh = run is None or md.stat().st_mtime >= time.time() - run["wall_s"] - 5
+            fresh = run is None or md.stat().st_mtime >= run["started_at"] - 1
             text = md.read_text().rstrip()
             if not fresh:
                 text += f"\n\n*(from an earlier run: {md.name} was not rewritten by this one)*"
