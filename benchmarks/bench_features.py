@@ -561,13 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     bench_env()
     if args.render_only:
-        from common import RESULTS, result_name
+        from common import rerender
 
-        stem = result_name(NAME, args.quick)
-        results = json.loads((RESULTS / f"{stem}.json").read_text())
-        (RESULTS / f"{stem}.md").write_text(markdown(results, args.quick, results["machine"]).rstrip() + "\n")
-        print(f"rewrote {RESULTS / f'{stem}.md'}")
-        return 0
+        return rerender(NAME, args.quick, markdown)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("recsys_core").setLevel(logging.INFO)
 

@@ -338,3 +338,12 @@ def noise_note(phases: list[dict]) -> str:
         f"measured phases ({disturbed} of {len(shares)} above {DISTURBED_SHARE:.0%}, marked *disturbed*); "
         "wall times of disturbed phases are pessimistic, CPU seconds are less affected."
     )
+
+
+def rerender(name: str, quick: bool, markdown) -> int:
+    """Rewrite a benchmark's Markdown summary from its saved JSON (no measuring)."""
+    stem = result_name(name, quick)
+    saved = json.loads((RESULTS / f"{stem}.json").read_text())
+    (RESULTS / f"{stem}.md").write_text(markdown(saved, quick, saved["machine"]).rstrip() + "\n")
+    print(f"rewrote {RESULTS / f'{stem}.md'}")
+    return 0
