@@ -88,9 +88,30 @@ class ModelSettings(Section):
     use_time: bool = True
     # A learned prior on each item's recent popularity (features.trend_short_days / trend_long_days windows).
     use_trend: bool = True
+    # Recency: the time from the user's last event to the prediction, embedded and scaling the trend prior.
+    use_query_gap: bool = True
     # "full" softmax over the catalogue, or "sampled" softmax with logQ correction for huge catalogues.
     loss: Literal["full", "sampled"] = "full"
     n_negatives: int = 256
+    # Besides the next item, each step also learns items the user takes up within this many days
+    # (the nightly list is read over the following days); 0 = next item only.
+    future_horizon_days: float = Field(default=0.0, ge=0)
+    future_samples: int = Field(default=4, ge=1)  # future items drawn per step
+    future_weight: float = Field(default=1.0, ge=0)  # their loss weight, relative to the next item's
+
+
+class CalibrationSettings(Section):
+    """Out-of-sample weight of the trend prior (see recsys_core.evaluation.calibration).
+
+    A third model is trained up to two backtest horizons before the run date and scored on the
+    horizon that follows; the offsets that rank that window best are added to the served and the
+    backtest models' trend weights, for users with no events yet and users coming back.
+    """
+
+    enabled: bool = True
+    grid: list[float] = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+    returning_after_hours: float = Field(default=24.0, gt=0)
+    min_users: int = Field(default=20, ge=1)  # a group with fewer users in the window keeps offset 0
 
 
 class TrainSettings(Section):
@@ -112,7 +133,10 @@ class TrainSettings(Section):
     device: Literal["cpu", "cuda"] = "cpu"
     amp: bool = True
     torch_threads: int = 1
-    baselines: list[Literal["popularity", "ease", "als"]] = ["popularity", "ease"]
+    baselines: list[Literal["popularity", "ease", "als"]] = ["popularity", "ease", "als"]
+    # Training steps count less the older they are: halved every this many days before the
+    # end of the data (tastes and the catalogue drift); 0 = every step counts the same.
+    recency_half_life_days: float = Field(default=60.0, ge=0)
     trending_window_days: int = 30
     ease_lambda: float = 250.0
     als_rank: int = 64
@@ -120,6 +144,7 @@ class TrainSettings(Section):
     als_alpha: float = 20.0
     als_iterations: int = 10
     model: ModelSettings = ModelSettings()
+    calibration: CalibrationSettings = CalibrationSettings()
 
 
 class EvalSettings(Section):

@@ -43,6 +43,7 @@ def make_settings(root: Path, **overrides) -> Settings:
             "batch_size": 64,
             "nproc_per_node": 2,
             "model": {"d_model": 32, "max_len": 20, "n_layers": 1},
+            "calibration": {"min_users": 5},
         },
         "serve": {"top_k": 10},
     }

@@ -201,3 +201,23 @@ def coverage_figure(
     if ax.get_lines():
         ax.legend(fontsize="small")
     return fig
+
+
+def calibration_figure(curves: Mapping[str, Sequence[tuple[float, float]]], chosen: Mapping[str, float]) -> Figure:
+    """NDCG@10 on the calibration window against the trend offset, one line per user group; chosen offsets marked."""
+    fig, (ax,) = _new_figure(1, width=5.2)
+    for group, curve in curves.items():
+        offsets = [o for o, _ in curve]
+        values = [v for _, v in curve]
+        (line,) = ax.plot(range(len(offsets)), values, marker="o", label=f"{group} users")
+        if group in chosen and chosen[group] in offsets:
+            at = offsets.index(chosen[group])
+            ax.plot([at], [values[at]], marker="*", markersize=14, color=line.get_color())
+        ax.set_xticks(range(len(offsets)), [f"{o:g}" for o in offsets])
+    ax.set_title("Trend prior calibration (out of sample)")
+    ax.set_xlabel("offset added to the trend weight")
+    ax.set_ylabel("NDCG@10 on the calibration window")
+    ax.grid(True, alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize="small")
+    return fig

@@ -26,10 +26,12 @@ def fit_als(settings: Settings, history: sp.csr_matrix, spark=None) -> ALSFactor
     from recsys_core.io.spark import spark_session
 
     spark = spark or spark_session(settings, "als")
+    import pandas as pd
+
     coo = history.tocoo()
-    frame = spark.createDataFrame(
-        list(zip(coo.row.tolist(), coo.col.tolist(), [1.0] * coo.nnz)), "user int, item int, rating float"
-    )
+    # Through Arrow from pandas: no Python worker processes, one batch to the JVM.
+    pairs = pd.DataFrame({"user": coo.row.astype("int32"), "item": coo.col.astype("int32"), "rating": np.ones(coo.nnz, dtype="float32")})
+    frame = spark.createDataFrame(pairs)
     train = settings.train
     model = ALS(
         rank=train.als_rank,

@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from recsys_core.models.transformer import SeqRec, SeqRecConfig, gap_buckets
-from recsys_core.training.data import Preprocessing, Sequences, build_sequences, gaps_of, left_pad
+from recsys_core.training.data import Preprocessing, Sequences, build_sequences, gaps_of, left_pad, query_gaps_of
 
 WEIGHTS = "weights.pt"
 META = "bundle.json"
@@ -51,11 +51,11 @@ class ModelBundle:
 
     # Scoring ------------------------------------------------------------------
     def catalogue_matrix(self, item_features: pa.Table) -> tuple[list[str], torch.Tensor]:
-        """Output representations of today's catalogue, new items included: [m, d + 1].
+        """Output representations of today's catalogue, new items included: [m, d + k].
 
-        The last column is each item's trend prior from its recent popularity
-        (item_features ``pop_<w>d``); ``user_vectors`` end with a matching 1,
-        so a plain matrix product gives the model's full score.
+        The last k columns are each item's recent popularity (log1p of item_features
+        ``pop_<w>d``, one per trend window); ``user_vectors`` end with each user's
+        weights of those windows, so a plain matrix product gives the model's full score.
         """
         ids = item_features["item_id"].to_pylist()
         index = torch.as_tensor([self.prep.item_index.get(i, 0) for i in ids])
@@ -63,9 +63,8 @@ class ModelBundle:
             matrix = self.model.item_embedding.weight[index]
             if self.model.content_projection is not None:
                 matrix = matrix + self.model.content_projection(_content_rows(self.prep, item_features))
-            bias = self.model.trend_bias(self.catalogue_trend(item_features))
-            bias = bias if isinstance(bias, torch.Tensor) else torch.zeros(len(ids))
-        return ids, torch.cat([matrix, bias.unsqueeze(1)], dim=1)
+            trend = self.catalogue_trend(item_features)
+        return ids, matrix if trend is None else torch.cat([matrix, trend], dim=1)
 
     def catalogue_trend(self, item_features: pa.Table) -> torch.Tensor | None:
         """[m, len(trend_windows)] log1p of each item's events in each window, as of the features' date."""
@@ -79,32 +78,43 @@ class ModelBundle:
             columns.append(torch.log1p(torch.as_tensor(item_features[name].to_numpy(zero_copy_only=False).astype(np.float32))))
         return torch.stack(columns, dim=1)
 
-    def encode_inputs(self, sequences: Sequences, user_feats: np.ndarray) -> dict[str, torch.Tensor]:
+    def encode_inputs(
+        self, sequences: Sequences, user_feats: np.ndarray, now: int | np.ndarray | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs of users predicted at ``now`` (epoch seconds; default: right after each one's last event)."""
         length = self.config.max_len
         items = torch.as_tensor(left_pad(sequences.items, length))
         gaps = gap_buckets(torch.as_tensor(gaps_of(sequences.times, length)), items)
+        query_gaps = gap_buckets(torch.as_tensor(query_gaps_of(sequences.times, length, now)), items)
         if not self.config.use_time:
-            gaps = torch.zeros_like(gaps)
+            gaps, query_gaps = torch.zeros_like(gaps), torch.zeros_like(query_gaps)
         return {
             "items": items,
             "gaps": gaps,
+            "query_gaps": query_gaps,
             "user_feats": torch.as_tensor(user_feats),
         }
 
-    def user_inputs(self, interactions: pa.Table, user_profiles: pa.Table) -> tuple[list[str], Sequences, dict]:
+    def user_inputs(
+        self, interactions: pa.Table, user_profiles: pa.Table, now: int | None = None
+    ) -> tuple[list[str], Sequences, dict]:
         user_ids, feats = self.prep.user_features(user_profiles)
         sequences = build_sequences(interactions, self.prep, user_ids)
-        return user_ids, sequences, self.encode_inputs(sequences, feats)
+        return user_ids, sequences, self.encode_inputs(sequences, feats, now)
 
     @torch.no_grad()
     def user_vectors(self, inputs: dict[str, torch.Tensor], batch: int = 1024) -> torch.Tensor:
-        """[n, d + 1]: the users' representations, with a trailing 1 that picks up the item trend column."""
+        """[n, d + k]: the users' representations, then their weights of the k trend columns."""
         out = []
         for start in range(0, len(inputs["items"]), batch):
             part = {k: v[start : start + batch] for k, v in inputs.items()}
-            out.append(self.model.last_hidden(part["items"], part["gaps"], part["user_feats"]))
-        hidden = torch.cat(out) if out else torch.zeros(0, self.config.d_model)
-        return torch.cat([hidden, torch.ones(len(hidden), 1)], dim=1)
+            hidden = self.model.last_hidden(part["items"], part["gaps"], part["user_feats"], part["query_gaps"])
+            weight = self.model.trend_weight(part["query_gaps"][:, -1])
+            if weight is not None:
+                hidden = torch.cat([hidden, weight.expand(len(hidden), -1)], dim=1)
+            out.append(hidden)
+        width = self.config.d_model + len(self.config.trend_windows)
+        return torch.cat(out) if out else torch.zeros(0, width)
 
 
 def _content_rows(prep: Preprocessing, item_features: pa.Table) -> torch.Tensor:

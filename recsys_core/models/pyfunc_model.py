@@ -49,8 +49,9 @@ class SeqRecPyfunc(mlflow.pyfunc.PythonModel):
         _, feats = prep.user_features(profiles)
         vectors = self.bundle.user_vectors(self.bundle.encode_inputs(sequences, feats))
         with torch.no_grad():
-            # No catalogue features here: the trend prior is left out (column -1 of the vectors).
-            scores = (vectors[:, :-1] @ self.bundle.model.item_matrix()[1:].T).numpy()
+            # No catalogue features here: the trend prior is left out (the vectors' last k columns).
+            d = self.bundle.config.d_model
+            scores = (vectors[:, :d] @ self.bundle.model.item_matrix()[1:].T).numpy()
         for row, h in enumerate(histories):
             scores[row, h - 1] = -np.inf
         top = np.argsort(-scores, axis=1, kind="stable")[:, : self.top_k]

@@ -39,6 +39,12 @@ class SeqRecConfig:
     loss: str = "full"  # "full" or "sampled"
     n_negatives: int = 256
     trend_windows: tuple[int, ...] = ()  # popularity windows (days) of the learned trend prior; () = off
+    # The time since the user's last event at prediction time (recency), embedded, and scaling the
+    # trend prior: a user back after weeks away follows what is trending more than one mid-session.
+    use_query_gap: bool = False
+    future_horizon_days: float = 0.0  # > 0: also learn items taken up within this horizon (see forward)
+    future_samples: int = 4
+    future_weight: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,6 +79,11 @@ class SeqRec(nn.Module):
         self.gap_embedding = nn.Embedding(GAP_BUCKETS, d) if config.use_time else None
         # Weights of log1p(recent popularity) per window, added to every item's score.
         self.trend_weights = nn.Parameter(torch.zeros(len(config.trend_windows))) if config.trend_windows else None
+        self.query_gap_embedding = nn.Embedding(GAP_BUCKETS, d) if config.use_query_gap else None
+        # Per recency bucket, an offset to the trend weights (bucket 0: no event yet).
+        self.trend_by_gap = (
+            nn.Parameter(torch.zeros(GAP_BUCKETS, len(config.trend_windows))) if config.use_query_gap and config.trend_windows else None
+        )
         layer = nn.TransformerEncoderLayer(
             d, config.n_heads, dim_feedforward=d * 4, dropout=config.dropout, batch_first=True, norm_first=True,
             activation="gelu",
@@ -90,8 +101,9 @@ class SeqRec(nn.Module):
         nn.init.normal_(self.position_embedding.weight, std=0.02)
         for emb in self.user_embeddings:
             nn.init.normal_(emb.weight, std=0.02)
-        if self.gap_embedding is not None:
-            nn.init.normal_(self.gap_embedding.weight, std=0.02)
+        for emb in (self.gap_embedding, self.query_gap_embedding):
+            if emb is not None:
+                nn.init.normal_(emb.weight, std=0.02)
 
     def item_matrix(self) -> torch.Tensor:
         """[n_items + 1, d] representations used both as inputs and as output weights."""
@@ -100,14 +112,26 @@ class SeqRec(nn.Module):
             weights = weights + self.content_projection(self.item_content)
         return weights
 
-    def encode(self, items: torch.Tensor, gaps: torch.Tensor | None, user_feats: torch.Tensor | None) -> torch.Tensor:
-        """items [B, L] (left-padded with 0) → hidden states [B, L, d]."""
+    def encode(
+        self,
+        items: torch.Tensor,
+        gaps: torch.Tensor | None,
+        user_feats: torch.Tensor | None,
+        query_gaps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """items [B, L] (left-padded with 0) → hidden states [B, L, d].
+
+        ``query_gaps`` [B, L]: at each position, the bucketed time from that event to the
+        moment of the prediction made there (training.data.query_gaps_of, bucketed; 0 = no event).
+        """
         _, length = items.shape
         table = self.item_matrix()
         x = table[items] * math.sqrt(self.config.d_model)
         x = x + self.position_embedding.weight[-length:].unsqueeze(0)
         if self.gap_embedding is not None and gaps is not None:
             x = x + self.gap_embedding(gaps)
+        if self.query_gap_embedding is not None and query_gaps is not None:
+            x = x + self.query_gap_embedding(query_gaps)
         if user_feats is not None and len(self.user_embeddings):
             user = sum(emb(user_feats[:, i]) for i, emb in enumerate(self.user_embeddings))
             x = x + user.unsqueeze(1)
@@ -119,18 +143,38 @@ class SeqRec(nn.Module):
         h = self.encoder(x, mask=mask, is_causal=True)
         return self.final_norm(h)
 
-    def scores(self, hidden: torch.Tensor, trend: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, hidden: torch.Tensor, trend: torch.Tensor | None = None, query_gaps: torch.Tensor | None = None) -> torch.Tensor:
         """hidden [..., d] → scores over the catalogue [..., n_items + 1] (index 0 is padding).
 
         ``trend`` [..., n_items + 1, len(trend_windows)]: the items' log1p recent popularity at
-        the time of each prediction (see training.data.TrendTable).
+        the time of each prediction (see training.data.TrendTable); ``query_gaps`` [...]: the
+        recency bucket of each prediction.
         """
-        return hidden @ self.item_matrix().T + self.trend_bias(trend)
+        return hidden @ self.item_matrix().T + self.trend_bias(trend, query_gaps)
 
-    def trend_bias(self, trend: torch.Tensor | None) -> torch.Tensor | float:
-        if self.trend_weights is None or trend is None:
+    def trend_weight(self, query_gaps: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Weights of the trend windows: [k], or [..., k] per prediction when recency is used."""
+        if self.trend_weights is None:
+            return None
+        if self.trend_by_gap is None or query_gaps is None:
+            return self.trend_weights
+        return self.trend_weights + self.trend_by_gap[query_gaps]
+
+    @torch.no_grad()
+    def shift_trend_weight(self, buckets: torch.Tensor, delta: float, window: int = -1) -> None:
+        """Add ``delta`` to the weight of trend window ``window`` for predictions in recency ``buckets``
+        (the out-of-sample calibration, see evaluation.calibration)."""
+        if self.trend_by_gap is None:
+            raise ValueError("shifting the trend weight per recency bucket needs trend_windows and use_query_gap")
+        self.trend_by_gap[buckets, window] += delta
+
+    def trend_bias(self, trend: torch.Tensor | None, query_gaps: torch.Tensor | None = None) -> torch.Tensor | float:
+        weight = self.trend_weight(query_gaps)
+        if weight is None or trend is None:
             return 0.0
-        return trend @ self.trend_weights
+        if weight.dim() == 1:
+            return trend @ weight
+        return (trend * weight.unsqueeze(-2)).sum(-1)
 
     def forward(
         self,
@@ -141,27 +185,52 @@ class SeqRec(nn.Module):
         trend_table: torch.Tensor | None = None,
         trend_rows: torch.Tensor | None = None,
         item_log_prob: torch.Tensor | None = None,
+        future: torch.Tensor | None = None,
+        query_gaps: torch.Tensor | None = None,
+        step_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-item loss over every non-padded position (targets 0 are ignored).
 
         ``trend_table`` [days, n_items + 1, k] and ``trend_rows`` [B, L] give each position
-        the items' recent popularity at its time.
+        the items' recent popularity at its time. ``future`` [B, L, S] holds items the user
+        takes up within the horizon after each position; their mean loss is added with
+        weight ``future_weight`` (a dense "what next, over the coming days" objective, as
+        in PinnerFormer), which suits a list that is read for a day or more. ``step_weights``
+        [B, L] weigh the positions (e.g. by recency); by default all count the same.
         """
-        hidden = self.encode(items, gaps, user_feats)
+        hidden = self.encode(items, gaps, user_feats, query_gaps)
         valid = targets > 0
         h = hidden[valid]
-        y = targets[valid]
+        query = query_gaps[valid] if query_gaps is not None else None
+        labels = targets[valid].unsqueeze(1)
+        weights = torch.ones(1, device=h.device)
+        if future is not None and self.config.future_weight > 0:
+            labels = torch.cat([labels, future[valid]], dim=1)
+            share = self.config.future_weight / future.shape[-1]
+            weights = torch.cat([weights, torch.full((future.shape[-1],), share, device=h.device)])
+        weights = weights / weights.sum()
         trend = trend_table[trend_rows[valid]] if trend_table is not None and trend_rows is not None else None
         if self.config.loss == "full":
-            logits = self.scores(h, trend)
+            logits = self.scores(h, trend, query).float()
             logits[:, 0] = float("-inf")
-            return F.cross_entropy(logits, y)
-        return self._sampled_softmax(h, y, item_log_prob, trend)
+            nll = -torch.log_softmax(logits, dim=-1).gather(1, labels)
+        else:
+            nll = torch.stack([self._sampled_nll(h, labels[:, j], item_log_prob, trend, query) for j in range(labels.shape[1])], 1)
+        per_step = (nll * weights).sum(1)
+        if step_weights is None:
+            return per_step.mean()
+        w = step_weights[valid].to(per_step.dtype)
+        return (per_step * w).sum() / w.sum().clamp(min=1e-12)
 
-    def _sampled_softmax(
-        self, h: torch.Tensor, y: torch.Tensor, item_log_prob: torch.Tensor | None, trend: torch.Tensor | None
+    def _sampled_nll(
+        self,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        item_log_prob: torch.Tensor | None,
+        trend: torch.Tensor | None,
+        query: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Sampled softmax with logQ correction (negatives drawn by popularity)."""
+        """Per-row sampled softmax loss with logQ correction (negatives drawn by popularity)."""
         table = self.item_matrix()
         if item_log_prob is None:
             item_log_prob = torch.full((self.config.n_items + 1,), -math.log(self.config.n_items), device=h.device)
@@ -170,14 +239,21 @@ class SeqRec(nn.Module):
         pos_logit = (h * table[y]).sum(-1, keepdim=True) - item_log_prob[y].unsqueeze(-1)
         neg_logits = h @ table[negatives].T - item_log_prob[negatives].unsqueeze(0)
         if trend is not None and self.trend_weights is not None:
-            bias = self.trend_bias(trend)  # [n, n_items + 1]
+            bias = self.trend_bias(trend, query)  # [n, n_items + 1]
             pos_logit = pos_logit + bias.gather(1, y.unsqueeze(1))
             neg_logits = neg_logits + bias[:, negatives]
         neg_logits = neg_logits.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), float("-inf"))
-        logits = torch.cat([pos_logit, neg_logits], dim=1)
-        return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=h.device))
+        logits = torch.cat([pos_logit, neg_logits], dim=1).float()
+        return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=h.device), reduction="none")
 
     @torch.no_grad()
-    def last_hidden(self, items: torch.Tensor, gaps: torch.Tensor | None, user_feats: torch.Tensor | None) -> torch.Tensor:
+    def last_hidden(
+        self,
+        items: torch.Tensor,
+        gaps: torch.Tensor | None,
+        user_feats: torch.Tensor | None,
+        query_gaps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The representation used to score the next item: the last position's hidden state."""
-        return self.encode(items, gaps, user_feats)[:, -1]
+        return self.encode(items, gaps, user_feats, query_gaps)[:, -1]
+

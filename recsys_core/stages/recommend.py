@@ -33,6 +33,7 @@ import torch
 from recsys_core.config import ServeSettings, Settings
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.evaluation import metrics as M
+from recsys_core.features.ingest import end_of_day
 from recsys_core.io.lake import MANIFEST, STAGING, TRASH, Lake, partition_name
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.bundle import ModelBundle
@@ -66,7 +67,8 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     catalogue, excluded = available_catalogue(items, serve)
     catalogue_ids = catalogue["item_id"].to_pylist()
 
-    user_ids, _, inputs = bundle.user_inputs(interactions, profiles)
+    # The list is read from the end of the run date on: that is when each user's recency is taken.
+    user_ids, _, inputs = bundle.user_inputs(interactions, profiles, now=int(end_of_day(run_date).timestamp()))
     _, item_matrix = bundle.catalogue_matrix(catalogue)
     seen = seen_matrix(user_ids, catalogue_ids, interactions["user_id"].to_pylist(), interactions["item_id"].to_pylist())
     has_history = np.asarray(seen.sum(axis=1)).ravel() > 0

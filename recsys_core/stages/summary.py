@@ -63,6 +63,13 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
         console.print(_metrics_table(f"Leave-last-out, full ranking (model v{training['model_version']}; promoted: {training['promoted']})", training["metrics"]))
         if training["backtest"]:
             console.print(_metrics_table("Temporal backtest: trained up to the cut, new items of the following days", training["backtest"]))
+        calibration = training.get("calibration")
+        if calibration:
+            offsets = ", ".join(f"{group} users +{offset:g}" for group, offset in calibration["offsets"].items())
+            console.print(
+                f"trend prior calibrated on an earlier window: {offsets}; "
+                f"backtest ndcg@10 of seqrec before calibration {calibration['backtest_uncalibrated_ndcg@10']:.4f}"
+            )
         console.print(f"gate: {training['gate']}")
     if recs:
         console.print(

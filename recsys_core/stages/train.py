@@ -4,9 +4,15 @@
    preprocessing, build the dataset file, open the MLflow parent run.
 2. ``run_torchrun``: train the sequence model with DDP (``torchrun``); rank 0
    logs per-epoch metrics into a nested run.
-3. ``evaluate_and_register``: evaluate the model and the baselines on the same
-   leave-last-out split, log metrics and plots, register the model and move
-   the champion alias only through the gate.
+3. ``evaluate_and_register``: calibrate the trend prior out of sample,
+   evaluate the model and the baselines on the same splits, log metrics and
+   plots, register the model and move the champion alias only through the gate.
+
+Up to three models are trained per run, one per protocol: ``loo`` (all data;
+the served model, evaluated leave-last-out), ``backtest`` (data up to one
+horizon before the run date, evaluated on that horizon as the nightly job
+would) and ``calibration`` (up to two horizons before, scored on the horizon
+that follows it, to fit the trend prior's out-of-sample weight).
 
 The workspace ``<data_root>/work/train/<date>/`` carries state between steps;
 a rerun of a date starts it afresh.
@@ -32,6 +38,7 @@ import torch
 
 from recsys_core.config import Settings
 from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, USER_PROFILES
+from recsys_core.evaluation.calibration import TrendCalibration, fit_trend_offsets
 from recsys_core.evaluation.gate import gate_decision
 from recsys_core.evaluation.protocols import EvalCase, EvalResult, evaluate
 from recsys_core.features.ingest import end_of_day
@@ -40,7 +47,7 @@ from recsys_core.io.provenance import code_version, config_digest, flat_params
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.baselines import EASE, Popularity, history_matrix
 from recsys_core.models.bundle import ModelBundle
-from recsys_core.models.transformer import SeqRec, SeqRecConfig
+from recsys_core.models.transformer import GAP_BUCKETS, SeqRec, SeqRecConfig, gap_buckets
 from recsys_core.training.checkpoint import load_checkpoint
 from recsys_core.training.data import SECONDS_PER_DAY, Sequences, TrendTable
 from recsys_core.training.dataset import PreparedData, build_tensors, model_config, prepare, save_dataset
@@ -48,7 +55,7 @@ from recsys_core.training.loop import BEST, RESULT
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("loo", "backtest")  # leave-last-out (gate, serving model) and the temporal as-of backtest
+PROTOCOLS = ("loo", "backtest", "calibration")
 RUNS = "runs.json"
 SETTINGS = "settings.json"  # the exact settings the ranks train with
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "train.py"
@@ -66,34 +73,50 @@ def checkpoint_dir(ws: Path, protocol: str) -> Path:
     return ws / "checkpoints" / protocol
 
 
-def backtest_cut(settings: Settings, as_of: date) -> datetime:
-    """Events before this instant train the backtest model; new items after it up to the as-of day are its targets."""
-    return end_of_day(as_of - timedelta(days=settings.eval.backtest_horizon_days))
+def backtest_cut(settings: Settings, as_of: date, horizons: int = 1) -> datetime:
+    """Events before this instant train the backtest model (``horizons`` = 2: the calibration model);
+    new items after it, up to one horizon later, are its targets."""
+    return end_of_day(as_of - timedelta(days=horizons * settings.eval.backtest_horizon_days))
 
 
 def prepared_protocols(settings: Settings, as_of: date, interactions, profiles, items) -> dict[str, PreparedData]:
-    """Both protocols' data, with the same preprocessing (fitted on the as-of features)."""
-    cut = backtest_cut(settings, as_of)
-    before_cut = interactions.filter(pc.less(interactions["event_ts"], pa.scalar(cut, interactions.schema.field("event_ts").type)))
+    """Every protocol's data, with the same preprocessing (fitted on the as-of features)."""
     windows = (settings.features.trend_short_days, settings.features.trend_long_days)
-    return {
-        "loo": prepare(interactions, profiles, items, epoch_day(end_of_day(as_of)), windows),
-        "backtest": prepare(before_cut, profiles, items, epoch_day(cut), windows),
-    }
+    out = {"loo": prepare(interactions, profiles, items, epoch_day(end_of_day(as_of)), windows)}
+    for protocol, horizons in (("backtest", 1), ("calibration", 2)):
+        if protocol == "calibration" and not settings.train.calibration.enabled:
+            continue
+        cut = backtest_cut(settings, as_of, horizons)
+        before = interactions.filter(pc.less(interactions["event_ts"], pa.scalar(cut, interactions.schema.field("event_ts").type)))
+        out[protocol] = prepare(before, profiles, items, epoch_day(cut), windows)
+    return out
 
 
-def feasible_protocols(datasets: dict[str, PreparedData]) -> list[str]:
-    """Leave-last-out always; the backtest only when there is history before the cut and activity after it."""
-    before = datasets["backtest"]
-    case, _ = backtest_case(datasets["loo"], before)
-    if len(case.rows) and any(len(s) for s in before.split.train):
-        return list(PROTOCOLS)
-    log.warning(
-        "temporal backtest skipped: %d users active after the cut, %d events before it; "
-        "lower eval.backtest_horizon_days for data this short",
-        len(case.rows), sum(len(s) for s in before.sequences.items),
-    )  # fmt: skip
-    return ["loo"]
+# The data each temporal protocol is scored against: the next-later protocol's.
+TARGETS_OF = {"backtest": "loo", "calibration": "backtest"}
+
+
+def feasible_protocols(datasets: dict[str, PreparedData], config: SeqRecConfig) -> list[str]:
+    """Leave-last-out always; a temporal protocol only when there is history before its cut and
+    activity after it (and, for the calibration, a trend prior with recency to calibrate)."""
+    protocols = ["loo"]
+    for protocol in ("backtest", "calibration"):
+        if protocol not in datasets:
+            continue
+        if protocol == "calibration" and not (config.trend_windows and config.use_query_gap):
+            log.warning("trend calibration skipped: the model has no trend prior with recency (model.use_trend, use_query_gap)")
+            continue
+        before = datasets[protocol]
+        case, _ = backtest_case(datasets[TARGETS_OF[protocol]], before)
+        if len(case.rows) and any(len(s) for s in before.split.train) and TARGETS_OF[protocol] in protocols:
+            protocols.append(protocol)
+            continue
+        log.warning(
+            "%s skipped: %d users active after its cut, %d events before it; "
+            "lower eval.backtest_horizon_days for data this short",
+            protocol, len(case.rows), sum(len(s) for s in before.sequences.items),
+        )  # fmt: skip
+    return protocols
 
 
 def epoch_day(moment: datetime) -> int:
@@ -138,11 +161,11 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
     datasets = prepared_protocols(settings, as_of, interactions, profiles, items)
     data = datasets["loo"]
     config = model_config(data, settings.train.model)
-    protocols = feasible_protocols(datasets)
+    protocols = feasible_protocols(datasets, config)
     fingerprints, windows = {}, {}
     for protocol in protocols:
         prepared = datasets[protocol]
-        tensors = build_tensors(prepared, config)
+        tensors = build_tensors(prepared, config, settings.train.seed)
         save_dataset(tensors, dataset_path(ws, protocol))
         fingerprints[protocol] = tensors["dataset_fingerprint"]
         windows[protocol] = len(tensors["train_targets"])
@@ -155,7 +178,8 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
         mlflow.log_params(flat_params("", settings.model_dump(mode="json", include={"train", "eval", "features"})))
         mlflow.log_params({"data.users": len(data.sequences.user_ids), "data.items": data.prep.n_items,
                            "data.interactions": interactions.num_rows, "data.fingerprint": fingerprints["loo"],
-                           "data.backtest_cut": backtest_cut(settings, as_of).isoformat()})  # fmt: skip
+                           "data.backtest_cut": backtest_cut(settings, as_of).isoformat(),
+                           "data.calibration_cut": backtest_cut(settings, as_of, 2).isoformat()})  # fmt: skip
         mlflow.log_dict(json.loads(settings.model_dump_json()), "config.json")
         mlflow.log_dict(lineage, "lineage.json")
         _log_inputs(settings, as_of, interactions, profiles, items)
@@ -286,13 +310,16 @@ def bundle_scorer(
     items_table,
     trend: TrendTable | None = None,
     trend_days: np.ndarray | None = None,
+    now: int | None = None,
 ):
-    """Scores of ``bundle`` for rows of ``sequences`` over the current catalogue (``catalogue_ids``).
+    """Scores of ``bundle`` for rows of ``sequences`` over the current catalogue (``catalogue_ids``),
+    predicted at ``now`` (epoch seconds; default: right after each user's last event).
 
     With ``trend`` (indexed like ``catalogue_ids``) and one day per user, each user's trend prior
     is the items' popularity at that user's own prediction time instead of the features' date.
     """
-    inputs = bundle.encode_inputs(sequences, user_feats)
+    inputs = bundle.encode_inputs(sequences, user_feats, now)
+    d = bundle.config.d_model
     ids, matrix = bundle.catalogue_matrix(items_table)
     order = {item: j for j, item in enumerate(ids)}
     columns = np.array([order.get(i, -1) for i in catalogue_ids])
@@ -306,8 +333,8 @@ def bundle_scorer(
             scores = (vectors @ matrix.T).numpy()[:, columns[known]]
         else:
             per_user = torch.as_tensor(trend.values[trend.row(trend_days[rows])][:, 1:][:, known])
-            bias = bundle.model.trend_bias(per_user)
-            scores = ((vectors[:, :-1] @ matrix[:, :-1].T)[:, columns[known]] + bias).numpy()
+            bias = bundle.model.trend_bias(per_user, part["query_gaps"][:, -1])
+            scores = ((vectors[:, :d] @ matrix[:, :d].T)[:, columns[known]] + bias).numpy()
         out = np.full((len(rows), len(catalogue_ids)), -1e9, dtype=np.float32)
         out[:, known] = scores
         return out
@@ -339,13 +366,14 @@ def evaluate_protocol(
     trend_days: np.ndarray,
     bundle: ModelBundle,
     items_table,
+    now: int | None = None,
 ) -> dict[str, EvalResult]:
     """The sequence model and every baseline, on the same users, histories and targets."""
     n_items = data.prep.n_items
     histories = [np.asarray(s) for s in inputs.items]
     all_items, all_times = np.concatenate(histories), np.concatenate([np.asarray(t) for t in inputs.times])
     common = evaluation_context(settings, data, inputs)
-    scorer = bundle_scorer(bundle, inputs, data.user_feats, data.prep.item_ids, items_table, data.trend, trend_days)
+    scorer = bundle_scorer(bundle, inputs, data.user_feats, data.prep.item_ids, items_table, data.trend, trend_days, now)
     results = {"seqrec": evaluate(scorer, case, **common)}
     history = history_matrix(histories, n_items)
     for name in settings.train.baselines:
@@ -365,6 +393,42 @@ def evaluate_protocol(
     return results
 
 
+def returning_bucket(settings: Settings) -> int:
+    """The first recency bucket that counts as "coming back" for the calibration."""
+    return int(gap_buckets(torch.tensor([int(settings.train.calibration.returning_after_hours * 3600)]))[0])
+
+
+def calibrate_trend(settings: Settings, as_of: date, datasets: dict[str, PreparedData], items_table) -> TrendCalibration:
+    """Fit the trend prior's out-of-sample offsets with the calibration model, on the horizon after its cut."""
+    data = datasets["calibration"]
+    bundle = load_trained(settings, as_of, data, "calibration")
+    case, inputs = backtest_case(datasets["backtest"], data)
+    now = data.until_day * SECONDS_PER_DAY
+    days = np.full(len(inputs.items), data.until_day, dtype=np.int64)
+    scores = bundle_scorer(bundle, inputs, data.user_feats, data.prep.item_ids, items_table, data.trend, days, now)(case.rows)
+    query = bundle.encode_inputs(inputs, data.user_feats, now)["query_gaps"][torch.as_tensor(case.rows), -1].numpy()
+    popularity = data.trend.values[data.trend.row(data.until_day)][1:, -1]  # log1p events in the longest window
+    calibration = fit_trend_offsets(
+        scores, popularity, query, case.seen, case.relevant,
+        grid=tuple(settings.train.calibration.grid), returning_bucket=returning_bucket(settings),
+        min_users=settings.train.calibration.min_users,
+    )  # fmt: skip
+    log.info(
+        "trend calibration on %d users after %s: offsets %s (users per group %s)",
+        len(case.rows), backtest_cut(settings, as_of, 2).date(), calibration.offsets, calibration.users,
+    )  # fmt: skip
+    return calibration
+
+
+def apply_calibration(bundle: ModelBundle, calibration: TrendCalibration, settings: Settings) -> None:
+    """Add the fitted offsets to the model's trend weight of new and returning users' predictions."""
+    if not any(calibration.offsets.values()):
+        return
+    start = returning_bucket(settings)
+    bundle.model.shift_trend_weight(torch.tensor([0]), calibration.offsets["new"])
+    bundle.model.shift_trend_weight(torch.arange(start, GAP_BUCKETS), calibration.offsets["returning"])
+
+
 def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     import mlflow
 
@@ -379,7 +443,9 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     interactions, profiles, items = load_inputs(settings, as_of)
     datasets = prepared_protocols(settings, as_of, interactions, profiles, items)
     data = datasets["loo"]
+    calibration = calibrate_trend(settings, as_of, datasets, items) if "calibration" in protocols else TrendCalibration.none()
     bundle = load_trained(settings, as_of, data, "loo")
+    apply_calibration(bundle, calibration, settings)
     loo_case, loo_inputs = leave_last_out_case(data)
     # Leave-last-out predicts at each user's last input event; the backtest at the cut, as the nightly job would.
     loo_days = prediction_days(loo_inputs, data.until_day)
@@ -389,16 +455,24 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
         bt_case, bt_inputs = backtest_case(data, bt_data)
         bt_days = np.full(len(bt_inputs.items), bt_data.until_day, dtype=np.int64)
         bt_bundle = load_trained(settings, as_of, bt_data, "backtest")
-        evaluations["backtest"] = evaluate_protocol(settings, bt_data, bt_case, bt_inputs, bt_days, bt_bundle, items)
+        bt_now = bt_data.until_day * SECONDS_PER_DAY
+        # The model before calibration, for the record: what the offsets add.
+        scorer = bundle_scorer(bt_bundle, bt_inputs, bt_data.user_feats, bt_data.prep.item_ids, items, bt_data.trend, bt_days, bt_now)
+        uncalibrated = evaluate(scorer, bt_case, **evaluation_context(settings, bt_data, bt_inputs)).metrics
+        apply_calibration(bt_bundle, calibration, settings)
+        evaluations["backtest"] = evaluate_protocol(settings, bt_data, bt_case, bt_inputs, bt_days, bt_bundle, items, now=bt_now)
     ks = tuple(settings.eval.ks)
     metric = settings.registry.gate_metric
 
     configure_tracking(settings)
-    bundle_dir = bundle.save(ws / "bundle", extra={"as_of": as_of.isoformat(), **code_version()})
+    bundle_dir = bundle.save(ws / "bundle", extra={"as_of": as_of.isoformat(), "trend_calibration": calibration.offsets, **code_version()})
     with mlflow.start_run(run_id=runs["parent"]):
         for protocol in protocols:
             with mlflow.start_run(run_id=runs[protocol], nested=True):
-                log_metrics(evaluations[protocol]["seqrec"].metrics, prefix="test/")
+                if protocol in evaluations:
+                    log_metrics(evaluations[protocol]["seqrec"].metrics, prefix="test/")
+                else:  # the calibration model: what it fitted
+                    log_metrics({f"offset/{group}": offset for group, offset in calibration.offsets.items()}, prefix="calibration/")
                 log_metrics(train_results[protocol])
                 mlflow.log_figure(report.training_curves_figure(train_results[protocol]["history"]), "plots/training_curves.png")
                 if protocol == "loo":
@@ -409,7 +483,7 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
                 continue
             with mlflow.start_run(run_name=name, nested=True):
                 mlflow.set_tags({"model": name, "as_of": as_of.isoformat(), **code_version()})
-                for protocol in protocols:
+                for protocol in evaluations:
                     log_metrics(evaluations[protocol][name].metrics, prefix=f"{protocol}/")
         summary = {
             protocol: {name: {k: round(v, 5) for k, v in r.metrics.items()} for name, r in results.items()}
@@ -425,6 +499,11 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
                 log_metrics({f"{protocol}/lift_over_best_baseline/{metric}": lift})
             mlflow.log_dict(summary[protocol], f"evaluation/{protocol}.json")
             mlflow.log_figure(report.metric_at_k_figure({n: r.metrics for n, r in results.items()}, ks=ks), f"plots/{protocol}_metrics_at_k.png")
+        if "calibration" in protocols:
+            mlflow.log_params({f"calibration.offset_{group}": offset for group, offset in calibration.offsets.items()})
+            log_metrics({"backtest/seqrec_uncalibrated/ndcg@10": uncalibrated["ndcg@10"]})
+            mlflow.log_dict(calibration.to_dict(), "evaluation/calibration.json")
+            mlflow.log_figure(report.calibration_figure(calibration.curves, calibration.offsets), "plots/trend_calibration.png")
         loo = evaluations["loo"]
         loo_context = evaluation_context(settings, data, loo_inputs)
         popularity = loo_context["item_popularity"]
@@ -456,6 +535,9 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
         "backtest": {
             n: {k: summary["backtest"][n][k] for k in ("ndcg@10", "recall@10", "hitrate@10", "users")} for n in summary.get("backtest", {})
         },
+        "calibration": {**calibration.to_dict(), "backtest_uncalibrated_ndcg@10": round(uncalibrated["ndcg@10"], 5)}
+        if "calibration" in protocols
+        else None,
         "train": {p: {k: v for k, v in r.items() if k != "history"} for p, r in train_results.items()},
         "parent_run_id": runs["parent"],
         "seconds": round(time.monotonic() - started, 1),

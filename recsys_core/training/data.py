@@ -220,6 +220,21 @@ def gaps_of(times: list[np.ndarray], length: int) -> np.ndarray:
     return left_pad([event_gaps(t) for t in times], length)
 
 
+def query_gaps_of(times: list[np.ndarray], length: int, now: int | np.ndarray | None = None) -> np.ndarray:
+    """Seconds from each event to the prediction made at it, left-padded like the items: the next
+    event for all but the last, and ``now`` (epoch seconds, one for all or one per sequence;
+    default: the moment of the last event) for the last."""
+    moments = None if now is None else np.broadcast_to(np.asarray(now, dtype=np.int64), (len(times),))
+    out = []
+    for i, t in enumerate(times):
+        t = np.asarray(t, dtype=np.int64)
+        if len(t):
+            last = 0 if moments is None else max(int(moments[i]) - int(t[-1]), 0)
+            t = np.append(np.diff(t), last)
+        out.append(t)
+    return left_pad(out, length)
+
+
 @dataclass
 class LeaveLastOut:
     """Train on all but the last two events, validate on the second last, test on the last."""

@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +27,9 @@ from recsys_core.training.data import (
     TrendTable,
     build_sequences,
     event_gaps,
+    gaps_of,
     left_pad,
+    query_gaps_of,
 )
 
 
@@ -94,72 +97,117 @@ def model_config(data: PreparedData, settings: ModelSettings) -> SeqRecConfig:
         loss=settings.loss,
         n_negatives=settings.n_negatives,
         trend_windows=data.trend.windows if settings.use_trend else (),
+        use_query_gap=settings.use_query_gap and settings.use_time,
+        future_horizon_days=settings.future_horizon_days,
+        future_samples=settings.future_samples,
+        future_weight=settings.future_weight,
     )
 
 
-def training_windows(
-    split: LeaveLastOut, length: int
-) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray], np.ndarray]:
+def window_bounds(n_steps: int, length: int) -> list[tuple[int, int]]:
+    """(start, end) of the windows of ``length`` steps that cut ``n_steps`` steps, newest first."""
+    bounds, end = [], n_steps
+    while end > 0:
+        bounds.append((max(0, end - length), end))
+        end = bounds[-1][0]
+    return bounds
+
+
+class Windows(NamedTuple):
+    inputs: list[np.ndarray]
+    targets: list[np.ndarray]
+    gaps: list[np.ndarray]  # seconds before each input event
+    days: list[np.ndarray]  # each step's prediction day
+    users: np.ndarray  # each window's user row
+    query_gaps: list[np.ndarray]  # seconds from each input event to its target (the prediction's recency)
+
+
+def training_windows(split: LeaveLastOut, length: int) -> Windows:
     """Cut each training sequence into windows of ``length`` next-item steps, newest first.
 
     The first step predicts the first item from an empty history (input 0, the
     padding id), so the model also learns what to recommend to a user with no
     events yet. Every event of a long history is trained on, while attention
-    stays ``length`` wide. Returns inputs, targets, gaps (seconds) and each
-    window's user row, plus each step's prediction day (that of its input
-    event; the first item's own day for the empty-history step).
+    stays ``length`` wide. A step's prediction day is that of its input event
+    (the first item's own day for the empty-history step).
     """
-    inputs, targets, gaps, days, users = [], [], [], [], []
+    inputs, targets, gaps, days, users, query_gaps = [], [], [], [], [], []
     for user, (seq, times) in enumerate(zip(split.train, split.train_times)):
-        if len(seq) == 0:
-            continue
         steps_in = np.concatenate([[0], seq[:-1]])
         steps_gap = np.concatenate([[0], event_gaps(times)[:-1]])
         steps_day = np.concatenate([times[:1], times[:-1]]) // SECONDS_PER_DAY
-        end = len(seq)
-        while end > 0:
-            start = max(0, end - length)
+        for start, end in window_bounds(len(seq), length):
             inputs.append(steps_in[start:end])
             targets.append(seq[start:end])
             gaps.append(steps_gap[start:end])
             days.append(steps_day[start:end])
             users.append(user)
-            end = start
-    return inputs, targets, gaps, days, np.array(users, dtype=np.int64)
+            query_gaps.append(event_gaps(times)[start:end])
+    return Windows(inputs, targets, gaps, days, np.array(users, dtype=np.int64), query_gaps)
 
 
-def build_tensors(data: PreparedData, config: SeqRecConfig) -> dict:
+def future_targets(split: LeaveLastOut, length: int, horizon_days: float, samples: int, seed: int) -> list[np.ndarray]:
+    """For every step of ``training_windows``, ``samples`` items drawn from what the user meets within
+    ``horizon_days`` of that step's target event (the target itself included): [steps, samples] per window.
+
+    This is the nightly product's question ("what will this user take up over the coming days?"),
+    next to the next-item one; drawn once per dataset with ``seed`` so the dataset is reproducible.
+    """
+    rng = np.random.default_rng(seed)
+    horizon = horizon_days * SECONDS_PER_DAY
+    out = []
+    for seq, times in zip(split.train, split.train_times):
+        if not len(seq):
+            continue
+        # Steps t..stop[t]-1 fall within the horizon of step t's target event.
+        stop = np.searchsorted(times, times + horizon, side="left")
+        span = np.maximum(stop - np.arange(len(seq)), 1)
+        draws = np.arange(len(seq))[:, None] + (rng.random((len(seq), samples)) * span[:, None]).astype(np.int64)
+        picked = seq[np.minimum(draws, len(seq) - 1)]
+        for start, end in window_bounds(len(seq), length):
+            out.append(picked[start:end])
+    return out
+
+
+def build_tensors(data: PreparedData, config: SeqRecConfig, seed: int = 0) -> dict:
     length = config.max_len
     split = data.split
-    train_inputs, train_targets, train_gaps, train_days, train_users = training_windows(split, length)
-    def padded(items: list[np.ndarray], gaps: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        items_padded = left_pad(items, length)
-        return items_padded, gap_buckets(torch.as_tensor(left_pad(gaps, length)), torch.as_tensor(items_padded)).numpy()
+    windows = training_windows(split, length)
 
-    train_items, train_gap_buckets = padded(train_inputs, train_gaps)
-    valid_items, valid_gap_buckets = padded(split.valid_input, [event_gaps(t) for t in split.valid_times])
-    test_items, test_gap_buckets = padded(split.test_input, [event_gaps(t) for t in split.test_times])
+    def buckets(seconds: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return gap_buckets(torch.as_tensor(seconds), torch.as_tensor(items)).numpy()
+
+    train_items = left_pad(windows.inputs, length)
+    valid_items = left_pad(split.valid_input, length)
+    test_items = left_pad(split.test_input, length)
     tensors = {
         "train_inputs": train_items,
-        "train_targets": left_pad(train_targets, length),
-        "train_gaps": train_gap_buckets,
-        "train_users": train_users,
+        "train_targets": left_pad(windows.targets, length),
+        "train_gaps": buckets(left_pad(windows.gaps, length), train_items),
+        "train_query_gaps": buckets(left_pad(windows.query_gaps, length), train_items),
+        "train_users": windows.users,
+        # Leave-last-out predicts right after the last input event.
         "valid_inputs": valid_items,
-        "valid_gaps": valid_gap_buckets,
+        "valid_gaps": buckets(gaps_of(split.valid_times, length), valid_items),
+        "valid_query_gaps": buckets(query_gaps_of(split.valid_times, length), valid_items),
         "valid_targets": split.valid_target,
         "test_inputs": test_items,
-        "test_gaps": test_gap_buckets,
+        "test_gaps": buckets(gaps_of(split.test_times, length), test_items),
+        "test_query_gaps": buckets(query_gaps_of(split.test_times, length), test_items),
         "test_targets": split.test_target,
         "user_feats": data.user_feats,
         # Trend rows: where each prediction stands in time (clipped into the table).
         "trend_table": data.trend.values,
-        "train_trend_rows": left_pad([data.trend.row(d) for d in train_days], length),
+        "train_trend_rows": left_pad([data.trend.row(d) for d in windows.days], length),
         "valid_trend_rows": data.trend.row(_last_day(split.valid_times)),
         "test_trend_rows": data.trend.row(_last_day(split.test_times)),
     }
+    if config.future_horizon_days > 0:
+        future = future_targets(split, length, config.future_horizon_days, config.future_samples, seed)
+        tensors["train_future"] = left_pad_rows(future, length, config.future_samples)
     out = {k: torch.as_tensor(v) for k, v in tensors.items()}
     if not config.use_time:
-        for key in ("train_gaps", "valid_gaps", "test_gaps"):
+        for key in ("train_gaps", "valid_gaps", "test_gaps", "train_query_gaps", "valid_query_gaps", "test_query_gaps"):
             out[key] = torch.zeros_like(out[key])
     out["valid_seen_indptr"], out["valid_seen_indices"] = seen_csr(split.valid_input)
     out["test_seen_indptr"], out["test_seen_indices"] = seen_csr(split.test_input)
@@ -172,6 +220,16 @@ def build_tensors(data: PreparedData, config: SeqRecConfig) -> dict:
     out["dataset_fingerprint"] = digest.hexdigest()[:16]
     out["config_json"] = json.dumps(config.to_dict())
     out["n_items"] = config.n_items
+    return out
+
+
+def left_pad_rows(rows: list[np.ndarray], length: int, width: int) -> np.ndarray:
+    """``left_pad`` for sequences of fixed-width rows: [n, length, width] int64."""
+    out = np.zeros((len(rows), length, width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        tail = r[-length:]
+        if len(tail):
+            out[i, length - len(tail) :] = tail
     return out
 
 

@@ -100,11 +100,12 @@ def evaluate_split(model: SeqRec, data: dict, prefix: str, rows: np.ndarray, ks,
     model.eval()
     for start in range(0, len(rows), batch):
         idx = torch.as_tensor(rows[start : start + batch])
+        query = data[f"{prefix}_query_gaps"][idx].to(device)
         hidden = model.last_hidden(
-            data[f"{prefix}_inputs"][idx].to(device), data[f"{prefix}_gaps"][idx].to(device), data["user_feats"][idx].to(device)
+            data[f"{prefix}_inputs"][idx].to(device), data[f"{prefix}_gaps"][idx].to(device), data["user_feats"][idx].to(device), query
         )
         trend = data["trend_table"][data[f"{prefix}_trend_rows"][idx]].to(device)
-        scores = model.scores(hidden, trend)[:, 1:].float().cpu().numpy()
+        scores = model.scores(hidden, trend, query[:, -1])[:, 1:].float().cpu().numpy()
         ranks.append(target_ranks(scores, targets[rows[start : start + batch]] - 1, exclude=seen[start : start + batch]))
     return metrics_from_ranks(np.concatenate(ranks), ks)
 
@@ -123,6 +124,7 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
     use_amp = settings.amp and ctx.device.type == "cuda"
     scaler_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
+    trend_table = data["trend_table"].to(ctx.device)  # read by every step: moved to the device once
     train_rows = torch.arange(len(data["train_targets"]))
     per_rank = settings.batch_size // (ctx.world_size * settings.grad_accum_steps)
     if per_rank < 1:
@@ -166,7 +168,7 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
             last_micro = (step + 1) % settings.grad_accum_steps == 0 or step + 1 == len(loader)
             sync = nullcontext() if last_micro or ctx.world_size == 1 else ddp.no_sync()
             with sync, scaler_ctx():
-                loss = _forward_loss(ddp, data, rows, ctx.device)
+                loss = _forward_loss(ddp, data, rows, ctx.device, trend_table, settings.recency_half_life_days)
                 (loss / settings.grad_accum_steps).backward()
             if last_micro:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -228,14 +230,29 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
     return result
 
 
-def _forward_loss(model, data: dict, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+def recency_weights(trend_rows: torch.Tensor, last_row: int, half_life_days: float) -> torch.Tensor | None:
+    """Weight of each training step: halved every ``half_life_days`` before the end of the data (None = all equal)."""
+    if half_life_days <= 0:
+        return None
+    return torch.pow(0.5, (last_row - trend_rows).clamp(min=0).float() / half_life_days)
+
+
+def _forward_loss(
+    model, data: dict, rows: torch.Tensor, device: torch.device, trend_table: torch.Tensor, half_life_days: float
+) -> torch.Tensor:
+    future = data.get("train_future")
+    trend_rows = data["train_trend_rows"][rows]
+    step_weights = recency_weights(trend_rows, len(data["trend_table"]) - 1, half_life_days)
     return model(
         data["train_inputs"][rows].to(device),
         data["train_gaps"][rows].to(device),
         data["user_feats"][data["train_users"][rows]].to(device),
         data["train_targets"][rows].to(device),
-        trend_table=data["trend_table"].to(device),
-        trend_rows=data["train_trend_rows"][rows].to(device),
+        trend_table=trend_table,
+        trend_rows=trend_rows.to(device),
+        future=future[rows].to(device) if future is not None else None,
+        query_gaps=data["train_query_gaps"][rows].to(device),
+        step_weights=step_weights.to(device) if step_weights is not None else None,
     )
 
 

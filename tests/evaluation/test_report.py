@@ -15,6 +15,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from recsys_core.evaluation.metrics import top_k  # noqa: E402
 from recsys_core.evaluation.report import (  # noqa: E402
+    calibration_figure,
     coverage_figure,
     metric_at_k_figure,
     popularity_bias_figure,
@@ -132,6 +133,19 @@ def test_coverage_figure(tmp_path: Path) -> None:
     assert lines[0].get_ydata().tolist() == pytest.approx([0.05, 0.10, 0.20])
     _assert_labelled(fig)
     _save(fig, tmp_path / "coverage.png")
+
+
+def test_calibration_figure_marks_the_chosen_offsets(tmp_path: Path) -> None:
+    curves = {"new": [(0.0, 0.40), (1.0, 0.45), (4.0, 0.43)], "returning": [(0.0, 0.20), (1.0, 0.19), (4.0, 0.18)]}
+    fig = calibration_figure(curves, {"new": 1.0, "returning": 0.0})
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 4  # one curve and one marker per group
+    assert lines[0].get_ydata().tolist() == [0.40, 0.45, 0.43]
+    assert lines[1].get_xdata().tolist() == [1] and lines[1].get_ydata().tolist() == [0.45]
+    assert lines[3].get_xdata().tolist() == [0] and lines[3].get_ydata().tolist() == [0.20]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0", "1", "4"]
+    _assert_labelled(fig)
+    _save(fig, tmp_path / "calibration.png")
 
 
 def test_figures_are_deterministic(tmp_path: Path) -> None:

@@ -224,3 +224,55 @@ def test_inference_fast_path_agrees_with_reference_path():
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)
     torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)
+
+
+def test_future_targets_add_their_weighted_cross_entropy():
+    items, gaps, user_feats, targets = batch()
+    model = model_for(config(future_weight=2.0, future_samples=2)).eval()
+    future = torch.stack([targets, torch.where(targets > 0, 5, 0)], dim=-1)  # the target itself, and item 5
+    loss = model(items, gaps, user_feats, targets, future=future)
+    hidden = model.encode(items, gaps, user_feats)[targets > 0]
+    logits = model.scores(hidden)
+    logits[:, 0] = float("-inf")
+    nll_next = torch.nn.functional.cross_entropy(logits, targets[targets > 0], reduction="none")
+    nll_five = torch.nn.functional.cross_entropy(logits, torch.full_like(targets[targets > 0], 5), reduction="none")
+    # weights 1 (next item), then 2/2 per future sample, normalised to sum to one
+    expected = ((nll_next + nll_next + nll_five) / 3).mean()
+    torch.testing.assert_close(loss, expected)
+    # Weight 0 is the plain next-item loss.
+    plain = model_for(config(future_weight=0.0)).eval()
+    torch.testing.assert_close(plain(items, gaps, user_feats, targets, future=future), plain(items, gaps, user_feats, targets))
+
+
+def test_recency_is_embedded_and_scales_the_trend_prior(no_fastpath):
+    items, gaps, user_feats, _ = batch()
+    model = model_for(config(trend_windows=(7, 30), use_query_gap=True)).eval()
+    with torch.no_grad():
+        model.trend_weights.copy_(torch.tensor([0.5, 0.25]))
+        model.trend_by_gap[20] = torch.tensor([1.0, 2.0])
+    trend = torch.rand(len(items), N_ITEMS + 1, 2, generator=torch.Generator().manual_seed(3))
+    soon = torch.where(items > 0, 1, 0)
+    later = soon.clone()
+    later[:, -1] = 20  # the prediction is made long after the last event
+    h_soon, h_later = model.last_hidden(items, gaps, user_feats, soon), model.last_hidden(items, gaps, user_feats, later)
+    assert not torch.allclose(h_soon, h_later)  # recency reaches the user representation
+    torch.testing.assert_close(model.trend_bias(trend, soon[:, -1]), trend @ torch.tensor([0.5, 0.25]))
+    torch.testing.assert_close(model.trend_bias(trend, later[:, -1]), trend @ torch.tensor([1.5, 2.25]))
+    # Without recency the model ignores query gaps entirely.
+    plain = model_for(config(trend_windows=(7, 30))).eval()
+    torch.testing.assert_close(plain.last_hidden(items, gaps, user_feats, soon), plain.last_hidden(items, gaps, user_feats, later))
+    torch.testing.assert_close(plain.trend_bias(trend, soon[:, -1]), plain.trend_bias(trend, later[:, -1]))
+
+
+def test_step_weights_weigh_each_position_loss():
+    items, gaps, user_feats, targets = batch()
+    model = model_for(config()).eval()
+    valid = targets > 0
+    logits = model.scores(model.encode(items, gaps, user_feats)[valid])
+    logits[:, 0] = float("-inf")
+    nll = torch.nn.functional.cross_entropy(logits, targets[valid], reduction="none")
+    weights = torch.rand(items.shape, generator=torch.Generator().manual_seed(4))
+    expected = (nll * weights[valid]).sum() / weights[valid].sum()
+    torch.testing.assert_close(model(items, gaps, user_feats, targets, step_weights=weights), expected)
+    ones = torch.ones(items.shape)
+    torch.testing.assert_close(model(items, gaps, user_feats, targets, step_weights=ones), model(items, gaps, user_feats, targets))

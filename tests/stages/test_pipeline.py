@@ -46,10 +46,10 @@ def test_training_logged_and_registered(pipeline):
     import mlflow
 
     summary = pipeline.training
-    assert set(summary["metrics"]) == {"seqrec", "popularity", "ease"}
+    assert set(summary["metrics"]) == {"seqrec", "popularity", "ease", "als"}
     assert all(np.isfinite(v) for m in summary["metrics"].values() for v in m.values())
     assert summary["train"]["loo"]["world_size"] == 2
-    assert set(summary["backtest"]) == {"seqrec", "popularity", "ease"}
+    assert set(summary["backtest"]) == {"seqrec", "popularity", "ease", "als"}
     client = mlflow.MlflowClient(pipeline.settings.tracking_uri)
     version = client.get_model_version_by_alias(pipeline.settings.train.model_name, "champion")
     assert str(version.version) == summary["model_version"]
@@ -58,12 +58,41 @@ def test_training_logged_and_registered(pipeline):
     assert "git_commit" in parent.data.tags and "config_digest" in parent.data.tags
     assert parent.inputs.dataset_inputs, "input partitions are logged with mlflow.log_input"
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert {r.data.tags.get("model") for r in children} >= {"seqrec", "popularity", "ease"}
+    assert {r.data.tags.get("model") for r in children} >= {"seqrec", "popularity", "ease", "als"}
     seqrec = next(r for r in children if r.data.tags.get("model") == "seqrec")
     history = client.get_metric_history(seqrec.info.run_id, "train_loss")
     assert len(history) == summary["train"]["loo"]["epochs_run"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/loo_metrics_at_k.png", "plots/backtest_metrics_at_k.png", "plots/popularity_bias.png", "plots/coverage.png"} <= artifacts
+    assert {"plots/loo_metrics_at_k.png", "plots/backtest_metrics_at_k.png", "plots/popularity_bias.png", "plots/coverage.png",
+            "plots/trend_calibration.png"} <= artifacts  # fmt: skip
+    assert set(summary["train"]) == {"loo", "backtest", "calibration"}
+
+
+def test_trend_calibration_is_fitted_out_of_sample_and_served(pipeline):
+    """The offsets are the best of the grid on the calibration window, and the registered model carries them."""
+    import torch
+
+    from recsys_core.io.registry import champion
+    from recsys_core.models.bundle import ModelBundle
+    from recsys_core.stages.train import load_inputs, load_trained, prepared_protocols, returning_bucket
+
+    settings = pipeline.settings
+    calibration = pipeline.training["calibration"]
+    assert set(calibration["offsets"]) == {"new", "returning"}
+    assert calibration["curves"], "the synthetic log has enough new and returning users to calibrate"
+    for group, curve in calibration["curves"].items():
+        offsets, values = [o for o, _ in curve], [v for _, v in curve]
+        assert offsets == sorted(settings.train.calibration.grid)
+        assert values[offsets.index(calibration["offsets"][group])] == pytest.approx(max(values))
+    interactions, profiles, items = load_inputs(settings, pipeline.run_date)
+    data = prepared_protocols(settings, pipeline.run_date, interactions, profiles, items)["loo"]
+    trained = load_trained(settings, pipeline.run_date, data)
+    served = ModelBundle.load(champion(settings, settings.work_dir / "calibrated").bundle_dir)
+    expected = torch.zeros_like(trained.model.trend_by_gap)
+    expected[0, -1] = calibration["offsets"]["new"]
+    expected[returning_bucket(settings) :, -1] = calibration["offsets"]["returning"]
+    torch.testing.assert_close(served.model.trend_by_gap - trained.model.trend_by_gap, expected)
+    torch.testing.assert_close(served.model.trend_weights, trained.model.trend_weights)
 
 
 def test_published_table_honours_the_contract(pipeline):
@@ -107,21 +136,31 @@ def test_nightly_scores_equal_training_scores(pipeline):
 
     from recsys_core.io.registry import champion
     from recsys_core.models.bundle import ModelBundle
-    from recsys_core.stages.train import load_inputs, load_trained, prepared_protocols
+    from recsys_core.models.transformer import gap_buckets
+    from recsys_core.evaluation.calibration import TrendCalibration
+    from recsys_core.stages.train import apply_calibration, load_inputs, load_trained, prepared_protocols
+    from recsys_core.training.data import SECONDS_PER_DAY, left_pad, query_gaps_of
 
     settings = pipeline.settings
     interactions, profiles, items = load_inputs(settings, pipeline.run_date)
     data = prepared_protocols(settings, pipeline.run_date, interactions, profiles, items)["loo"]
     trained = load_trained(settings, pipeline.run_date, data)
+    apply_calibration(trained, TrendCalibration(pipeline.training["calibration"]["offsets"]), settings)
     served = ModelBundle.load(champion(settings, settings.work_dir / "parity").bundle_dir)
 
-    _, _, inputs = served.user_inputs(interactions, profiles.sort_by("user_id"))
+    now = data.until_day * SECONDS_PER_DAY  # the nightly list is made at the end of the run date
+    _, _, inputs = served.user_inputs(interactions, profiles.sort_by("user_id"), now=now)
     ids, matrix = served.catalogue_matrix(items.sort_by("item_id"))
     assert ids == data.prep.item_ids
     nightly = (served.user_vectors(inputs) @ matrix.T).numpy()
-    # Offline, the trend prior comes from the training-time table, as of the end of the run date.
+    # Offline, the trend prior comes from the training-time table and recency from the training
+    # sequences, both as of the end of the run date.
     trend = torch.as_tensor(data.trend.values[data.trend.row(data.until_day)])
+    length = trained.config.max_len
+    items_in = torch.as_tensor(left_pad(data.sequences.items, length))
+    query = gap_buckets(torch.as_tensor(query_gaps_of(data.sequences.times, length, now)), items_in)
+    assert (query[:, -1] > 1).any()  # some users come back after a while
     with torch.no_grad():
-        hidden = trained.model.last_hidden(inputs["items"], inputs["gaps"], inputs["user_feats"])
-        offline = trained.model.scores(hidden, trend)[:, 1:].numpy()
+        hidden = trained.model.last_hidden(items_in, inputs["gaps"], torch.as_tensor(data.user_feats), query)
+        offline = trained.model.scores(hidden, trend, query[:, -1])[:, 1:].numpy()
     np.testing.assert_allclose(nightly, offline, rtol=1e-4, atol=1e-4)

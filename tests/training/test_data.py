@@ -21,9 +21,11 @@ from recsys_core.training.data import (
     build_sequences,
     gaps_of,
     left_pad,
+    query_gaps_of,
 )
 from recsys_core.training.dataset import (
     build_tensors,
+    future_targets,
     model_config,
     prepare,
     save_dataset,
@@ -191,7 +193,8 @@ def test_training_windows_cover_every_step_exactly_once():
     split = LeaveLastOut.split(seqs)
     train = split.train[0]
     assert len(train) == n - 2
-    inputs, targets, gaps, _, users = training_windows(split, length)
+    windows = training_windows(split, length)
+    inputs, targets, gaps, users = windows.inputs, windows.targets, windows.gaps, windows.users
     steps = [(int(i), int(t)) for x, y, u in zip(inputs, targets, users) if u == 0 for i, t in zip(x, y)]
     # Step 0 predicts the first item from an empty history (input 0), then each next item.
     expected = [(0, int(train[0]))] + [(int(train[j]), int(train[j + 1])) for j in range(len(train) - 1)]
@@ -205,12 +208,45 @@ def test_training_windows_cover_every_step_exactly_once():
     train_gaps = np.diff(split.train_times[0], prepend=split.train_times[0][:1])
     for x, g in zip(inputs[: len(inputs) - 1], gaps):
         np.testing.assert_array_equal(g, np.where(x > 0, train_gaps[np.maximum(x - 1, 0)], 0))
+    # Query gaps run from each input event to its target: the gap before the target event.
+    for y, q, u in zip(targets, windows.query_gaps, users):
+        if u == 0:
+            np.testing.assert_array_equal(q, train_gaps[y - 1])
+
+
+def test_query_gaps_run_to_the_next_event_then_to_now():
+    times = [np.array([100, 160, 400]), np.array([], dtype=np.int64), np.array([5])]
+    np.testing.assert_array_equal(query_gaps_of(times, 4), [[0, 60, 240, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(query_gaps_of(times, 4, now=1_000), [[0, 60, 240, 600], [0, 0, 0, 0], [0, 0, 0, 995]])
+    # One moment per user, and never negative (an event after "now" reads as zero).
+    np.testing.assert_array_equal(query_gaps_of(times, 2, now=np.array([300, 0, 9])), [[240, 0], [0, 0], [0, 4]])
+
+
+def test_future_targets_stay_within_the_horizon_of_each_step():
+    day = 86_400
+    seq = np.arange(1, 9)
+    times = np.array([0, 10, 20, 2 * day, 2 * day + 5, 9 * day, 9 * day + 1, 9 * day + 2])
+    split = LeaveLastOut.split(Sequences(["u"], [seq], [times]), min_events=99)
+    future = future_targets(split, 3, horizon_days=1, samples=16, seed=0)
+    windows = training_windows(split, 3)
+    assert [len(f) for f in future] == [len(t) for t in windows.targets]
+    for targets, drawn in zip(windows.targets, future):
+        for target, items in zip(targets, drawn):
+            # Within a day of the target event: the target itself or a later item of the same burst.
+            horizon = times[target - 1] + day
+            assert all(target <= item and times[item - 1] < horizon for item in items), (target, items)
+    # Drawn with a seed: the same dataset every time, and more than the next item alone.
+    again = future_targets(split, 3, horizon_days=1, samples=16, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(future, again))
+    assert len(np.unique(np.concatenate([f.ravel() for f in future]))) == len(seq)
+    assert any(len(np.unique(row)) > 1 for f in future for row in f)
 
 
 def test_training_windows_short_sequence_is_one_window():
     seqs = Sequences(["u"], [np.array([3, 1, 4, 1, 5])], [np.arange(5)])
     split = LeaveLastOut.split(seqs, min_events=99)  # keep the whole sequence for training
-    inputs, targets, _, _, users = training_windows(split, 10)
+    windows = training_windows(split, 10)
+    inputs, targets = windows.inputs, windows.targets
     assert len(inputs) == 1
     np.testing.assert_array_equal(inputs[0], [0, 3, 1, 4, 1])
     np.testing.assert_array_equal(targets[0], [3, 1, 4, 1, 5])
