@@ -174,7 +174,8 @@ class SeqRec(nn.Module):
             return 0.0
         if weight.dim() == 1:
             return trend @ weight
-        return (trend * weight.unsqueeze(-2)).sum(-1)
+        # One weight vector per prediction; a sum over the few windows is cheaper than a batched matmul.
+        return sum(trend[..., j] * weight[..., j, None] for j in range(weight.shape[-1]))
 
     def forward(
         self,
