@@ -7,7 +7,12 @@
   interactions still has a meaningful score through its content.
 - User features (demographics) are added to every position; a user with no
   history is a sequence of padding plus their features, scored at the last slot.
-- Time context: the gap before each event, log-bucketed, is embedded.
+- Time context: the gap before each event, log-bucketed, is embedded; so is
+  recency, the time from each event to the prediction made there (the next
+  event in training, "now" in serving).
+- A trend prior: learned weights of the items' log recent popularity, per
+  recency bucket, added to every score (calibrated out of sample afterwards,
+  see evaluation.calibration).
 - Loss: full softmax cross-entropy over the catalogue (SASRec+/gSASRec show it
   beats one sampled negative per position), or sampled softmax with logQ
   correction for catalogues too large for a full softmax.
