@@ -150,7 +150,7 @@ def stage_report(log_dir: Path, phases: dict[str, tuple[float, float]], top: int
 def spark_worker(root: Path, as_of: date, text_embeddings: bool, event_log: bool = False) -> dict:
     from recsys_core.io.lake import Lake
     from recsys_core.io.spark import spark_session
-    from recsys_core.stages.features import run_features
+    from recsys_core.stages.features import EMBEDDING_CACHE, run_features
     from recsys_core.stages.ingest import landed_dates, run_ingest
 
     log_dir = root / "spark-events" if event_log else None
@@ -192,7 +192,7 @@ def spark_worker(root: Path, as_of: date, text_embeddings: bool, event_log: bool
     p.extra = {"events_per_s": round(out["features"]["interactions"] / p.wall_s)}
     phases["features"] = p.to_dict()
     if text_embeddings:
-        shutil.rmtree(Path(settings.lake) / "embeddings_cache", ignore_errors=True)  # cold cache: every item embedded
+        shutil.rmtree(lake.path(EMBEDDING_CACHE), ignore_errors=True)  # cold cache: every item embedded
         t0 = time.time()
         with measure(sampler, "spark features (text embeddings on, cold cache)") as p:
             out["features_text"] = run_features(

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import statistics
 import subprocess
@@ -109,23 +108,11 @@ def prep_worker(root: Path, quick: bool) -> dict:
 # Training runs ----------------------------------------------------------------------------------
 
 
-def _replace_arg(cmd: list[str], flag: str, value: str | None) -> list[str]:
-    """The torchrun command with ``flag``'s value replaced (or the flag removed when value is None)."""
-    out, i = [], 0
-    while i < len(cmd):
-        if cmd[i] == flag:
-            if value is not None:
-                out += [flag, value]
-            i += 2
-            continue
-        out.append(cmd[i])
-        i += 1
-    return out
-
-
 def run_torchrun_timed(settings, cmd: list[str], label: str) -> dict:
     """Run one torchrun command, timing it from start to exit and sampling its process tree."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "OMP_NUM_THREADS": str(settings.train.torch_threads)}
+    from recsys_core.stages.train import torchrun_env
+
+    env = torchrun_env(settings)
     print(f"  launching {label}: {' '.join(cmd[2:6])} ...", flush=True)
     own = TreeSampler().start()  # this process and its children: torchrun, its ranks
     with measure(own, label) as p:
@@ -136,7 +123,7 @@ def run_torchrun_timed(settings, cmd: list[str], label: str) -> dict:
     return p.to_dict()
 
 
-def throughput_run(settings, ws: Path, nproc: int, epochs: int) -> dict:
+def throughput_run(settings, ws: Path, nproc: int, epochs: int, windows: int) -> dict:
     from recsys_core.stages.train import RESULT, torchrun_command
 
     custom = settings.model_copy(deep=True)
@@ -147,12 +134,10 @@ def throughput_run(settings, ws: Path, nproc: int, epochs: int) -> dict:
     settings_file.write_text(custom.model_dump_json(indent=2))
     out = ws / "bench" / f"throughput-{nproc}proc"
     shutil.rmtree(out, ignore_errors=True)
-    cmd = torchrun_command(settings, AS_OF, "loo", nproc)
-    cmd = _replace_arg(_replace_arg(_replace_arg(cmd, "--settings", str(settings_file)), "--out", str(out)), "--run-id", None)
+    cmd = torchrun_command(settings, AS_OF, "loo", nproc, out=out, settings_file=settings_file, run_id=None)
     phase = run_torchrun_timed(settings, cmd, f"train loo, {nproc} process(es), {epochs} epochs")
     result = json.loads((out / RESULT).read_text())
     history = result["history"]
-    windows = _windows(ws)
     pure = [h["epoch_seconds"] for h in history if "val_ndcg@10" not in h]
     steady = pure[1:] or pure  # the first epoch carries warm-up
     return {
@@ -170,15 +155,6 @@ def throughput_run(settings, ws: Path, nproc: int, epochs: int) -> dict:
         "train_seconds": round(result["train_seconds"], 1),
         "torchrun": phase,
     }
-
-
-def _windows(ws: Path) -> int:
-    import torch
-
-    from recsys_core.stages.train import dataset_path
-
-    data = torch.load(dataset_path(ws, "loo"), map_location="cpu", weights_only=True)
-    return int(len(data["train_targets"]))
 
 
 def full_training(settings, ws: Path) -> dict:
@@ -344,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
 
     epochs = QUICK_EPOCHS if args.quick else THROUGHPUT_EPOCHS
     print(f"=== throughput: {epochs} epochs with 1 and 2 processes", flush=True)
-    results["throughput"] = [throughput_run(settings, ws, nproc, epochs) for nproc in (1, 2)]
+    windows = results["data"]["training_windows"]
+    results["throughput"] = [throughput_run(settings, ws, nproc, epochs, windows) for nproc in (1, 2)]
     for t in results["throughput"]:
         print(f"  {t['nproc']} process(es): {t['steady_sequences_per_s']:,} windows/s steady", flush=True)
 

@@ -58,11 +58,13 @@ def bench_env() -> None:
     os.chdir(REPO)  # config/recsys.yaml is read relative to the working directory
 
 
-def _version(module: str) -> str | None:
+def _version(distribution: str) -> str | None:
+    """The installed version, read from package metadata (importing torch or pyspark takes seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        mod = __import__(module)
-        return getattr(mod, "__version__", None)
-    except Exception:  # noqa: BLE001 - an optional engine missing is information, not an error
+        return version(distribution)
+    except PackageNotFoundError:  # an optional engine missing is information, not an error
         return None
 
 

@@ -71,10 +71,10 @@ def fit_trend_offsets(
         result.users[group] = int(len(rows))
         if len(rows) < min_users:
             continue
-        targets = [relevant[r] for r in rows]
+        targets, scores, excluded = [relevant[r] for r in rows], base_scores[rows], seen[rows]
         curve = []
         for offset in sorted(grid):
-            top = M.top_k(base_scores[rows] + offset * popularity[None, :], k, exclude=seen[rows])
+            top = M.top_k(scores + offset * popularity[None, :], k, exclude=excluded)
             curve.append((float(offset), float(np.mean(M.per_user_ranking_metrics(top, targets, (k,))[f"ndcg@{k}"]))))
         best = max(curve, key=lambda point: (round(point[1], 9), -point[0]))
         result.curves[group] = curve

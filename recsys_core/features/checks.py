@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, QUARANTINE, USER_PROFILES, Table
+from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, QUARANTINE, TS, USER_PROFILES, Table
 from recsys_core.features.ingest import REASONS
 
 with warnings.catch_warnings():
@@ -39,7 +39,6 @@ with warnings.catch_warnings():
     from pandera.config import ValidationDepth, config_context
     from pandera.errors import SchemaError, SchemaErrors
 
-TS = pa.timestamp("us", tz="UTC")
 STR_INT_MAP = pa.list_(pa.struct([("key", pa.string()), ("value", pa.int64())]))
 STR_FLOAT_MAP = pa.list_(pa.struct([("key", pa.string()), ("value", pa.float64())]))
 EXAMPLES = 3  # example rows per failed check in the error message
@@ -262,11 +261,6 @@ CHECK_COLUMNS: dict[str, list[str]] = {
     "trend_is_finite": ["trend"],
     "embeddings_share_one_dimension": ["text_embedding"],
 }
-
-
-def model_arrow_schema(contract: Table) -> pa.Schema:
-    """The contract's schema as the model checks it (maps as lists of key/value structs)."""
-    return pa.schema([pa.field(f.name, _checked_type(f.type)) for f in contract.schema])
 
 
 def _checked_type(type_: pa.DataType) -> pa.DataType:

@@ -8,7 +8,6 @@ embedded twice, whatever the date.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 
@@ -16,16 +15,11 @@ import numpy as np
 import pyarrow as pa
 
 EMBEDDINGS_SCHEMA = pa.schema([("content_hash", pa.string()), ("text_embedding", pa.list_(pa.float32()))])
-TEXT_INPUT_SCHEMA = pa.schema([("content_hash", pa.string()), ("text", pa.string())])
 
 
 def item_text(title: str | None, description: str | None, genres: list[str] | None) -> str:
     parts = [title or "", description or "", ", ".join(genres or [])]
     return ". ".join(p for p in parts if p)
-
-
-def content_hash(model: str, text: str) -> str:
-    return hashlib.sha256(f"{model}\x00{text}".encode()).hexdigest()
 
 
 @lru_cache(maxsize=2)

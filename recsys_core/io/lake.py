@@ -14,6 +14,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
@@ -46,7 +47,7 @@ class Lake:
 
     root: str
 
-    @property
+    @cached_property  # one filesystem per lake: on S3 each one is a new client
     def _fs_and_base(self) -> tuple[pafs.FileSystem, str]:
         uri = _to_arrow_uri(self.root)
         if "://" not in uri:
@@ -102,9 +103,13 @@ class Lake:
             values = [v for v in values if v <= on_or_before.isoformat()]
         return values[-1] if values else None
 
+    def is_complete(self, table: Table, value: date | str) -> bool:
+        """Whether the partition exists with its manifest (written last, so it is whole)."""
+        return self.exists(f"{self.partition_path(table, value)}/{MANIFEST}")
+
     def require_partition(self, table: Table, value: date | str, *, hint: str) -> str:
         path = self.partition_path(table, value)
-        if not self.exists(f"{path}/{MANIFEST}"):
+        if not self.is_complete(table, value):
             raise FileNotFoundError(
                 f"{table.name} has no complete partition {partition_name(table.partition or 'dt', value)} "
                 f"under {self.table_path(table)}; {hint}"
@@ -113,7 +118,10 @@ class Lake:
 
     # Manifests ------------------------------------------------------------------
     def read_manifest(self, partition_path: str) -> dict[str, Any]:
-        with self.fs.open_input_stream(f"{partition_path}/{MANIFEST}") as stream:
+        return self.read_json(f"{partition_path}/{MANIFEST}")
+
+    def read_json(self, path: str) -> dict[str, Any]:
+        with self.fs.open_input_stream(path) as stream:
             return json.loads(stream.read().decode())
 
     def write_json(self, path: str, payload: dict[str, Any]) -> None:

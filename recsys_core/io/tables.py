@@ -42,7 +42,17 @@ def ingests_as_of(lake: Lake, as_of: date, lateness_days: int) -> list[date]:
     return [d for d in completed_ingests(lake) if d <= bound]
 
 
-def commit_ingest(lake: Lake, ingest_dt: date, staged: str, manifest: dict) -> list[str]:
+def required_ingests(lake: Lake, as_of: date, lateness_days: int) -> list[date]:
+    """``ingests_as_of``, failing with what to do when there is none."""
+    ingests = ingests_as_of(lake, as_of, lateness_days)
+    if not ingests:
+        raise FileNotFoundError(
+            f"no complete ingest up to {as_of} under {lake.table_path(INTERACTIONS)}; run `recsys ingest --date D` first"
+        )
+    return ingests
+
+
+def commit_ingest(lake: Lake, ingest_dt: date, staged: str, manifest: dict) -> None:
     """Replace the interaction leaves of one arrival date with the staged ones."""
     fs = lake.fs
     marker = ingest_manifest_path(lake, ingest_dt)
@@ -62,17 +72,12 @@ def commit_ingest(lake: Lake, ingest_dt: date, staged: str, manifest: dict) -> l
     fs.delete_dir(staged)
     fs.create_dir(marker.rsplit("/", 1)[0], recursive=True)
     lake.write_json(marker, {**manifest, "event_partitions": sorted(moved)})
-    return moved
 
 
 def read_interactions(lake: Lake, as_of: date, lateness_days: int, columns: list[str] | None = None) -> pa.Table:
     """Interactions with event time up to the end of ``as_of``, from complete ingests only."""
-    ingests = ingests_as_of(lake, as_of, lateness_days)
+    ingests = required_ingests(lake, as_of, lateness_days)
     schema = INTERACTIONS.schema
-    if not ingests:
-        raise FileNotFoundError(
-            f"no complete ingest up to {as_of} under {lake.table_path(INTERACTIONS)}; run `recsys ingest --date D` first"
-        )
     dataset = ds.dataset(
         lake.table_path(INTERACTIONS),
         filesystem=lake.fs,
@@ -91,14 +96,12 @@ def read_interactions(lake: Lake, as_of: date, lateness_days: int, columns: list
 
 
 def spark_ingested(spark, lake: Lake, ingests: list[date]):
-    """All interactions that arrived on the given (complete) arrival dates, as Spark rows."""
+    """All interactions that arrived on the given (complete, at least one) arrival dates, as Spark rows."""
     from pyspark.sql import functions as F
 
     from recsys_core.contracts import spark_schema
 
     root = lake.spark_uri(lake.table_path(INTERACTIONS))
-    if not ingests:
-        return spark.createDataFrame([], spark_schema(INTERACTIONS))
     return (
         spark.read.option("basePath", root)
         .schema(spark_schema(INTERACTIONS))
@@ -107,15 +110,10 @@ def spark_ingested(spark, lake: Lake, ingests: list[date]):
     )
 
 
-def spark_interactions(spark, lake: Lake, as_of: date, lateness_days: int):
-    """The same selection as ``read_interactions``, as a Spark DataFrame."""
+def spark_interactions(spark, lake: Lake, as_of: date, ingests: list[date]):
+    """The same selection as ``read_interactions`` (``ingests`` from ``required_ingests``), as a Spark DataFrame."""
     from pyspark.sql import functions as F
 
-    ingests = ingests_as_of(lake, as_of, lateness_days)
-    if not ingests:
-        raise FileNotFoundError(
-            f"no complete ingest up to {as_of} under {lake.table_path(INTERACTIONS)}; run `recsys ingest --date D` first"
-        )
     return (
         spark_ingested(spark, lake, ingests)
         .where(F.col("dt") <= F.lit(as_of))

@@ -129,7 +129,3 @@ def _content_rows(prep: Preprocessing, item_features: pa.Table) -> torch.Tensor:
         release_year_std=prep.release_year_std,
     )
     return torch.as_tensor(shadow.content_matrix(item_features)[1:])
-
-
-def scores_over(user_vectors: torch.Tensor, catalogue: torch.Tensor) -> np.ndarray:
-    return (user_vectors @ catalogue.T).float().numpy()

@@ -221,7 +221,12 @@ class SeqRec(nn.Module):
             logits[:, 0] = float("-inf")
             nll = -torch.log_softmax(logits, dim=-1).gather(1, labels)
         else:
-            nll = torch.stack([self._sampled_nll(h, labels[:, j], item_log_prob, trend, query) for j in range(labels.shape[1])], 1)
+            table = self.item_matrix()
+            if item_log_prob is None:
+                item_log_prob = torch.full((self.config.n_items + 1,), -math.log(self.config.n_items), device=h.device)
+                item_log_prob[0] = float("-inf")
+            bias = self.trend_bias(trend, query)  # [n, n_items + 1], or 0.0 without a trend prior
+            nll = torch.stack([self._sampled_nll(h, labels[:, j], table, item_log_prob, bias) for j in range(labels.shape[1])], 1)
         per_step = (nll * weights).sum(1)
         if step_weights is None:
             return per_step.mean()
@@ -232,20 +237,16 @@ class SeqRec(nn.Module):
         self,
         h: torch.Tensor,
         y: torch.Tensor,
-        item_log_prob: torch.Tensor | None,
-        trend: torch.Tensor | None,
-        query: torch.Tensor | None,
+        table: torch.Tensor,
+        item_log_prob: torch.Tensor,
+        bias: torch.Tensor | float,
     ) -> torch.Tensor:
-        """Per-row sampled softmax loss with logQ correction (negatives drawn by popularity)."""
-        table = self.item_matrix()
-        if item_log_prob is None:
-            item_log_prob = torch.full((self.config.n_items + 1,), -math.log(self.config.n_items), device=h.device)
-            item_log_prob[0] = float("-inf")
+        """Per-row sampled softmax loss with logQ correction (negatives drawn by ``item_log_prob``);
+        ``table`` is ``item_matrix()`` and ``bias`` the trend prior of every row and item."""
         negatives = torch.multinomial(item_log_prob.exp(), self.config.n_negatives, replacement=True)
         pos_logit = (h * table[y]).sum(-1, keepdim=True) - item_log_prob[y].unsqueeze(-1)
         neg_logits = h @ table[negatives].T - item_log_prob[negatives].unsqueeze(0)
-        if trend is not None and self.trend_weights is not None:
-            bias = self.trend_bias(trend, query)  # [n, n_items + 1]
+        if isinstance(bias, torch.Tensor):
             pos_logit = pos_logit + bias.gather(1, y.unsqueeze(1))
             neg_logits = neg_logits + bias[:, negatives]
         neg_logits = neg_logits.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), float("-inf"))

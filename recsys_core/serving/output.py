@@ -28,16 +28,17 @@ def build_table(
     """One row per (user, rank), users in the given order, ranks 1..K, in the contract's schema."""
     n, k = top_items.shape
     ids = pa.array(item_ids, pa.string())
+    row_user = pa.array(np.repeat(np.arange(n), k))  # each row's user position
     table = pa.table(
         {
-            "user_id": pc.take(pa.array(user_ids, pa.string()), pa.array(np.repeat(np.arange(n), k))),
+            "user_id": pc.take(pa.array(user_ids, pa.string()), row_user),
             "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n),
             "item_id": pc.take(ids, pa.array(top_items.ravel())),
             "score": top_scores.astype(np.float32).ravel(),
             "model_name": pa.array([model_name] * (n * k), pa.string()),
             "model_version": pa.array([model_version] * (n * k), pa.string()),
             "generated_at": pa.array([generated_at] * (n * k), RECOMMENDATIONS.schema.field("generated_at").type),
-            "source": pc.take(pa.array(np.asarray(sources, dtype=object), pa.string()), pa.array(np.repeat(np.arange(n), k))),
+            "source": pc.take(pa.array(np.asarray(sources, dtype=object), pa.string()), row_user),
         }
     )
     return conform(table, RECOMMENDATIONS)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date
 
 import pyarrow as pa
@@ -27,9 +26,8 @@ class RecommendationReader:
     def latest_date(self) -> str:
         pointer = self.lake.path(RECOMMENDATIONS.name, LATEST)
         if self.lake.exists(pointer):
-            with self.lake.fs.open_input_stream(pointer) as stream:
-                dt = json.loads(stream.read().decode())["dt"]
-            if dt in self.dates():
+            dt = self.lake.read_json(pointer)["dt"]
+            if self.lake.is_complete(RECOMMENDATIONS, dt):
                 return dt
         dates = self.dates()
         if not dates:

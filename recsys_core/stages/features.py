@@ -18,7 +18,7 @@ from recsys_core.features.items import item_features
 from recsys_core.features.profiles import user_profiles
 from recsys_core.features.text import EMBEDDINGS_SCHEMA, embed_batches
 from recsys_core.io.lake import Lake
-from recsys_core.io.tables import ingests_as_of, snapshot_path, spark_interactions
+from recsys_core.io.tables import required_ingests, snapshot_path, spark_interactions
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,18 @@ def run_features(settings: Settings, as_of: date, spark=None) -> dict:
     started = time.monotonic()
     lake = Lake(settings.lake)
     spark = spark or spark_session(settings, f"features-{as_of}")
-    interactions = spark_interactions(spark, lake, as_of, settings.ingest.lateness_days).persist()
-    users = spark.read.parquet(lake.spark_uri(snapshot_path(lake, RAW_USERS, as_of)))
-    items = spark.read.parquet(lake.spark_uri(snapshot_path(lake, RAW_ITEMS, as_of)))
+    # Listed once: the lineage names exactly what is read.
+    ingests = required_ingests(lake, as_of, settings.ingest.lateness_days)
+    users_path, items_path = snapshot_path(lake, RAW_USERS, as_of), snapshot_path(lake, RAW_ITEMS, as_of)
+    interactions = spark_interactions(spark, lake, as_of, ingests).persist()
+    users = spark.read.parquet(lake.spark_uri(users_path))
+    items = spark.read.parquet(lake.spark_uri(items_path))
     end = end_of_day(as_of)
     lineage = {
         "as_of": as_of.isoformat(),
-        "interaction_ingests": [d.isoformat() for d in ingests_as_of(lake, as_of, settings.ingest.lateness_days)],
-        "users_snapshot": snapshot_path(lake, RAW_USERS, as_of),
-        "items_snapshot": snapshot_path(lake, RAW_ITEMS, as_of),
+        "interaction_ingests": [d.isoformat() for d in ingests],
+        "users_snapshot": users_path,
+        "items_snapshot": items_path,
     }
     staged: dict = {}
     try:
@@ -57,12 +60,10 @@ def run_features(settings: Settings, as_of: date, spark=None) -> dict:
         # check leaves the previous partitions of both in place.
         staged[USER_PROFILES] = _stage(lake, USER_PROFILES, as_of, profiles)
         staged[ITEM_FEATURES] = _stage(lake, ITEM_FEATURES, as_of, features)
-        for contract, path in staged.items():
-            _check_staged(lake, contract, as_of, path)
-        n_users, n_items = (
-            lake.read_manifest(lake.publish(contract, as_of, staged.pop(contract), {"lineage": lineage}))["rows"]
-            for contract in (USER_PROFILES, ITEM_FEATURES)
-        )
+        rows = {contract: _check_staged(lake, contract, as_of, path) for contract, path in staged.items()}
+        for contract in (USER_PROFILES, ITEM_FEATURES):
+            lake.publish(contract, as_of, staged.pop(contract), {"lineage": lineage})
+        n_users, n_items = rows[USER_PROFILES], rows[ITEM_FEATURES]
     finally:
         interactions.unpersist()
         for path in staged.values():

@@ -34,7 +34,7 @@ from recsys_core.config import ServeSettings, Settings
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.evaluation import metrics as M
 from recsys_core.features.ingest import end_of_day
-from recsys_core.io.lake import MANIFEST, STAGING, TRASH, Lake, partition_name
+from recsys_core.io.lake import STAGING, TRASH, Lake, partition_name
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.bundle import ModelBundle
 from recsys_core.serving.output import build_table, content_digest, format_report
@@ -110,9 +110,9 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     validate_recommendations(table, k=k, users=user_ids, catalogue=set(catalogue_ids), seen=seen_sets)
     digest = content_digest(table)
 
-    report = nightly_report(top_items, use_model, catalogue, settings, has_history=has_history, unavailable=len(excluded))
+    report = nightly_report(top_items, use_model, catalogue, has_history=has_history, unavailable=len(excluded))
     target = lake.partition_path(RECOMMENDATIONS, run_date)
-    previous = lake.read_manifest(target) if lake.exists(f"{target}/{MANIFEST}") else None
+    previous = lake.read_manifest(target) if lake.is_complete(RECOMMENDATIONS, run_date) else None
     unchanged = previous is not None and previous.get("content_digest") == digest
     if unchanged:
         log.info("unchanged: %s already holds these rows (content_digest %s); left as published at %s", target, digest[:12], previous.get("created_at"))
@@ -241,7 +241,7 @@ def tidy_leftovers(lake: Lake, run_date: date) -> None:
     """
     lake.recover(RECOMMENDATIONS, run_date)
     prefix = partition_name("dt", run_date) + "."
-    complete = lake.exists(f"{lake.partition_path(RECOMMENDATIONS, run_date)}/{MANIFEST}")
+    complete = lake.is_complete(RECOMMENDATIONS, run_date)
     for folder in (STAGING, TRASH):
         base = lake.path(RECOMMENDATIONS.name, folder)
         if not lake.exists(base):
@@ -264,13 +264,10 @@ def _check_staged(lake: Lake, staged: str, rows: int, digest: str) -> None:
 
 def _update_latest(lake: Lake, run_date: date, target: str) -> bool:
     """Point ``latest`` at this night unless a newer complete night is already there (a backfill)."""
-    import json
-
     pointer = lake.path(RECOMMENDATIONS.name, LATEST)
     if lake.exists(pointer):
-        with lake.fs.open_input_stream(pointer) as stream:
-            current = json.loads(stream.read().decode()).get("dt", "")
-        newer = lake.exists(f"{lake.partition_path(RECOMMENDATIONS, current)}/{MANIFEST}") if current else False
+        current = lake.read_json(pointer).get("dt", "")
+        newer = lake.is_complete(RECOMMENDATIONS, current) if current else False
         if current == run_date.isoformat() or (newer and current > run_date.isoformat()):
             return False
     lake.write_json(pointer, {"dt": run_date.isoformat(), "path": target, "updated_at": datetime.now(timezone.utc).isoformat()})
@@ -282,7 +279,6 @@ def nightly_report(
     top_items: np.ndarray,
     use_model: np.ndarray,
     catalogue: pa.Table,
-    settings: Settings,
     *,
     has_history: np.ndarray | None = None,
     unavailable: int = 0,
@@ -322,7 +318,7 @@ def _log_nightly(settings: Settings, run_date: date, report: dict, top_items, ca
                 "publish": "unchanged" if unchanged else "published",
             }
         )  # fmt: skip
-        log_metrics({**report, "seconds": seconds, "users": len(top_items)})
+        log_metrics({**report, "seconds": seconds})
         popularity = catalogue["pop_all"].to_numpy().astype(np.float64)
         mlflow.log_figure(
             popularity_bias_figure({f"{current.name} v{current.version}": top_items}, popularity, k=top_items.shape[1]),

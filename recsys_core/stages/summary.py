@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import date
 
+import pyarrow.compute as pc
 from rich.console import Console
 from rich.table import Table
 
@@ -30,12 +31,12 @@ def chain_summary(settings: Settings, run_date: date) -> dict:
     features = {
         table.name: lake.read_manifest(lake.partition_path(table, run_date))["rows"]
         for table in (USER_PROFILES, ITEM_FEATURES)
-        if lake.exists(f"{lake.partition_path(table, run_date)}/_manifest.json")
+        if lake.is_complete(table, run_date)
     }
     summary_file = workspace(settings, run_date) / "summary.json"
     training = json.loads(summary_file.read_text()) if summary_file.exists() else None
     recs_path = lake.partition_path(RECOMMENDATIONS, run_date)
-    recs = lake.read_manifest(recs_path) if lake.exists(f"{recs_path}/_manifest.json") else None
+    recs = lake.read_manifest(recs_path) if lake.is_complete(RECOMMENDATIONS, run_date) else None
     return {"ingest": ingest, "features": features, "training": training, "recommendations": recs, "recs_path": recs_path}
 
 
@@ -77,7 +78,8 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
             f"fallback users {recs['report']['fallback_users']})"
         )
         reader = RecommendationReader(settings)
-        user = reader.table(run_date).slice(0, 1)["user_id"][0].as_py()
+        # The first user in id order; one column read, nothing sorted.
+        user = pc.min(reader.lake.read_partition(RECOMMENDATIONS, run_date, columns=["user_id"])["user_id"]).as_py()
         _, rows = reader.for_user(user, run_date)
         table = Table(title=f"Top 10 for user {user} on {run_date}")
         for column in ("rank", "item", "title", "score", "source"):

@@ -49,7 +49,7 @@ from recsys_core.models.baselines import EASE, Popularity, history_matrix
 from recsys_core.models.bundle import ModelBundle
 from recsys_core.models.transformer import GAP_BUCKETS, SeqRec, SeqRecConfig, gap_buckets
 from recsys_core.training.checkpoint import load_checkpoint
-from recsys_core.training.data import SECONDS_PER_DAY, Sequences, TrendTable
+from recsys_core.training.data import SECONDS_PER_DAY, Sequences, TrendTable, last_event_days
 from recsys_core.training.dataset import PreparedData, build_tensors, model_config, prepare, save_dataset
 from recsys_core.training.loop import BEST, RESULT
 
@@ -80,7 +80,7 @@ def backtest_cut(settings: Settings, as_of: date, horizons: int = 1) -> datetime
 
 
 def prepared_protocols(settings: Settings, as_of: date, interactions, profiles, items) -> dict[str, PreparedData]:
-    """Every protocol's data, with the same preprocessing (fitted on the as-of features)."""
+    """Every protocol's data, with the same preprocessing (fitted once, on the as-of features)."""
     windows = (settings.features.trend_short_days, settings.features.trend_long_days)
     out = {"loo": prepare(interactions, profiles, items, epoch_day(end_of_day(as_of)), windows)}
     for protocol, horizons in (("backtest", 1), ("calibration", 2)):
@@ -88,7 +88,7 @@ def prepared_protocols(settings: Settings, as_of: date, interactions, profiles, 
             continue
         cut = backtest_cut(settings, as_of, horizons)
         before = interactions.filter(pc.less(interactions["event_ts"], pa.scalar(cut, interactions.schema.field("event_ts").type)))
-        out[protocol] = prepare(before, profiles, items, epoch_day(cut), windows)
+        out[protocol] = prepare(before, profiles, items, epoch_day(cut), windows, fitted=out["loo"])
     return out
 
 
@@ -214,9 +214,24 @@ def _log_inputs(settings: Settings, as_of: date, interactions, profiles, items) 
 
 
 # Step 2 ----------------------------------------------------------------------------
-def torchrun_command(settings: Settings, as_of: date, protocol: str = "loo", nproc: int | None = None) -> list[str]:
+_FROM_WORKSPACE = object()
+
+
+def torchrun_command(
+    settings: Settings,
+    as_of: date,
+    protocol: str = "loo",
+    nproc: int | None = None,
+    *,
+    out: Path | None = None,
+    settings_file: Path | None = None,
+    run_id: str | None = _FROM_WORKSPACE,  # type: ignore[assignment]
+) -> list[str]:
+    """The torchrun command of one protocol's training; ``out``, ``settings_file`` and ``run_id``
+    (None: no MLflow logging) replace the workspace's own."""
     ws = workspace(settings, as_of)
-    runs = json.loads((ws / RUNS).read_text())
+    if run_id is _FROM_WORKSPACE:
+        run_id = json.loads((ws / RUNS).read_text())[protocol]
     nproc = nproc or settings.train.nproc_per_node
     launcher = [sys.executable, "-m", "torch.distributed.run"]
     if settings.train.nnodes > 1:
@@ -231,15 +246,19 @@ def torchrun_command(settings: Settings, as_of: date, protocol: str = "loo", npr
         f"--nproc-per-node={nproc}",
         str(JOB),
         "--dataset", str(dataset_path(ws, protocol)),
-        "--out", str(checkpoint_dir(ws, protocol)),
-        "--run-id", runs[protocol],
-        "--settings", str(ws / SETTINGS),
+        "--out", str(out or checkpoint_dir(ws, protocol)),
+        *(["--run-id", run_id] if run_id else []),
+        "--settings", str(settings_file or ws / SETTINGS),
     ]  # fmt: skip
+
+
+def torchrun_env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "OMP_NUM_THREADS": str(settings.train.torch_threads)}
 
 
 def run_torchrun(settings: Settings, as_of: date, nproc: int | None = None) -> dict:
     """Train one model per protocol with torchrun; returns the leave-last-out model's training result."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "OMP_NUM_THREADS": str(settings.train.torch_threads)}
+    env = torchrun_env(settings)
     results = {}
     runs = json.loads((workspace(settings, as_of) / RUNS).read_text())
     for protocol in runs["protocols"]:
@@ -258,7 +277,8 @@ def run_torchrun(settings: Settings, as_of: date, nproc: int | None = None) -> d
 # Step 3 ----------------------------------------------------------------------------
 def load_trained(settings: Settings, as_of: date, data: PreparedData, protocol: str = "loo") -> ModelBundle:
     ws = workspace(settings, as_of)
-    tensors = torch.load(dataset_path(ws, protocol), map_location="cpu", weights_only=True)
+    # Memory-mapped: only the config and the content matrix are read, not the training tensors.
+    tensors = torch.load(dataset_path(ws, protocol), map_location="cpu", weights_only=True, mmap=True)
     config = SeqRecConfig.from_dict(json.loads(tensors["config_json"]))
     model = SeqRec(config, tensors["item_content"])
     best = load_checkpoint(checkpoint_dir(ws, protocol) / BEST)
@@ -304,21 +324,18 @@ def backtest_case(full: PreparedData, before_cut: PreparedData) -> tuple[EvalCas
 
 def bundle_scorer(
     bundle: ModelBundle,
-    sequences: Sequences,
-    user_feats: np.ndarray,
+    inputs: dict[str, torch.Tensor],
     catalogue_ids: list[str],
     items_table,
     trend: TrendTable | None = None,
     trend_days: np.ndarray | None = None,
-    now: int | None = None,
 ):
-    """Scores of ``bundle`` for rows of ``sequences`` over the current catalogue (``catalogue_ids``),
-    predicted at ``now`` (epoch seconds; default: right after each user's last event).
+    """Scores of ``bundle`` for rows of ``inputs`` (``bundle.encode_inputs``) over the current
+    catalogue (``catalogue_ids``). The model is read at call time, so a later calibration counts.
 
     With ``trend`` (indexed like ``catalogue_ids``) and one day per user, each user's trend prior
     is the items' popularity at that user's own prediction time instead of the features' date.
     """
-    inputs = bundle.encode_inputs(sequences, user_feats, now)
     d = bundle.config.d_model
     ids, matrix = bundle.catalogue_matrix(items_table)
     order = {item: j for j, item in enumerate(ids)}
@@ -342,11 +359,6 @@ def bundle_scorer(
     return score
 
 
-def prediction_days(inputs: Sequences, default_day: int) -> np.ndarray:
-    """The day each user's prediction is made: that of their last input event (``default_day`` if none)."""
-    return np.array([t[-1] // SECONDS_PER_DAY if len(t) else default_day for t in inputs.times], dtype=np.int64)
-
-
 def evaluation_context(settings: Settings, data: PreparedData, inputs: Sequences) -> dict:
     """What every model's evaluation shares: cut-offs, the items' popularity in the inputs, their categories."""
     popularity = np.bincount(np.concatenate(inputs.items) - 1, minlength=data.prep.n_items).astype(np.float64)
@@ -363,17 +375,14 @@ def evaluate_protocol(
     data: PreparedData,
     case: EvalCase,
     inputs: Sequences,
-    trend_days: np.ndarray,
-    bundle: ModelBundle,
-    items_table,
-    now: int | None = None,
+    scorer,
+    common: dict,
 ) -> dict[str, EvalResult]:
-    """The sequence model and every baseline, on the same users, histories and targets."""
+    """The sequence model (``scorer``) and every baseline, on the same users, histories and targets;
+    ``common`` is the protocol's ``evaluation_context``."""
     n_items = data.prep.n_items
     histories = [np.asarray(s) for s in inputs.items]
     all_items, all_times = np.concatenate(histories), np.concatenate([np.asarray(t) for t in inputs.times])
-    common = evaluation_context(settings, data, inputs)
-    scorer = bundle_scorer(bundle, inputs, data.user_feats, data.prep.item_ids, items_table, data.trend, trend_days, now)
     results = {"seqrec": evaluate(scorer, case, **common)}
     history = history_matrix(histories, n_items)
     for name in settings.train.baselines:
@@ -403,10 +412,10 @@ def calibrate_trend(settings: Settings, as_of: date, datasets: dict[str, Prepare
     data = datasets["calibration"]
     bundle = load_trained(settings, as_of, data, "calibration")
     case, inputs = backtest_case(datasets["backtest"], data)
-    now = data.until_day * SECONDS_PER_DAY
+    encoded = bundle.encode_inputs(inputs, data.user_feats, now=data.until_day * SECONDS_PER_DAY)
     days = np.full(len(inputs.items), data.until_day, dtype=np.int64)
-    scores = bundle_scorer(bundle, inputs, data.user_feats, data.prep.item_ids, items_table, data.trend, days, now)(case.rows)
-    query = bundle.encode_inputs(inputs, data.user_feats, now)["query_gaps"][torch.as_tensor(case.rows), -1].numpy()
+    scores = bundle_scorer(bundle, encoded, data.prep.item_ids, items_table, data.trend, days)(case.rows)
+    query = encoded["query_gaps"][torch.as_tensor(case.rows), -1].numpy()
     popularity = data.trend.values[data.trend.row(data.until_day)][1:, -1]  # log1p events in the longest window
     calibration = fit_trend_offsets(
         scores, popularity, query, case.seen, case.relevant,
@@ -448,19 +457,22 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     apply_calibration(bundle, calibration, settings)
     loo_case, loo_inputs = leave_last_out_case(data)
     # Leave-last-out predicts at each user's last input event; the backtest at the cut, as the nightly job would.
-    loo_days = prediction_days(loo_inputs, data.until_day)
-    evaluations = {"loo": evaluate_protocol(settings, data, loo_case, loo_inputs, loo_days, bundle, items)}
+    loo_days = last_event_days(loo_inputs.times, data.until_day)
+    loo_scorer = bundle_scorer(bundle, bundle.encode_inputs(loo_inputs, data.user_feats), data.prep.item_ids, items, data.trend, loo_days)
+    loo_context = evaluation_context(settings, data, loo_inputs)
+    evaluations = {"loo": evaluate_protocol(settings, data, loo_case, loo_inputs, loo_scorer, loo_context)}
     if "backtest" in protocols:
         bt_data = datasets["backtest"]
         bt_case, bt_inputs = backtest_case(data, bt_data)
         bt_days = np.full(len(bt_inputs.items), bt_data.until_day, dtype=np.int64)
         bt_bundle = load_trained(settings, as_of, bt_data, "backtest")
-        bt_now = bt_data.until_day * SECONDS_PER_DAY
+        bt_encoded = bt_bundle.encode_inputs(bt_inputs, bt_data.user_feats, now=bt_data.until_day * SECONDS_PER_DAY)
+        bt_scorer = bundle_scorer(bt_bundle, bt_encoded, bt_data.prep.item_ids, items, bt_data.trend, bt_days)
+        bt_context = evaluation_context(settings, bt_data, bt_inputs)
         # The model before calibration, for the record: what the offsets add.
-        scorer = bundle_scorer(bt_bundle, bt_inputs, bt_data.user_feats, bt_data.prep.item_ids, items, bt_data.trend, bt_days, bt_now)
-        uncalibrated = evaluate(scorer, bt_case, **evaluation_context(settings, bt_data, bt_inputs)).metrics
+        uncalibrated = evaluate(bt_scorer, bt_case, **bt_context).metrics
         apply_calibration(bt_bundle, calibration, settings)
-        evaluations["backtest"] = evaluate_protocol(settings, bt_data, bt_case, bt_inputs, bt_days, bt_bundle, items, now=bt_now)
+        evaluations["backtest"] = evaluate_protocol(settings, bt_data, bt_case, bt_inputs, bt_scorer, bt_context)
     ks = tuple(settings.eval.ks)
     metric = settings.registry.gate_metric
 
@@ -505,7 +517,6 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
             mlflow.log_dict(calibration.to_dict(), "evaluation/calibration.json")
             mlflow.log_figure(report.calibration_figure(calibration.curves, calibration.offsets), "plots/trend_calibration.png")
         loo = evaluations["loo"]
-        loo_context = evaluation_context(settings, data, loo_inputs)
         popularity = loo_context["item_popularity"]
         mlflow.log_figure(report.popularity_bias_figure({n: r.recommended for n, r in loo.items()}, popularity, k=10), "plots/popularity_bias.png")
         mlflow.log_figure(report.coverage_figure({n: r.recommended for n, r in loo.items()}, data.prep.n_items, ks), "plots/coverage.png")
@@ -517,7 +528,7 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
             champ = ModelBundle.load(current.bundle_dir)
             champ_inputs = _resequence(loo_inputs, data.prep.item_ids, champ)
             _, champ_feats = champ.prep.user_features(profiles.sort_by("user_id"))
-            scorer = bundle_scorer(champ, champ_inputs, champ_feats, data.prep.item_ids, items, data.trend, loo_days)
+            scorer = bundle_scorer(champ, champ.encode_inputs(champ_inputs, champ_feats), data.prep.item_ids, items, data.trend, loo_days)
             champion_metric = evaluate(scorer, loo_case, **loo_context).metrics[metric]
             log_metrics({metric: champion_metric}, prefix="champion/")
         decision = gate_decision(metric, loo["seqrec"].metrics[metric], champion_metric,

@@ -200,9 +200,16 @@ def build_sequences(interactions: pa.Table, prep: Preprocessing, user_ids: list[
     return Sequences(user_ids=list(user_ids), items=seq_items, times=seq_times)
 
 
+def last_event_days(times: list[np.ndarray], default_day: int) -> np.ndarray:
+    """The UTC day (epoch days) of each sequence's last event; ``default_day`` for an empty one."""
+    return np.array([t[-1] // SECONDS_PER_DAY if len(t) else default_day for t in times], dtype=np.int64)
+
+
 def left_pad(sequences: list[np.ndarray], length: int) -> np.ndarray:
-    """The last ``length`` entries of each sequence, left-padded with 0, as [n, length] int64."""
-    out = np.zeros((len(sequences), length), dtype=np.int64)
+    """The last ``length`` entries of each sequence, left-padded with 0, as [n, length] int64
+    (or [n, length, ...] when the entries are rows)."""
+    tail_shape = next((np.shape(s)[1:] for s in sequences if len(s)), ())
+    out = np.zeros((len(sequences), length, *tail_shape), dtype=np.int64)
     for row, seq in enumerate(sequences):
         tail = seq[-length:]
         if len(tail):

@@ -28,9 +28,11 @@ from recsys_core.training.data import (
     build_sequences,
     event_gaps,
     gaps_of,
+    last_event_days,
     left_pad,
     query_gaps_of,
 )
+from recsys_core.training.checkpoint import save_checkpoint
 
 
 @dataclass
@@ -50,22 +52,27 @@ def prepare(
     item_features: pa.Table,
     until_day: int | None = None,
     trend_windows: tuple[int, ...] = (7, 30),
+    fitted: PreparedData | None = None,
 ) -> PreparedData:
     """Everything derived from the inputs, for data that ends at the start of ``until_day``
-    (epoch days; default: the day after the last event)."""
+    (epoch days; default: the day after the last event). ``fitted``: data prepared from the same
+    profiles and items, whose preprocessing, user features and content matrix are reused."""
     if until_day is None:
         last = pc.max(interactions["event_ts"]).as_py() if interactions.num_rows else None
         until_day = int(last.timestamp()) // SECONDS_PER_DAY + 1 if last else 0
-    prep = Preprocessing.fit(item_features, user_profiles)
-    profiles = user_profiles.sort_by("user_id")
-    user_ids, user_feats = prep.user_features(profiles)
+    if fitted is None:
+        prep = Preprocessing.fit(item_features, user_profiles)
+        user_ids, user_feats = prep.user_features(user_profiles.sort_by("user_id"))
+        item_content = prep.content_matrix(item_features)
+    else:
+        prep, user_ids, user_feats, item_content = fitted.prep, fitted.sequences.user_ids, fitted.user_feats, fitted.item_content
     sequences = build_sequences(interactions, prep, user_ids)
     return PreparedData(
         prep=prep,
         sequences=sequences,
         split=LeaveLastOut.split(sequences),
         user_feats=user_feats,
-        item_content=prep.content_matrix(item_features),
+        item_content=item_content,
         trend=TrendTable.build(interactions, prep, trend_windows, until_day),
         until_day=until_day,
     )
@@ -133,8 +140,9 @@ def training_windows(split: LeaveLastOut, length: int) -> Windows:
     """
     inputs, targets, gaps, days, users, query_gaps = [], [], [], [], [], []
     for user, (seq, times) in enumerate(zip(split.train, split.train_times)):
+        gaps_before = event_gaps(times)
         steps_in = np.concatenate([[0], seq[:-1]])
-        steps_gap = np.concatenate([[0], event_gaps(times)[:-1]])
+        steps_gap = np.concatenate([[0], gaps_before[:-1]])
         steps_day = np.concatenate([times[:1], times[:-1]]) // SECONDS_PER_DAY
         for start, end in window_bounds(len(seq), length):
             inputs.append(steps_in[start:end])
@@ -142,7 +150,7 @@ def training_windows(split: LeaveLastOut, length: int) -> Windows:
             gaps.append(steps_gap[start:end])
             days.append(steps_day[start:end])
             users.append(user)
-            query_gaps.append(event_gaps(times)[start:end])
+            query_gaps.append(gaps_before[start:end])
     return Windows(inputs, targets, gaps, days, np.array(users, dtype=np.int64), query_gaps)
 
 
@@ -199,12 +207,12 @@ def build_tensors(data: PreparedData, config: SeqRecConfig, seed: int = 0) -> di
         # Trend rows: where each prediction stands in time (clipped into the table).
         "trend_table": data.trend.values,
         "train_trend_rows": left_pad([data.trend.row(d) for d in windows.days], length),
-        "valid_trend_rows": data.trend.row(_last_day(split.valid_times)),
-        "test_trend_rows": data.trend.row(_last_day(split.test_times)),
+        "valid_trend_rows": data.trend.row(last_event_days(split.valid_times, 0)),
+        "test_trend_rows": data.trend.row(last_event_days(split.test_times, 0)),
     }
     if config.future_horizon_days > 0:
         future = future_targets(split, length, config.future_horizon_days, config.future_samples, seed)
-        tensors["train_future"] = left_pad_rows(future, length, config.future_samples)
+        tensors["train_future"] = left_pad(future, length)
     out = {k: torch.as_tensor(v) for k, v in tensors.items()}
     if not config.use_time:
         for key in ("train_gaps", "valid_gaps", "test_gaps", "train_query_gaps", "valid_query_gaps", "test_query_gaps"):
@@ -223,22 +231,5 @@ def build_tensors(data: PreparedData, config: SeqRecConfig, seed: int = 0) -> di
     return out
 
 
-def left_pad_rows(rows: list[np.ndarray], length: int, width: int) -> np.ndarray:
-    """``left_pad`` for sequences of fixed-width rows: [n, length, width] int64."""
-    out = np.zeros((len(rows), length, width), dtype=np.int64)
-    for i, r in enumerate(rows):
-        tail = r[-length:]
-        if len(tail):
-            out[i, length - len(tail) :] = tail
-    return out
-
-
-def _last_day(times: list[np.ndarray]) -> np.ndarray:
-    return np.array([t[-1] // SECONDS_PER_DAY if len(t) else 0 for t in times], dtype=np.int64)
-
-
 def save_dataset(tensors: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(tensors, tmp)
-    tmp.replace(path)
+    save_checkpoint(path, tensors)  # the same atomic write

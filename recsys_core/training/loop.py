@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from recsys_core.config import TrainSettings
 from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
+from recsys_core.serving.score import exclusion_from_lists
 from recsys_core.training.checkpoint import load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -79,23 +80,19 @@ def config_fingerprint(settings: TrainSettings, data_meta: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def seen_matrix_rows(indptr: torch.Tensor, indices: torch.Tensor, rows: np.ndarray, n_cols: int):
-    import scipy.sparse as sp
-
-    matrix = sp.csr_matrix(
-        (np.ones(len(indices), dtype=np.float32), indices.numpy(), indptr.numpy()), shape=(len(indptr) - 1, n_cols)
-    )
-    return matrix[rows]
-
-
 @torch.no_grad()
-def evaluate_split(model: SeqRec, data: dict, prefix: str, rows: np.ndarray, ks, device, batch: int = 512) -> dict:
-    """Full-ranking metrics of one split (valid or test) on the given user rows."""
+def evaluate_split(
+    model: SeqRec, data: dict, prefix: str, rows: np.ndarray, ks, device, trend_table: torch.Tensor | None = None, batch: int = 512
+) -> dict:
+    """Full-ranking metrics of one split (valid or test) on the given user rows
+    (``trend_table``: ``data["trend_table"]`` already on ``device``, if at hand)."""
     targets = data[f"{prefix}_targets"].numpy()
     rows = rows[targets[rows] > 0]
     if len(rows) == 0:
         return {"users": 0}
-    seen = seen_matrix_rows(data[f"{prefix}_seen_indptr"], data[f"{prefix}_seen_indices"], rows, data["n_items"])
+    indptr, indices = data[f"{prefix}_seen_indptr"].numpy(), data[f"{prefix}_seen_indices"].numpy()
+    seen = exclusion_from_lists(indptr, indices, data["n_items"])[rows]
+    trend_table = data["trend_table"].to(device) if trend_table is None else trend_table
     ranks = []
     model.eval()
     for start in range(0, len(rows), batch):
@@ -104,7 +101,7 @@ def evaluate_split(model: SeqRec, data: dict, prefix: str, rows: np.ndarray, ks,
         hidden = model.last_hidden(
             data[f"{prefix}_inputs"][idx].to(device), data[f"{prefix}_gaps"][idx].to(device), data["user_feats"][idx].to(device), query
         )
-        trend = data["trend_table"][data[f"{prefix}_trend_rows"][idx]].to(device)
+        trend = trend_table[data[f"{prefix}_trend_rows"][idx].to(device)]
         scores = model.scores(hidden, trend, query[:, -1])[:, 1:].float().cpu().numpy()
         ranks.append(target_ranks(scores, targets[rows[start : start + batch]] - 1, exclude=seen[start : start + batch]))
     return metrics_from_ranks(np.concatenate(ranks), ks)
@@ -181,7 +178,7 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
         record: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_total / max(1, batches_total)}
         evaluate_now = (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs
         if evaluate_now:
-            local = evaluate_split(model, data, "valid", my_rows, ks, ctx.device)
+            local = evaluate_split(model, data, "valid", my_rows, ks, ctx.device, trend_table)
             users = local.get("users", 0)
             total = _all_reduce_sum([local.get("ndcg@10", 0.0) * users, local.get("hitrate@10", 0.0) * users, users], ctx)
             record["val_ndcg@10"] = total[0] / max(1, total[2])
