@@ -17,13 +17,14 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test test-fast airflow mlflow bench lock clean
+.PHONY: help install demo test test-fast airflow airflow-stop mlflow bench lock clean
 
 help:
 	@echo "make demo [RUN_DATE=YYYY-MM-DD]  install, fetch MovieLens-100K and run the whole chain through Airflow"
 	@echo "make test                        install and run the whole test suite"
 	@echo "make test-fast                   the fast subset (no Spark, Airflow or torchrun)"
-	@echo "make airflow                     Airflow standalone on 127.0.0.1 with the project's DAGs"
+	@echo "make airflow                     Airflow on 127.0.0.1 with the project's DAGs (lands MovieLens-100K; Ctrl-C stops it)"
+	@echo "make airflow-stop                stop what make airflow started, task processes included"
 	@echo "make mlflow                      the MLflow UI on 127.0.0.1"
 	@echo "make bench                       run the benchmarks, figures in benchmarks/results/"
 
@@ -50,7 +51,11 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m "not spark and not airflow and not torchrun and not slow"
 
 airflow: install
-	bash scripts/airflow_standalone.sh
+	$(PY) scripts/airflow_local.py start
+
+# No install first: it must work while `make airflow` runs, whatever the lock says.
+airflow-stop:
+	$(PY) scripts/airflow_local.py stop
 
 mlflow: install
 	$(BIN)/recsys mlflow-ui

@@ -356,7 +356,7 @@ def run_features_duckdb(con, lake_root: Path, out: Path, as_of: date, features, 
         ORDER BY k.user_id
         ) TO '{profiles}' (FORMAT parquet)"""
     )
-    windows = sorted({*features.popularity_windows_days, features.trend_short_days, features.trend_long_days})
+    windows = sorted(set(features.popularity_windows_days))  # the trend windows are among them (config checks)
     pops = ",\n".join(
         f"CAST(sum(CASE WHEN event_ts >= {end_ts} - INTERVAL {d} DAY THEN 1 ELSE 0 END) AS BIGINT) AS pop_{d}d"
         for d in windows

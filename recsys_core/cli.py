@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from datetime import date
 
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.logging import RichHandler
 from rich.table import Table as RichTable
 
 from recsys_core.config import Settings, get_settings
+from recsys_core.errors import MissingInput, RecsysError
 
 console = Console()
 
@@ -43,9 +45,13 @@ def resolve_date(settings: Settings, value: date | None) -> date:
     from recsys_core.contracts import RAW_EVENTS
     from recsys_core.io.lake import Lake
 
-    latest = Lake(settings.lake).latest_partition(RAW_EVENTS, complete_only=False)
+    lake = Lake(settings.lake)
+    latest = lake.latest_partition(RAW_EVENTS, complete_only=False)
     if latest is None:
-        raise SystemExit("no raw events in the landing zone; run `recsys import-movielens` first, or pass --date")
+        raise MissingInput(
+            f"no raw events in the landing zone {lake.table_path(RAW_EVENTS)}",
+            hint="run `recsys import-movielens` first, or pass --date",
+        )
     return date.fromisoformat(latest)
 
 
@@ -131,10 +137,13 @@ def cmd_recs_show(args, settings: Settings) -> None:
 
 
 def cmd_mlflow_ui(args, settings: Settings) -> None:
-    from recsys_core.io.registry import mlflow_server_command
+    from recsys_core.io.registry import configure_tracking, mlflow_server_command
 
+    experiment_id = configure_tracking(settings)
     command = mlflow_server_command(settings, host=args.host, port=args.port)
-    console.print(f"MLflow UI on http://{args.host}:{args.port}  (store: {settings.tracking_uri})")
+    # MLflow's UI opens in its GenAI view unless the link asks for the machine-learning one.
+    link = f"http://{args.host}:{args.port}/#/experiments/{experiment_id}?workflowType=machine_learning"
+    console.print(f"MLflow UI on {link}  (store: {settings.tracking_uri})")
     os.execvp(command[0], command)
 
 
@@ -145,6 +154,7 @@ def cmd_config(args, settings: Settings) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an error, not just its message")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name, func, help_text, with_date=True):
@@ -185,15 +195,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def report_error(err: RecsysError, debug: bool) -> int:
+    """``recsys: <message>`` and ``hint: <hint>`` on stderr (the traceback first with --debug); the exit code."""
+    if debug:
+        traceback.print_exception(err)
+    first, *details = str(err).splitlines() or [type(err).__name__]
+    # Plain print, not rich: messages hold [brackets] that rich would read as markup.
+    print(f"recsys: {first}", *details, f"hint: {err.hint}", sep="\n", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    settings = get_settings()
+    # Only the platform's own errors are reported briefly: anything else is a bug and keeps its traceback.
     try:
-        args.func(args, settings)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        return 1
+        args.func(args, get_settings())
+    except RecsysError as err:
+        return report_error(err, args.debug)
     return 0
 
 

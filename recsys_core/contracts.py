@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from recsys_core.errors import DataError
+from recsys_core.windows import ACTIVITY_WINDOWS_DAYS, POPULARITY_WINDOWS_DAYS, activity_column, popularity_column
+
 TS = pa.timestamp("us", tz="UTC")
 
 
@@ -120,9 +123,7 @@ USER_PROFILES = Table(
         [
             ("user_id", pa.string()),
             ("n_events", pa.int64()),
-            ("n_events_1d", pa.int64()),
-            ("n_events_7d", pa.int64()),
-            ("n_events_30d", pa.int64()),
+            *[(activity_column(days), pa.int64()) for days in ACTIVITY_WINDOWS_DAYS],
             ("events_by_type", pa.map_(pa.string(), pa.int64())),
             ("active_days", pa.int64()),
             ("first_event_ts", TS),
@@ -148,9 +149,7 @@ ITEM_FEATURES = Table(
             ("title", pa.string()),
             ("genres", pa.list_(pa.string())),
             ("release_year", pa.int32()),
-            ("pop_1d", pa.int64()),
-            ("pop_7d", pa.int64()),
-            ("pop_30d", pa.int64()),
+            *[(popularity_column(days), pa.int64()) for days in POPULARITY_WINDOWS_DAYS],
             ("pop_all", pa.int64()),
             ("trend", pa.float64()),
             ("first_seen_ts", TS),
@@ -195,8 +194,10 @@ ALL_TABLES = {
 }
 
 
-class ContractViolation(ValueError):
+class ContractViolation(DataError, ValueError):
     """A table does not match its contract; the message names table and columns."""
+
+    hint = "rebuild the table with the stage that writes it (it predates the contract, or that stage is broken)"
 
 
 def conform(table: pa.Table, contract: Table, *, where: str = "") -> pa.Table:

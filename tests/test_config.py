@@ -1,4 +1,4 @@
-"""recsys_core.config: defaults, YAML file, environment overrides, strictness, derived paths.
+"""recsys_core.config: defaults, YAML file, environment overrides, strictness, checks at load, derived paths.
 
 get_settings() is lru_cached, so every test builds Settings() / settings_for() directly.
 Each test runs in an empty working directory with no RECSYS_* variables, so the
@@ -8,12 +8,17 @@ repository's own config/recsys.yaml and the developer's environment cannot leak 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from recsys_core.config import Settings, settings_for
+from recsys_core.errors import ConfigError
+
+PROJECT = Path(__file__).resolve().parents[1]
+BROKEN_CASES = sorted((Path(__file__).parent / "config_cases").glob("*.yaml"))
 
 
 @pytest.fixture(autouse=True)
@@ -129,7 +134,7 @@ def test_unknown_top_level_key_in_yaml_is_rejected(monkeypatch, tmp_path):
 
 
 def test_unknown_keyword_override_is_rejected():
-    with pytest.raises(ValidationError, match="bogus_key"):
+    with pytest.raises(ConfigError, match="bogus_key: unknown key"):
         settings_for(bogus_key=1)
 
 
@@ -174,3 +179,74 @@ def test_project_config_is_found_from_another_working_directory(monkeypatch, tmp
     project_file = write_yaml(tmp_path / "project.yaml", "train:\n  epochs: 7\n")
     monkeypatch.setattr("recsys_core.config.PROJECT_CONFIG_FILE", project_file)
     assert Settings().train.epochs == 7
+
+
+# Configuration checked at load -------------------------------------------------------------
+def expected_keys(case: Path) -> list[str]:
+    """The keys a broken case must name, from its ``# expect: key [key ...]`` first line."""
+    match = re.match(r"# expect: (.+)", case.read_text().splitlines()[0])
+    assert match, f"{case.name} must start with '# expect: <key> [<key> ...]'"
+    return match.group(1).split()
+
+
+@pytest.mark.parametrize("case", BROKEN_CASES, ids=[c.stem for c in BROKEN_CASES])
+def test_broken_yaml_is_rejected_at_load_naming_the_key(monkeypatch, case):
+    monkeypatch.setenv("RECSYS_CONFIG", str(case))
+    with pytest.raises(ValidationError) as raw:
+        Settings()
+    with pytest.raises(ConfigError) as readable:
+        settings_for()
+    for key in expected_keys(case):
+        assert key in str(raw.value)
+        assert f"{key}: " in str(readable.value), str(readable.value)
+    assert str(readable.value).startswith(f"invalid configuration ({case})")
+    assert str(case) in readable.value.hint
+
+
+def test_there_are_broken_cases():
+    assert len(BROKEN_CASES) >= 8
+
+
+def test_several_problems_are_listed_one_per_line(monkeypatch):
+    monkeypatch.setenv("RECSYS_CONFIG", str(PROJECT / "tests" / "config_cases" / "several_problems.yaml"))
+    with pytest.raises(ConfigError) as info:
+        settings_for()
+    header, *problems = str(info.value).splitlines()
+    assert header.endswith("2 problems:")
+    assert [p.split(":")[0].strip() for p in problems] == ["train.rdzv_endpoint", "train.batch_size"]
+
+
+def test_unknown_key_suggests_the_known_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECSYS_CONFIG", str(write_yaml(tmp_path / "c.yaml", "serve:\n  topk: 5\n")))
+    with pytest.raises(ConfigError, match=r"serve\.topk: unknown key; did you mean serve\.top_k\?"):
+        settings_for()
+
+
+def test_environment_values_are_checked_too(monkeypatch):
+    monkeypatch.setenv("RECSYS_FEATURES__TREND_SHORT_DAYS", "14")
+    with pytest.raises(ConfigError, match=r"features\.trend_short_days: 14 is not a popularity window"):
+        settings_for()
+
+
+def test_gate_metric_may_be_any_reported_higher_is_better_metric():
+    for metric in ("ndcg@50", "recall@20", "hitrate@10", "mrr", "mrr@50", "coverage@10", "novelty@10"):
+        assert settings_for(registry={"gate_metric": metric}).registry.gate_metric == metric
+    assert settings_for(eval={"ks": [5, 10, 50]}, registry={"gate_metric": "ndcg@5"}).eval.ks == [5, 10, 50]
+
+
+def test_trend_windows_are_popularity_windows():
+    settings = settings_for(features={"trend_short_days": 1, "trend_long_days": 7}, train={"trending_window_days": 7})
+    assert settings.features.trend_windows == (1, 7)
+    assert settings_for().features.trend_windows == (7, 30)
+
+
+def test_invalid_yaml_syntax_is_a_config_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECSYS_CONFIG", str(write_yaml(tmp_path / "c.yaml", "train: [epochs: 3\n")))
+    with pytest.raises(ConfigError, match=r"c\.yaml is not valid YAML"):
+        settings_for()
+
+
+@pytest.mark.parametrize("shipped", ["config/recsys.yaml", "config/cluster.yaml", "tests/recsys-test.yaml"])
+def test_shipped_yaml_files_load(monkeypatch, shipped):
+    monkeypatch.setenv("RECSYS_CONFIG", str(PROJECT / shipped))
+    assert settings_for().registry.gate_metric == "ndcg@10"

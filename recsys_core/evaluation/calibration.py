@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_core.evaluation import metrics as M
+from recsys_core.evaluation.metric_names import metric_name
 
 GROUPS = ("new", "returning")
 
@@ -75,7 +76,7 @@ def fit_trend_offsets(
         curve = []
         for offset in sorted(grid):
             top = M.top_k(scores + offset * popularity[None, :], k, exclude=excluded)
-            curve.append((float(offset), float(np.mean(M.per_user_ranking_metrics(top, targets, (k,))[f"ndcg@{k}"]))))
+            curve.append((float(offset), float(np.mean(M.per_user_ranking_metrics(top, targets, (k,))[metric_name("ndcg", k)]))))
         best = max(curve, key=lambda point: (round(point[1], 9), -point[0]))
         result.curves[group] = curve
         result.offsets[group] = best[0]

@@ -22,15 +22,20 @@ Conventions
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from recsys_core.errors import ModelError
+from recsys_core.evaluation.metric_names import DEFAULT_KS, metric_name
+
 __all__ = [
     "PAD",
+    "ACCURACY_AT_K",
     "NonFiniteScores",
     "assert_finite",
     "top_k",
@@ -52,14 +57,12 @@ __all__ = [
 PAD = -1
 """Item index of a top-k slot that holds no item."""
 
-DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
-
 FloatArray = npt.NDArray[np.floating]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 
 
-class NonFiniteScores(ValueError):
+class NonFiniteScores(ModelError, ValueError):
     """Scores hold NaN or inf.
 
     Raised rather than ranked because a NaN compares False with everything: the
@@ -308,6 +311,30 @@ def _discounts(n: int) -> FloatArray:
     return 1.0 / np.log2(np.arange(2, n + 2, dtype=np.float64))
 
 
+@dataclass(frozen=True)
+class TopKHits:
+    """Per-user hit statistics of the top k, from which every accuracy metric at k follows."""
+
+    k: int
+    hits: FloatArray  # relevant items in the top k
+    dcg: FloatArray  # discounted gain of those hits
+    ideal_dcg: FloatArray | float  # DCG of min(k, n_relevant) hits at the top
+    n_relevant: FloatArray | float
+
+
+# The per-user accuracy metrics at k, by their registry name (recsys_core.evaluation.metric_names).
+ACCURACY_AT_K: dict[str, Callable[[TopKHits], FloatArray]] = {
+    "recall": lambda t: t.hits / t.n_relevant,
+    "ndcg": lambda t: t.dcg / t.ideal_dcg,
+    "hitrate": lambda t: (t.hits > 0).astype(np.float64),
+    "precision": lambda t: t.hits / t.k,
+}
+
+
+def _accuracy_at_k(at_k: Iterable[TopKHits]) -> dict[str, FloatArray]:
+    return {metric_name(name, t.k): metric(t) for t in at_k for name, metric in ACCURACY_AT_K.items()}
+
+
 def _summarize(per_user: Mapping[str, Any], mask: BoolArray | None = None) -> dict[str, float]:
     """Means of per-user arrays over the users in ``mask`` whose metrics are defined (not NaN)."""
     arrays = {name: np.asarray(_to_numpy(a), dtype=np.float64) for name, a in per_user.items()}
@@ -369,17 +396,14 @@ def per_user_ranking_metrics(
     evaluated = n_rel > 0
     safe_rel = np.where(evaluated, n_rel, 1)
 
-    out: dict[str, FloatArray] = {}
-    for k in ks:
-        h = cum_hits[:, k - 1].astype(np.float64)
-        out[f"recall@{k}"] = h / safe_rel
-        out[f"ndcg@{k}"] = cum_dcg[:, k - 1] / ideal[np.minimum(k, safe_rel)]
-        out[f"hitrate@{k}"] = (h > 0).astype(np.float64)
-        out[f"precision@{k}"] = h / k
+    out = _accuracy_at_k(
+        TopKHits(k, cum_hits[:, k - 1].astype(np.float64), cum_dcg[:, k - 1], ideal[np.minimum(k, safe_rel)], safe_rel)
+        for k in ks
+    )
     first = hits.argmax(axis=1)
     mrr = np.where(hits.any(axis=1), 1.0 / (first + 1.0), 0.0)
-    out["mrr"] = mrr
-    out[f"mrr@{kmax}"] = mrr.copy()
+    out[metric_name("mrr")] = mrr
+    out[metric_name("mrr", kmax)] = mrr.copy()
     for a in out.values():
         a[~evaluated] = np.nan
     return out
@@ -425,16 +449,11 @@ def per_user_metrics_from_ranks(ranks: Any, ks: Iterable[int] = DEFAULT_KS) -> d
     kmax = max(ks)
     rf = r.astype(np.float64)
     gain = 1.0 / np.log2(rf + 2.0)
-    out: dict[str, FloatArray] = {}
-    for k in ks:
-        hit = r < k
-        out[f"recall@{k}"] = hit.astype(np.float64)
-        out[f"ndcg@{k}"] = np.where(hit, gain, 0.0)
-        out[f"hitrate@{k}"] = hit.astype(np.float64)
-        out[f"precision@{k}"] = hit / k
+    # One relevant item per user: its ideal DCG is that of a hit at the top, 1.
+    out = _accuracy_at_k(TopKHits(k, (r < k).astype(np.float64), np.where(r < k, gain, 0.0), 1.0, 1.0) for k in ks)
     rr = 1.0 / (rf + 1.0)
-    out["mrr"] = rr
-    out[f"mrr@{kmax}"] = np.where(r < kmax, rr, 0.0)
+    out[metric_name("mrr")] = rr
+    out[metric_name("mrr", kmax)] = np.where(r < kmax, rr, 0.0)
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from recsys_core.evaluation import metrics as M
+from recsys_core.evaluation.metric_names import metric_cutoffs, metric_name
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
@@ -67,20 +68,31 @@ def evaluate(
         per_user = M.per_user_ranking_metrics(top, case.relevant, ks)
     results = {k: float(np.nanmean(v)) if len(v) else float("nan") for k, v in per_user.items()}
     results["users"] = float(len(case.rows))
-    for k in ks:
-        results[f"coverage@{k}"] = M.catalog_coverage(top, item_popularity.shape[0], k)
-    results["novelty@10"] = M.novelty(top, item_popularity, 10)
-    results["diversity@10"] = M.intra_list_diversity(top, item_categories, 10)
-    bias = M.popularity_bias(top, item_popularity, 10)
-    results.update({f"{name}@10": float(value) for name, value in bias.items()})
-    cold = case.history_lengths <= cold_user_max_events
-    for segment, values in M.segment_metrics(per_user, {"cold_users": cold, "warm_users": ~cold}).items():
-        for name in ("ndcg@10", "hitrate@10", "users"):
-            results[f"{segment}/{name}"] = float(values[name]) if name in values else float("nan")
+    results.update(_list_metrics(top, ks, item_popularity, item_categories))
+    segments = M.segment_metrics(per_user, _history_segments(case, cold_user_max_events))
     if case.single_target:
         targets = np.array([r[0] for r in case.relevant], dtype=np.int64)
-        head = M.head_items(item_popularity)
-        for segment, values in M.split_by_target(per_user, targets, head).items():
-            for name in ("ndcg@10", "hitrate@10", "users"):
-                results[f"{segment}/{name}"] = float(values[name]) if name in values else float("nan")
+        segments.update(M.split_by_target(per_user, targets, M.head_items(item_popularity)))
+    shortest = min(ks)
+    for segment, values in segments.items():
+        for name in (metric_name("ndcg", shortest), metric_name("hitrate", shortest), "users"):
+            results[f"{segment}/{name}"] = float(values.get(name, float("nan")))
     return EvalResult(results, top)
+
+
+def _history_segments(case: EvalCase, cold_user_max_events: int) -> dict[str, np.ndarray]:
+    cold = case.history_lengths <= cold_user_max_events
+    return {"cold_users": cold, "warm_users": ~cold}
+
+
+def _list_metrics(
+    top: np.ndarray, ks: tuple[int, ...], item_popularity: np.ndarray, item_categories: sp.csr_matrix
+) -> dict[str, float]:
+    """The beyond-accuracy metrics of the top-k lists, at the cut-offs the metric registry names."""
+    at = {metric: metric_cutoffs(metric, ks) for metric in ("coverage", "novelty", "diversity", "arp")}
+    results = {metric_name("coverage", k): M.catalog_coverage(top, item_popularity.shape[0], k) for k in at["coverage"]}
+    results.update({metric_name("novelty", k): M.novelty(top, item_popularity, k) for k in at["novelty"]})
+    results.update({metric_name("diversity", k): M.intra_list_diversity(top, item_categories, k) for k in at["diversity"]})
+    for k in at["arp"]:  # arp, head_share and gini come from one pass
+        results.update({metric_name(name, k): float(value) for name, value in M.popularity_bias(top, item_popularity, k).items()})
+    return results

@@ -20,7 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from recsys_core.evaluation.metrics import DEFAULT_KS, _as_popularity, _slots, catalog_coverage
+from recsys_core.evaluation.metric_names import DEFAULT_KS, metric_name
+from recsys_core.evaluation.metrics import _as_popularity, _slots, catalog_coverage
 
 __all__ = [
     "metric_at_k_figure",
@@ -71,7 +72,7 @@ def metric_at_k_figure(
     fig, axes = _new_figure(len(metrics))
     for ax, metric in zip(axes, metrics, strict=True):
         for model, values in results.items():
-            y = [float(values[f"{metric}@{k}"]) if f"{metric}@{k}" in values else math.nan for k in ks]
+            y = [float(values.get(metric_name(metric, k), math.nan)) for k in ks]
             if all(math.isnan(v) for v in y):
                 continue
             ax.plot(ks, y, marker="o", label=model)

@@ -30,7 +30,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, QUARANTINE, TS, USER_PROFILES, Table
+from recsys_core.errors import PublishError
 from recsys_core.features.ingest import REASONS
+from recsys_core.windows import ACTIVITY_WINDOWS_DAYS, POPULARITY_WINDOWS_DAYS, activity_column, popularity_column
 
 with warnings.catch_warnings():
     # pandera probes pyspark.pandas on import, which warns about pandas >= 3 (and is not used here).
@@ -45,8 +47,15 @@ EXAMPLES = 3  # example rows per failed check in the error message
 MAX_FAILURES = 10  # failed checks listed in the error message
 
 
-class DataCheckFailed(RuntimeError):
+class DataCheckFailed(PublishError, RuntimeError):
     """A table about to be published breaks a data check; nothing was published."""
+
+    hint = "nothing was published; the failed checks and example rows above point to the bad input or stage"
+
+
+# Windowed counts never decrease as the window grows, and never exceed the all-time count.
+ACTIVITY_CHAIN = [*map(activity_column, sorted(ACTIVITY_WINDOWS_DAYS)), "n_events"]
+POPULARITY_CHAIN = [*map(popularity_column, sorted(POPULARITY_WINDOWS_DAYS)), "pop_all"]
 
 
 def _duplicated(table: pa.Table, keys: list[str]) -> pa.Array:
@@ -168,8 +177,8 @@ class UserProfilesCheck(pdx.DataFrameModel):
 
     @pdx.dataframe_check
     def windows_monotone(cls, data) -> pa.Array:
-        """n_events_1d <= n_events_7d <= n_events_30d <= n_events."""
-        return _chain_le(data.table, ["n_events_1d", "n_events_7d", "n_events_30d", "n_events"])
+        """n_events_<n>d <= n_events_<m>d <= ... <= n_events for windows n < m."""
+        return _chain_le(data.table, ACTIVITY_CHAIN)
 
     @pdx.dataframe_check
     def active_days_within_events(cls, data) -> pa.Array:
@@ -215,8 +224,8 @@ class ItemFeaturesCheck(pdx.DataFrameModel):
 
     @pdx.dataframe_check
     def popularity_monotone(cls, data) -> pa.Array:
-        """pop_1d <= pop_7d <= pop_30d <= pop_all."""
-        return _chain_le(data.table, ["pop_1d", "pop_7d", "pop_30d", "pop_all"])
+        """pop_<n>d <= pop_<m>d <= ... <= pop_all for windows n < m."""
+        return _chain_le(data.table, POPULARITY_CHAIN)
 
     @pdx.dataframe_check
     def trend_is_finite(cls, data) -> pa.Array:
@@ -253,11 +262,11 @@ KEYS: dict[str, list[str]] = {
 CHECK_COLUMNS: dict[str, list[str]] = {
     "dt_is_event_date": ["event_ts", "dt"],
     "one_row_per_input_line": ["source_file", "line_no"],
-    "windows_monotone": ["n_events_1d", "n_events_7d", "n_events_30d", "n_events"],
+    "windows_monotone": ACTIVITY_CHAIN,
     "active_days_within_events": ["active_days", "n_events"],
     "events_by_type_sum_to_n_events": ["events_by_type", "n_events"],
     "event_times_iff_events": ["n_events", "first_event_ts", "last_event_ts"],
-    "popularity_monotone": ["pop_1d", "pop_7d", "pop_30d", "pop_all"],
+    "popularity_monotone": POPULARITY_CHAIN,
     "trend_is_finite": ["trend"],
     "embeddings_share_one_dimension": ["text_embedding"],
 }

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_core.config import IngestSettings
+from recsys_core.errors import DataError
 
 # Reason codes, in the order they are checked: a line gets the first that applies.
 REASONS = (
@@ -60,7 +61,7 @@ LINES_SCHEMA = pa.schema(
 )
 
 
-class UnreadableInput(RuntimeError):
+class UnreadableInput(DataError, RuntimeError):
     """A whole input file cannot be read; the run must fail, naming the file."""
 
 
@@ -269,7 +270,6 @@ class IngestReport:
             f"ingest {self.run_date}: {self.rows_quarantined} of {self.rows_in} rows "
             f"({self.reject_rate:.1%}) quarantined, above the limit of {max_rate:.1%}. Top reasons:\n"
             + "\n".join(lines)
-            + "\nFix the upstream export, or raise RECSYS_INGEST__MAX_REJECT_RATE if this is expected."
         )
 
     def to_dict(self) -> dict:
@@ -286,8 +286,10 @@ class IngestReport:
         }
 
 
-class RejectRateExceeded(RuntimeError):
-    pass
+class RejectRateExceeded(DataError, RuntimeError):
+    """Too many input rows were quarantined; nothing of the day was published."""
+
+    hint = "fix the upstream export, or raise RECSYS_INGEST__MAX_REJECT_RATE if this share of bad rows is expected"
 
 
 def classify(lines, settings: IngestSettings, known_event_ids=None):

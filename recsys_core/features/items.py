@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from recsys_core.config import FeatureSettings
+from recsys_core.windows import popularity_column
 
 
 def item_features(interactions, items, as_of_end: datetime, settings: FeatureSettings):
@@ -23,23 +24,23 @@ def item_features(interactions, items, as_of_end: datetime, settings: FeatureSet
     def window_count(days: int):
         return F.sum(F.when(F.col("event_ts") >= end - F.expr(f"INTERVAL {days} DAYS"), 1).otherwise(0)).cast("long")
 
-    windows = sorted({*settings.popularity_windows_days, settings.trend_short_days, settings.trend_long_days})
+    windows = sorted(set(settings.popularity_windows_days))  # the trend windows are among them (config checks)
     popularity = interactions.groupBy("item_id").agg(
         F.count("*").alias("pop_all"),
         F.min("event_ts").alias("first_seen_ts"),
-        *[window_count(d).alias(f"pop_{d}d") for d in windows],
+        *[window_count(d).alias(popularity_column(d)) for d in windows],
     )
-    short, long_ = settings.trend_short_days, settings.trend_long_days
+    short, long_ = settings.trend_windows
     catalogue = items.select("item_id", "title", "description", "genres", "release_date")
     seen_only = interactions.select("item_id").distinct().join(catalogue.select("item_id"), "item_id", "left_anti")
     catalogue = catalogue.unionByName(seen_only, allowMissingColumns=True)
-    pop_cols = {f"pop_{d}d": 0 for d in windows}
+    pop_cols = {popularity_column(d): 0 for d in windows}
     return (
         catalogue.join(popularity, "item_id", "left")
         .fillna({"pop_all": 0, **pop_cols})
         .withColumn(
             "trend",
-            ((F.col(f"pop_{short}d") + 1) / F.lit(short)) / ((F.col(f"pop_{long_}d") + 1) / F.lit(long_)),
+            ((F.col(popularity_column(short)) + 1) / F.lit(short)) / ((F.col(popularity_column(long_)) + 1) / F.lit(long_)),
         )
         .withColumn(
             "days_since_first_seen",

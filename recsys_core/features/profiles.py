@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from recsys_core.config import FeatureSettings
+from recsys_core.windows import activity_column
 
 
 def user_profiles(interactions, users, items, as_of_end: datetime, settings: FeatureSettings):
@@ -27,7 +28,7 @@ def user_profiles(interactions, users, items, as_of_end: datetime, settings: Fea
         counts.append(
             F.sum(F.when(F.col("event_ts") >= end - F.expr(f"INTERVAL {days} DAYS"), 1).otherwise(0))
             .cast("long")
-            .alias(f"n_events_{days}d")
+            .alias(activity_column(days))
         )
     activity = interactions.groupBy("user_id").agg(
         *counts,
@@ -74,7 +75,7 @@ def user_profiles(interactions, users, items, as_of_end: datetime, settings: Fea
         .select("user_id", F.col("seq.item_id").alias("recent_items"))
     )
     known = users.select("user_id").union(interactions.select("user_id")).distinct()
-    zero = {f"n_events_{d}d": 0 for d in settings.activity_windows_days}
+    zero = {activity_column(d): 0 for d in settings.activity_windows_days}
     return (
         known.join(activity, "user_id", "left")
         .join(by_type, "user_id", "left")

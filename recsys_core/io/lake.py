@@ -24,6 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from recsys_core.contracts import Table
+from recsys_core.errors import MissingInput
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +111,10 @@ class Lake:
     def require_partition(self, table: Table, value: date | str, *, hint: str) -> str:
         path = self.partition_path(table, value)
         if not self.is_complete(table, value):
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{table.name} has no complete partition {partition_name(table.partition or 'dt', value)} "
-                f"under {self.table_path(table)}; {hint}"
+                f"under {self.table_path(table)}",
+                hint=hint,
             )
         return path
 
@@ -130,15 +132,13 @@ class Lake:
             stream.write(json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
         self.fs.move(tmp, path)
 
+    def visible_files(self, folder: str) -> list[str]:
+        """Every file under ``folder``, sorted, without hidden and marker files (``.x``, ``_manifest.json``)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=True))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File and not i.base_name.startswith(("_", ".")))
+
     def data_files(self, partition_path: str) -> list[str]:
-        infos = self.fs.get_file_info(pafs.FileSelector(partition_path, recursive=True))
-        return sorted(
-            i.path
-            for i in infos
-            if i.type == pafs.FileType.File
-            and i.base_name.endswith(".parquet")
-            and not i.base_name.startswith(("_", "."))
-        )
+        return [path for path in self.visible_files(partition_path) if path.endswith(".parquet")]
 
     def checksum(self, partition_path: str) -> str:
         """SHA-256 over the partition's data files, in name order."""

@@ -14,6 +14,11 @@ from recsys_core.evaluation.gate import GateDecision
 log = logging.getLogger(__name__)
 
 PYFUNC_CODE = Path(__file__).resolve().parents[1] / "models" / "pyfunc_model.py"
+SQLITE = "sqlite:///"
+# MLflow's classification of an experiment (the tag its UI's experiment-kind selector writes):
+# model development, not a GenAI app.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
 
 
 def configure_tracking(settings: Settings) -> str:
@@ -22,18 +27,45 @@ def configure_tracking(settings: Settings) -> str:
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if settings.tracking_uri.startswith("sqlite:///"):
-        settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    create_sqlite_store(settings)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(settings.registry.experiment)
-    if experiment is None:
-        experiment_id = client.create_experiment(settings.registry.experiment, artifact_location=settings.artifact_location)
-    else:
-        experiment_id = experiment.experiment_id
+    experiment_id = _model_development_experiment(settings)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def create_sqlite_store(settings: Settings) -> None:
+    """Create a SQLite store that does not exist yet, with the project's artifact root.
+
+    MLflow creates the "Default" experiment (id 0) when it first opens an empty store, with the
+    artifact root of the process that happens to open it: ``./mlruns`` under that process's
+    working directory (an Airflow task's temporary folder). Opening it here first gives
+    experiment 0 a root under ``settings.artifact_location`` instead.
+    """
+    if not settings.tracking_uri.startswith(SQLITE):
+        return
+    database = Path(settings.tracking_uri.removeprefix(SQLITE))
+    if database.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    database.parent.mkdir(parents=True, exist_ok=True)
+    SqlAlchemyStore(settings.tracking_uri, default_artifact_root=settings.artifact_location)
+
+
+def _model_development_experiment(settings: Settings) -> str:
+    """The configured experiment, created if missing and marked as model development (not GenAI)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(settings.registry.experiment)
+    kind = {EXPERIMENT_KIND: MODEL_DEVELOPMENT}
+    if experiment is None:
+        return client.create_experiment(settings.registry.experiment, artifact_location=settings.artifact_location, tags=kind)
+    if EXPERIMENT_KIND not in experiment.tags:  # a store from before the tag; a kind chosen in the UI stays
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
+    return experiment.experiment_id
 
 
 def metric_key(name: str) -> str:
@@ -41,13 +73,37 @@ def metric_key(name: str) -> str:
     return name.replace("@", "_at_")
 
 
-def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = None) -> None:
+def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = None, model_id: str | None = None) -> None:
+    """Log the finite numbers of ``metrics`` to the active run (and to the logged model ``model_id``)."""
     import math
 
     import mlflow
 
     clean = {metric_key(prefix + k): float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-    mlflow.log_metrics(clean, step=step)
+    mlflow.log_metrics(clean, step=step, model_id=model_id)
+
+
+def record_model_output(model_id: str) -> None:
+    """Record the logged model ``model_id`` as an output of the active run.
+
+    MLflow 3's UI opens in its GenAI view unless told otherwise, and that view sorts an
+    experiment's runs by their outputs: a run that produced a logged model is a training run,
+    any other run is listed under "Evaluation runs".
+    """
+    import mlflow
+    from mlflow.entities import LoggedModelOutput
+
+    mlflow.log_outputs(models=[LoggedModelOutput(model_id, step=0)])
+
+
+def log_external_model(name: str, family: str) -> str:
+    """A fitted model that is not logged as an MLflow model (a baseline, a protocol's checkpoint),
+    recorded as a logged model produced by the active run; returns its id."""
+    import mlflow
+
+    model = mlflow.create_external_model(name=name, model_type=family)
+    record_model_output(model.model_id)
+    return model.model_id
 
 
 def log_bundle(bundle_dir: Path, name: str, input_example, registered_model_name: str | None = None):

@@ -15,6 +15,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from recsys_core.contracts import INTERACTIONS, Table
+from recsys_core.errors import MissingInput
 from recsys_core.features.ingest import end_of_day
 from recsys_core.io.lake import Lake, partition_name
 
@@ -46,8 +47,9 @@ def required_ingests(lake: Lake, as_of: date, lateness_days: int) -> list[date]:
     """``ingests_as_of``, failing with what to do when there is none."""
     ingests = ingests_as_of(lake, as_of, lateness_days)
     if not ingests:
-        raise FileNotFoundError(
-            f"no complete ingest up to {as_of} under {lake.table_path(INTERACTIONS)}; run `recsys ingest --date D` first"
+        raise MissingInput(
+            f"no complete ingest up to {as_of} under {lake.table_path(INTERACTIONS)}",
+            hint="run `recsys ingest --date D` first",
         )
     return ingests
 
@@ -125,8 +127,8 @@ def snapshot_path(lake: Lake, contract: Table, as_of: date) -> str:
     """The newest directory snapshot (users or items) dated on or before ``as_of``."""
     value = lake.latest_partition(contract, on_or_before=as_of, complete_only=False)
     if value is None:
-        raise FileNotFoundError(
-            f"no {contract.name} snapshot on or before {as_of} under {lake.table_path(contract)}; "
-            "import one (e.g. `recsys import-movielens`)"
+        raise MissingInput(
+            f"no {contract.name} snapshot on or before {as_of} under {lake.table_path(contract)}",
+            hint="import one (e.g. `recsys import-movielens`)",
         )
     return lake.partition_path(contract, value)

@@ -19,8 +19,10 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from recsys_core.errors import ModelError
 from recsys_core.models.transformer import SeqRec, SeqRecConfig, gap_buckets
 from recsys_core.training.data import Preprocessing, Sequences, build_sequences, gaps_of, left_pad, query_gaps_of
+from recsys_core.windows import popularity_column
 
 WEIGHTS = "weights.pt"
 META = "bundle.json"
@@ -41,7 +43,7 @@ class ModelBundle:
 
     @classmethod
     def load(cls, directory: Path) -> "ModelBundle":
-        meta = json.loads((directory / META).read_text())
+        meta = bundle_metadata(directory)
         config = SeqRecConfig.from_dict(meta["config"])
         state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
         model = SeqRec(config, state["item_content"])
@@ -72,9 +74,12 @@ class ModelBundle:
             return None
         columns = []
         for window in self.config.trend_windows:
-            name = f"pop_{window}d"
+            name = popularity_column(window)
             if name not in item_features.column_names:
-                raise ValueError(f"the model needs item feature {name!r}; add {window} to features.popularity_windows_days")
+                raise ModelError(
+                    f"the model's trend prior reads item feature {name!r}, which these item features lack",
+                    hint="retrain the model on the current features.trend_short_days / trend_long_days windows",
+                )
             columns.append(torch.log1p(torch.as_tensor(item_features[name].to_numpy(zero_copy_only=False).astype(np.float32))))
         return torch.stack(columns, dim=1)
 
@@ -115,6 +120,11 @@ class ModelBundle:
             out.append(hidden)
         width = self.config.d_model + len(self.config.trend_windows)
         return torch.cat(out) if out else torch.zeros(0, width)
+
+
+def bundle_metadata(directory: Path) -> dict:
+    """What ``save`` recorded beside the weights: config, preprocessing and the caller's extras (e.g. ``as_of``)."""
+    return json.loads((directory / META).read_text())
 
 
 def _content_rows(prep: Preprocessing, item_features: pa.Table) -> torch.Tensor:

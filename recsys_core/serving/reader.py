@@ -10,9 +10,16 @@ import pyarrow.parquet as pq
 
 from recsys_core.config import Settings
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS
+from recsys_core.errors import DataError, MissingInput
 from recsys_core.io.lake import Lake
 
 LATEST = "_latest.json"
+
+
+class UnknownUser(DataError, ValueError):
+    """The published list of the date has no rows for the user."""
+
+    hint = "check the user id: only users known on that date (in user_profiles) get a list"
 
 
 class RecommendationReader:
@@ -31,8 +38,9 @@ class RecommendationReader:
                 return dt
         dates = self.dates()
         if not dates:
-            raise FileNotFoundError(
-                f"no published recommendations under {self.lake.table_path(RECOMMENDATIONS)}; run `recsys recommend --date D`"
+            raise MissingInput(
+                f"no published recommendations under {self.lake.table_path(RECOMMENDATIONS)}",
+                hint="run `recsys recommend --date D`",
             )
         return dates[-1]
 
@@ -53,7 +61,7 @@ class RecommendationReader:
         value = str(dt) if dt else self.latest_date()
         rows = self.table(value, user_id).to_pylist()
         if not rows:
-            raise ValueError(f"user {user_id!r} has no recommendations on {value}")
+            raise UnknownUser(f"user {user_id!r} has no recommendations on {value}")
         titles = self._titles(value)
         for row in rows:
             row["title"] = titles.get(row["item_id"])

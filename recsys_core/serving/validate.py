@@ -7,12 +7,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys_core.contracts import RECOMMENDATIONS
+from recsys_core.errors import PublishError
 
 
 SOURCES = ("model", "fallback")
 
 
-class InvalidRecommendations(ValueError):
+class InvalidRecommendations(PublishError, ValueError):
     """The staged table breaks a publishing rule; the message names the rule and an example."""
 
 

@@ -17,10 +17,10 @@ from functools import partial
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-import pyarrow.fs as pafs
 
 from recsys_core.config import Settings
 from recsys_core.contracts import INTERACTIONS, QUARANTINE, RAW_EVENTS
+from recsys_core.errors import MissingInput
 from recsys_core.features.checks import DataCheckFailed, check_table
 from recsys_core.features.ingest import (
     LINES_SCHEMA,
@@ -56,15 +56,11 @@ def input_files(lake: Lake, run_date: date) -> list[str]:
     """The readable input files of one arrival day; fails naming any that is not."""
     folder = lake.partition_path(RAW_EVENTS, run_date)
     if not lake.exists(folder):
-        raise FileNotFoundError(
-            f"no landing folder {folder} for {run_date}; nothing arrived that day, "
-            "or the export has not run (for the demo: `recsys import-movielens`)"
+        raise MissingInput(
+            f"no landing folder {folder} for {run_date}: nothing arrived that day, or the export has not run",
+            hint="check the upstream export for that day (for the demo: `recsys import-movielens`)",
         )
-    files = sorted(
-        i.path
-        for i in lake.fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-        if i.type == pafs.FileType.File and not i.base_name.startswith((".", "_"))
-    )
+    files = lake.visible_files(folder)
     unsupported = [f for f in files if not f.endswith(INPUT_SUFFIXES)]
     if unsupported:
         raise UnreadableInput(

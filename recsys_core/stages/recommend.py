@@ -32,16 +32,18 @@ import torch
 
 from recsys_core.config import ServeSettings, Settings
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
+from recsys_core.errors import RegistryError
 from recsys_core.evaluation import metrics as M
 from recsys_core.features.ingest import end_of_day
 from recsys_core.io.lake import STAGING, TRASH, Lake, partition_name
 from recsys_core.io.tables import ingests_as_of, read_interactions
-from recsys_core.models.bundle import ModelBundle
+from recsys_core.models.bundle import ModelBundle, bundle_metadata
 from recsys_core.serving.output import build_table, content_digest, format_report
 from recsys_core.serving.reader import LATEST
 from recsys_core.serving.rerank import category_matrix
 from recsys_core.serving.score import recommend_top_k, score_top_k, seen_matrix
 from recsys_core.serving.validate import InvalidRecommendations, validate_recommendations
+from recsys_core.windows import popularity_column
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,16 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     k = serve.top_k
     current = champion(settings, settings.work_dir / "registry")
     if current is None:
-        raise RuntimeError(
-            f"no model holds @{settings.registry.champion_alias} for {settings.train.model_name}; "
-            "train one first (`recsys train --date D` or the recsys_train DAG)"
-        )
+        raise RegistryError(f"no model holds @{settings.registry.champion_alias} for {settings.train.model_name}")
     tidy_leftovers(lake, run_date)
     bundle = ModelBundle.load(current.bundle_dir)
+    trained_as_of = bundle_metadata(current.bundle_dir).get("as_of")
+    if trained_as_of and trained_as_of > run_date.isoformat():
+        log.warning(
+            "%s v%s was trained on events up to the end of %s, after this run date %s: "
+            "this night is scored by a model that saw later data (a backfill with today's champion)",
+            current.name, current.version, trained_as_of, run_date,
+        )
     interactions = read_interactions(lake, run_date, settings.ingest.lateness_days, columns=["user_id", "item_id", "event_ts", "source_file", "line_no"])
     profiles = lake.read_partition(USER_PROFILES, run_date).sort_by("user_id")
     items = lake.read_partition(ITEM_FEATURES, run_date)
@@ -95,7 +101,7 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         )  # fmt: skip
     fallback_rows = np.flatnonzero(~use_model)
     if len(fallback_rows):
-        trending = catalogue[f"pop_{settings.train.trending_window_days}d"].to_numpy().astype(np.float32)
+        trending = catalogue[popularity_column(settings.train.trending_window_days)].to_numpy().astype(np.float32)
         trending = trending + catalogue["pop_all"].to_numpy().astype(np.float32) * 1e-6  # all-time breaks ties
         top_items[fallback_rows], top_scores[fallback_rows] = score_top_k(
             torch.ones(len(fallback_rows), 1), torch.as_tensor(trending).unsqueeze(1), k, exclude=seen[fallback_rows]
@@ -127,6 +133,8 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
             "model_name": current.name,
             "model_version": current.version,
             "mlflow_run_id": current.run_id,
+            "model_trained_as_of": trained_as_of,
+            "model_train_cutoff": end_of_day(date.fromisoformat(trained_as_of)).isoformat() if trained_as_of else None,
             "content_digest": digest,
             "engine": serve.engine,
             "mmr_lambda": serve.mmr_lambda,

@@ -14,6 +14,15 @@ horizon before the run date, evaluated on that horizon as the nightly job
 would) and ``calibration`` (up to two horizons before, scored on the horizon
 that follows it, to fit the trend prior's out-of-sample weight).
 
+In MLflow, a date's training is a parent run with one nested run per model: the
+sequence model of each protocol (``seqrec``, ``seqrec-backtest``,
+``seqrec-calibration``) and each baseline. So that runs line up in MLflow's
+compare view, every model's run logs its metrics as ``<protocol>/<metric>``
+(``loo/ndcg_at_10``, ``backtest/ndcg_at_10``, ...) and the same key params
+(``model.family`` and ``run_params``: run date, protocols, cut-offs, data
+version). The served model's run and the baselines' report both evaluated
+protocols, each from a model fitted on that protocol's data.
+
 The workspace ``<data_root>/work/train/<date>/`` carries state between steps;
 a rerun of a date starts it afresh.
 """
@@ -38,8 +47,9 @@ import torch
 
 from recsys_core.config import Settings
 from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, USER_PROFILES
+from recsys_core.errors import MissingInput, ModelError
 from recsys_core.evaluation.calibration import TrendCalibration, fit_trend_offsets
-from recsys_core.evaluation.gate import gate_decision
+from recsys_core.evaluation.gate import GateDecision, gate_decision
 from recsys_core.evaluation.protocols import EvalCase, EvalResult, evaluate
 from recsys_core.features.ingest import end_of_day
 from recsys_core.io.lake import Lake
@@ -56,6 +66,10 @@ from recsys_core.training.loop import BEST, RESULT
 log = logging.getLogger(__name__)
 
 PROTOCOLS = ("loo", "backtest", "calibration")
+# Horizons (eval.backtest_horizon_days) between the end of the run date and each protocol's cut.
+HORIZONS_BEFORE = {"loo": 0, "backtest": 1, "calibration": 2}
+# The protocols every model is scored on (the calibration model only fits the trend prior's offsets).
+EVALUATED = ("loo", "backtest")
 RUNS = "runs.json"
 SETTINGS = "settings.json"  # the exact settings the ranks train with
 JOB = Path(__file__).resolve().parents[2] / "jobs" / "train.py"
@@ -79,14 +93,20 @@ def backtest_cut(settings: Settings, as_of: date, horizons: int = 1) -> datetime
     return end_of_day(as_of - timedelta(days=horizons * settings.eval.backtest_horizon_days))
 
 
+def train_cutoff(settings: Settings, as_of: date, protocol: str) -> datetime:
+    """The exclusive upper bound of the events a protocol's models are fitted on: the end of the
+    run date for leave-last-out, ``backtest_cut`` for the temporal protocols."""
+    return backtest_cut(settings, as_of, HORIZONS_BEFORE[protocol])
+
+
 def prepared_protocols(settings: Settings, as_of: date, interactions, profiles, items) -> dict[str, PreparedData]:
     """Every protocol's data, with the same preprocessing (fitted once, on the as-of features)."""
-    windows = (settings.features.trend_short_days, settings.features.trend_long_days)
+    windows = settings.features.trend_windows
     out = {"loo": prepare(interactions, profiles, items, epoch_day(end_of_day(as_of)), windows)}
-    for protocol, horizons in (("backtest", 1), ("calibration", 2)):
+    for protocol in ("backtest", "calibration"):
         if protocol == "calibration" and not settings.train.calibration.enabled:
             continue
-        cut = backtest_cut(settings, as_of, horizons)
+        cut = train_cutoff(settings, as_of, protocol)
         before = interactions.filter(pc.less(interactions["event_ts"], pa.scalar(cut, interactions.schema.field("event_ts").type)))
         out[protocol] = prepare(before, profiles, items, epoch_day(cut), windows, fitted=out["loo"])
     return out
@@ -173,21 +193,21 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
 
     configure_tracking(settings)
     lineage = input_lineage(settings, as_of)
-    with mlflow.start_run(run_name=f"train-{as_of}") as parent:
+    data_version = fingerprints["loo"]
+    pending = f"Training as of {as_of}: evaluation and champion decision pending."
+    with mlflow.start_run(run_name=f"train-{as_of}", description=pending) as parent:
         mlflow.set_tags({"as_of": as_of.isoformat(), "stage": "train", **code_version(), "config_digest": config_digest(settings)})
         mlflow.log_params(flat_params("", settings.model_dump(mode="json", include={"train", "eval", "features"})))
-        mlflow.log_params({"data.users": len(data.sequences.user_ids), "data.items": data.prep.n_items,
-                           "data.interactions": interactions.num_rows, "data.fingerprint": fingerprints["loo"],
-                           "data.backtest_cut": backtest_cut(settings, as_of).isoformat(),
-                           "data.calibration_cut": backtest_cut(settings, as_of, 2).isoformat()})  # fmt: skip
+        sizes = {"data.users": len(data.sequences.user_ids), "data.items": data.prep.n_items, "data.interactions": interactions.num_rows}
+        mlflow.log_params({**sizes, **run_params(settings, as_of, protocols, data_version)})
         mlflow.log_dict(json.loads(settings.model_dump_json()), "config.json")
         mlflow.log_dict(lineage, "lineage.json")
         _log_inputs(settings, as_of, interactions, profiles, items)
-        runs = {"parent": parent.info.run_id, "as_of": as_of.isoformat(), "protocols": protocols}
+        runs = {"parent": parent.info.run_id, "as_of": as_of.isoformat(), "protocols": protocols, "data_version": data_version}
         for protocol in protocols:
             name = "seqrec" if protocol == "loo" else f"seqrec-{protocol}"
-            with mlflow.start_run(run_name=name, nested=True) as child:
-                mlflow.set_tags({"model": "seqrec", "protocol": protocol, "as_of": as_of.isoformat(), **code_version()})
+            with start_model_run(settings, as_of, "seqrec", reported_protocols(protocol, protocols), data_version, name) as child:
+                mlflow.set_tag("protocol", protocol)
                 mlflow.log_params(flat_params("model", config.to_dict()))
             runs[protocol] = child.info.run_id
     (ws / RUNS).write_text(json.dumps(runs))
@@ -213,6 +233,65 @@ def _log_inputs(settings: Settings, as_of: date, interactions, profiles, items) 
         mlflow.log_input(dataset, context="training", tags={"rows": str(table.num_rows)})
 
 
+# What MLflow's compare view lines up: the same params and metric keys on every run of a kind.
+def reported_protocols(model_protocol: str, protocols: list[str]) -> list[str]:
+    """The protocols a model's run reports, its own first. The served model's run (protocol "loo")
+    reports every evaluated protocol, as a baseline's run does: each protocol's figures come from
+    a model fitted on that protocol's data (the backtest model; the baseline refit before the cut).
+    A temporal protocol's model reports its own."""
+    if model_protocol != "loo":
+        return [model_protocol]
+    return [p for p in protocols if p in EVALUATED]
+
+
+def run_params(settings: Settings, as_of: date, protocols: list[str], data_version: str) -> dict[str, str]:
+    """The params every training run logs, the parent's and each model's.
+
+    ``train_cutoff`` is the exclusive upper bound (UTC) of the events the run's own model was
+    fitted on (its first protocol's cut: the end of the run date for the served model, the
+    parent and the baselines); ``<protocol>.train_cutoff`` is that of each temporal protocol
+    the run reports.
+    ``data.version`` is the run date's dataset fingerprint: every protocol's data is cut from it.
+    """
+    cutoffs = {f"{p}.train_cutoff": train_cutoff(settings, as_of, p).isoformat() for p in protocols if p != "loo"}
+    own = train_cutoff(settings, as_of, protocols[0]).isoformat()
+    return {"run_date": as_of.isoformat(), "protocols": ",".join(protocols), "train_cutoff": own, "data.version": data_version, **cutoffs}
+
+
+def model_run_description(settings: Settings, as_of: date, family: str, protocols: list[str]) -> str:
+    """A model run's description (MLflow's run note): what was fitted, on which events, reported how."""
+    cutoffs = ", ".join(f"{p} before {train_cutoff(settings, as_of, p).isoformat()}" for p in protocols)
+    keys = ", ".join(f"`{p}/...`" for p in protocols)
+    heading = f"**{family}**, run date {as_of}, protocols {', '.join(protocols)}."
+    return f"{heading}\n\nFitted per protocol on the events {cutoffs}; metrics {keys}."
+
+
+def start_model_run(settings: Settings, as_of: date, family: str, protocols: list[str], data_version: str, name: str | None = None):
+    """A nested run of one model (``protocols``: ``reported_protocols``), with the tags, params and
+    description every model's run carries; use it as a context manager."""
+    import mlflow
+
+    run = mlflow.start_run(run_name=name or family, nested=True, description=model_run_description(settings, as_of, family, protocols))
+    mlflow.set_tags({"model": family, "as_of": as_of.isoformat(), **code_version()})
+    mlflow.log_params({"model.family": family, **run_params(settings, as_of, protocols, data_version)})
+    return run
+
+
+def training_run_description(settings: Settings, as_of: date, version: str, decision: GateDecision, plots: dict[str, str]) -> str:
+    """The parent run's description: the run date, the champion decision, and links to its plots
+    (``plots``: artifact path to the run's page on it in the MLflow UI)."""
+    name, alias = settings.train.model_name, settings.registry.champion_alias
+    verdict = f"promoted to @{alias}" if decision.promote else "not promoted: stays challenger"
+    return "\n".join([
+        f"Training as of {as_of}: the served model saw the events before {train_cutoff(settings, as_of, 'loo').isoformat()}.",
+        "",
+        f"**Champion decision**: {name} v{version} {verdict} ({decision.reason}).",
+        "",
+        "Plots:",
+        *(f"- [{path}]({link})" for path, link in plots.items()),
+    ])
+
+
 # Step 2 ----------------------------------------------------------------------------
 _FROM_WORKSPACE = object()
 
@@ -235,8 +314,6 @@ def torchrun_command(
     nproc = nproc or settings.train.nproc_per_node
     launcher = [sys.executable, "-m", "torch.distributed.run"]
     if settings.train.nnodes > 1:
-        if not settings.train.rdzv_endpoint:
-            raise ValueError("train.nnodes > 1 needs train.rdzv_endpoint (host:port of the rendezvous)")
         launcher += [f"--nnodes={settings.train.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={settings.train.rdzv_endpoint}",
                      f"--rdzv-id=recsys-{as_of}-{protocol}"]  # fmt: skip
     else:
@@ -266,9 +343,9 @@ def run_torchrun(settings: Settings, as_of: date, nproc: int | None = None) -> d
         log.info("launching (%s): %s", protocol, " ".join(command))
         completed = subprocess.run(command, env=env)
         if completed.returncode != 0:
-            raise RuntimeError(
-                f"torchrun exited with {completed.returncode}; its log is above. Rerunning the same command resumes "
-                f"from the last checkpoint in {checkpoint_dir(workspace(settings, as_of), protocol)}"
+            raise ModelError(
+                f"torchrun ({protocol}) exited with {completed.returncode}; its log is above",
+                hint=f"rerunning the same command resumes from the last checkpoint in {checkpoint_dir(workspace(settings, as_of), protocol)}",
             )
         results[protocol] = json.loads((checkpoint_dir(workspace(settings, as_of), protocol) / RESULT).read_text())
     return results
@@ -283,7 +360,7 @@ def load_trained(settings: Settings, as_of: date, data: PreparedData, protocol: 
     model = SeqRec(config, tensors["item_content"])
     best = load_checkpoint(checkpoint_dir(ws, protocol) / BEST)
     if best is None:
-        raise FileNotFoundError(f"no trained model at {checkpoint_dir(ws, protocol) / BEST}; run the torchrun step first")
+        raise MissingInput(f"no trained model at {checkpoint_dir(ws, protocol) / BEST}", hint="run the torchrun step first")
     model.load_state_dict(best["model"])
     model.eval()
     return ModelBundle(config, data.prep, model)
@@ -424,7 +501,7 @@ def calibrate_trend(settings: Settings, as_of: date, datasets: dict[str, Prepare
     )  # fmt: skip
     log.info(
         "trend calibration on %d users after %s: offsets %s (users per group %s)",
-        len(case.rows), backtest_cut(settings, as_of, 2).date(), calibration.offsets, calibration.users,
+        len(case.rows), train_cutoff(settings, as_of, "calibration").date(), calibration.offsets, calibration.users,
     )  # fmt: skip
     return calibration
 
@@ -440,9 +517,18 @@ def apply_calibration(bundle: ModelBundle, calibration: TrendCalibration, settin
 
 def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
     from recsys_core.evaluation import report
-    from recsys_core.io.registry import apply_gate, champion, configure_tracking, log_bundle, log_metrics
+    from recsys_core.io.registry import (
+        apply_gate,
+        champion,
+        configure_tracking,
+        log_bundle,
+        log_external_model,
+        log_metrics,
+        record_model_output,
+    )
 
     started = time.monotonic()
     ws = workspace(settings, as_of)
@@ -481,11 +567,14 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     with mlflow.start_run(run_id=runs["parent"]):
         for protocol in protocols:
             with mlflow.start_run(run_id=runs[protocol], nested=True):
-                if protocol in evaluations:
-                    log_metrics(evaluations[protocol]["seqrec"].metrics, prefix="test/")
-                else:  # the calibration model: what it fitted
-                    log_metrics({f"offset/{group}": offset for group, offset in calibration.offsets.items()}, prefix="calibration/")
-                log_metrics(train_results[protocol])
+                # The served model is logged below (log_bundle links the metrics to it); the other
+                # protocols' models stay in the workspace and are recorded as external models.
+                model_id = None if protocol == "loo" else log_external_model(f"seqrec-{protocol}", "seqrec")
+                log_evaluation(evaluations, "seqrec", reported_protocols(protocol, protocols), model_id)
+                if protocol == "calibration":  # what the calibration model fitted
+                    offsets = {f"offset/{group}": offset for group, offset in calibration.offsets.items()}
+                    log_metrics(offsets, prefix="calibration/", model_id=model_id)
+                log_metrics(train_results[protocol], model_id=model_id)
                 mlflow.log_figure(report.training_curves_figure(train_results[protocol]["history"]), "plots/training_curves.png")
                 if protocol == "loo":
                     info = log_bundle(bundle_dir, "model", _input_example(data, profiles), registered_model_name=settings.train.model_name)
@@ -493,10 +582,9 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
         for name in evaluations["loo"]:
             if name == "seqrec":
                 continue
-            with mlflow.start_run(run_name=name, nested=True):
-                mlflow.set_tags({"model": name, "as_of": as_of.isoformat(), **code_version()})
-                for protocol in evaluations:
-                    log_metrics(evaluations[protocol][name].metrics, prefix=f"{protocol}/")
+            reported = reported_protocols("loo", protocols)
+            with start_model_run(settings, as_of, name, reported, runs["data_version"]):
+                log_evaluation(evaluations, name, reported, log_external_model(name, name))
         summary = {
             protocol: {name: {k: round(v, 5) for k, v in r.metrics.items()} for name, r in results.items()}
             for protocol, results in evaluations.items()
@@ -535,6 +623,9 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
                                  settings.registry.gate_min_relative_improvement)  # fmt: skip
         apply_gate(settings, version, decision)
         mlflow.set_tags({"gate.promoted": str(decision.promote), "gate.reason": decision.reason, "model_version": version})
+        # Last: from here on, metrics logged to this run would be linked to the served model too.
+        record_model_output(info.model_id)
+        mlflow.set_tag(MLFLOW_RUN_NOTE, training_run_description(settings, as_of, version, decision, plot_links(runs["parent"])))
     headline = ("ndcg@10", "hitrate@10", "recall@50", "mrr", "coverage@10")
     out = {
         "as_of": as_of.isoformat(),
@@ -556,6 +647,25 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     (ws / "summary.json").write_text(json.dumps(out, indent=2))
     log.info("evaluation as of %s: leave-last-out %s; backtest %s", as_of, json.dumps(out["metrics"]), json.dumps(out["backtest"]))
     return out
+
+
+def log_evaluation(evaluations: dict[str, dict[str, EvalResult]], model: str, protocols: list[str], model_id: str | None) -> None:
+    """One model's metrics under each evaluated protocol it reports, as ``<protocol>/<metric>``:
+    the same keys on every model's run."""
+    from recsys_core.io.registry import log_metrics
+
+    for protocol in protocols:
+        if protocol in evaluations:
+            log_metrics(evaluations[protocol][model].metrics, prefix=f"{protocol}/", model_id=model_id)
+
+
+def plot_links(run_id: str) -> dict[str, str]:
+    """The run's plots: artifact path to its page in the MLflow UI (a link relative to the UI's address)."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    return {a.path: f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{a.path}" for a in client.list_artifacts(run_id, "plots")}
 
 
 def _resequence(sequences: Sequences, item_ids: list[str], bundle: ModelBundle) -> Sequences:

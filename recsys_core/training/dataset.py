@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from recsys_core.config import ModelSettings
+from recsys_core.config import FeatureSettings, ModelSettings
 from recsys_core.models.transformer import SeqRecConfig, gap_buckets
 from recsys_core.training.data import (
     SECONDS_PER_DAY,
@@ -51,7 +51,7 @@ def prepare(
     user_profiles: pa.Table,
     item_features: pa.Table,
     until_day: int | None = None,
-    trend_windows: tuple[int, ...] = (7, 30),
+    trend_windows: tuple[int, ...] = FeatureSettings().trend_windows,
     fitted: PreparedData | None = None,
 ) -> PreparedData:
     """Everything derived from the inputs, for data that ends at the start of ``until_day``

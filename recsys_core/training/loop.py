@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from recsys_core.config import TrainSettings
+from recsys_core.errors import ConfigError
 from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
 from recsys_core.serving.score import exclusion_from_lists
@@ -56,12 +57,13 @@ def init_distributed(settings: TrainSettings) -> DistContext:
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if settings.device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but no CUDA device is visible; set RECSYS_TRAIN__DEVICE=cpu")
+            raise ConfigError(
+                "train.device: cuda, but no CUDA device is visible to this process",
+                hint="set RECSYS_TRAIN__DEVICE=cpu and RECSYS_TRAIN__BACKEND=gloo, or run on a GPU node",
+            )
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
-    else:
-        if settings.backend == "nccl":
-            raise RuntimeError("the nccl backend needs GPUs; use backend gloo with device cpu")
+    else:  # TrainSettings rejects backend nccl without device cuda
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend=settings.backend)
@@ -125,9 +127,10 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
     train_rows = torch.arange(len(data["train_targets"]))
     per_rank = settings.batch_size // (ctx.world_size * settings.grad_accum_steps)
     if per_rank < 1:
-        raise ValueError(
-            f"batch_size {settings.batch_size} is smaller than world size x grad_accum_steps "
-            f"({ctx.world_size} x {settings.grad_accum_steps})"
+        raise ConfigError(
+            f"train.batch_size: {settings.batch_size} is smaller than world size x grad_accum_steps "
+            f"({ctx.world_size} x {settings.grad_accum_steps})",
+            hint="raise train.batch_size, or start fewer processes (--nproc)",
         )
     sampler = torch.utils.data.DistributedSampler(
         train_rows, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=settings.seed, drop_last=False

@@ -46,6 +46,7 @@ def test_features_train_nightly_through_airflow(tmp_path):
         "features": {"text_embeddings": False},
         "train": {"epochs": 2, "batch_size": 64, "nproc_per_node": 2, "model": {"d_model": 32, "max_len": 20, "n_layers": 1}},
         "serve": {"top_k": 10},
+        "orchestration": {"data_wait_timeout_minutes": 1, "data_poke_seconds": 5, "retries": 0},
     }
     config_file = tmp_path / "recsys.yaml"
     config_file.write_text(yaml.safe_dump(config))

@@ -20,6 +20,7 @@ import pytest
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import read_interactions
+from recsys_core.windows import popularity_column
 
 pytestmark = [pytest.mark.spark, pytest.mark.torchrun, pytest.mark.mlflow, pytest.mark.slow]
 
@@ -100,7 +101,7 @@ def test_new_users_new_items_and_exclusions(pipeline, cold_lake):
     # The bare user gets the trending items, best first.
     items = lake.read_partition(ITEM_FEATURES, dt)
     allowed = items.filter(pc.invert(pc.is_in(items["item_id"], pa.array([WITHDRAWN, *unavailable]))))
-    window = f"pop_{settings.train.trending_window_days}d"
+    window = popularity_column(settings.train.trending_window_days)
     popularity = dict(zip(allowed["item_id"].to_pylist(), allowed[window].to_pylist()))
     bare = table.filter(pc.equal(table["user_id"], BARE_USER)).sort_by("rank")
     assert [popularity[i] for i in bare["item_id"].to_pylist()] == sorted(popularity.values(), reverse=True)[:k]

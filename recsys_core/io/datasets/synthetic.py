@@ -35,6 +35,7 @@ import pyarrow.fs as pafs
 
 from recsys_core.config import IngestSettings
 from recsys_core.contracts import RAW_EVENTS, RAW_ITEMS, RAW_USERS, conform
+from recsys_core.errors import ConfigError
 from recsys_core.io.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -164,7 +165,7 @@ class SyntheticSpec:
         if self.n_genres > len(GENRE_WORDS):
             problems.append(f"n_genres must be <= {len(GENRE_WORDS)}, got {self.n_genres}")
         if problems:
-            raise ValueError("invalid SyntheticSpec: " + "; ".join(problems))
+            raise ConfigError("invalid SyntheticSpec: " + "; ".join(problems), hint="check the generate-logs options")
 
     @property
     def n_bad(self) -> int:
