@@ -43,7 +43,7 @@ RUN_DATE = "{{ ti.xcom_pull(task_ids='resolve_run_date') }}"
 
 def daily() -> CronDataIntervalTimetable:
     """One run per UTC day that has ended: the logical date is the day, so a backfill's dates are the run dates."""
-    return CronDataIntervalTimetable(OPS.features_cron, timezone="UTC")
+    return CronDataIntervalTimetable(OPS.daily_cron, timezone="UTC")
 
 
 def recsys_dag(dag_id: str, *, description: str, schedule, doc_md: str | None, tags: list[str]) -> DAG:

@@ -1,6 +1,6 @@
 """### recsys_features: raw logs → validated interactions + quarantine → user profiles and item features
 
-**Runs** once per UTC day that has ended (`orchestration.features_cron`), for that day, and whenever
+**Runs** once per UTC day that has ended (`orchestration.daily_cron`), for that day, and whenever
 triggered with a `run_date`. A scheduled run first waits for the day's raw events to land (reschedule
 mode, `orchestration.data_wait_timeout_minutes`); on the embedded default a scheduled day without data
 is skipped instead, since nothing lands there on its own.

@@ -341,8 +341,10 @@ class OrchestrationSettings(Section):
     """How the Airflow DAGs run as daily operations (read by dags/ when they are parsed)."""
 
     owner: str = "recsys"
-    # recsys_features runs for each day that has ended (UTC), after its raw data landed.
-    features_cron: str = "0 1 * * *"
+    # recsys_features and recsys_nightly run once per day: the run for day D starts when this cron fires
+    # after D (midnight UTC: right after D ends), and its sensor then waits for D's data. A cron that
+    # fires once a day at midnight keeps a backfill's --from-date/--to-date equal to the run dates.
+    daily_cron: str = "0 0 * * *"
     # recsys_train runs on the features event when there is no champion yet, when the champion
     # was trained this many days or more before the run date, and whenever triggered by hand.
     train_every_days: int = Field(default=7, ge=1)

@@ -16,16 +16,10 @@ import time
 from datetime import date
 from pathlib import Path
 
+from airflow_local import airflow_env  # scripts/ is on sys.path when this runs as a script
+
 PROJECT = Path(__file__).resolve().parents[1]
 DAGS = ("recsys_features", "recsys_train", "recsys_nightly")
-
-
-def airflow_env() -> dict[str, str]:
-    out = subprocess.run(
-        ["bash", "-c", f"source {PROJECT / 'scripts' / 'airflow_env.sh'} && env -0"],
-        capture_output=True, check=True, env=os.environ.copy(),
-    )  # fmt: skip
-    return dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
 
 
 def step(title: str) -> float:
@@ -49,8 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--date", type=date.fromisoformat, default=None, help="run date (default: last day of data)")
     args = parser.parse_args()
-    os.environ["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"  # the venv's airflow and spark-submit
-    env = airflow_env()
+    env = airflow_env()  # with the venv's airflow and spark-submit first on PATH
     os.environ.update(env)
     sys.path.insert(0, str(PROJECT))
     from recsys_core.cli import configure_logging

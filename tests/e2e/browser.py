@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -103,6 +104,17 @@ def open_grid(page, base_url: str, dag_id: str, shots: Path) -> list[str]:
 
 
 # MLflow 3.17 ------------------------------------------------------------------------
+def run_state_shown(page, base_url: str, dag_id: str, run_id: str, shots: Path) -> str:
+    """The state the page of one DAG run shows for it, lower-cased (e.g. "success")."""
+    from urllib.parse import quote
+
+    page.goto(f"{base_url}/dags/{dag_id}/runs/{quote(run_id, safe='')}")
+    badge = page.get_by_text(re.compile(r"^(success|failed|running|queued)$", re.IGNORECASE)).first
+    badge.wait_for()
+    screenshot(page, shots, f"airflow-run-{dag_id}")
+    return badge.inner_text().strip().lower()
+
+
 def compare_runs_url(mlflow_url: str, run_ids: list[str], experiment_ids: list[str]) -> str:
     # The route MLflow's own "Compare" button opens: JSON arrays in the hash's query.
     return (
@@ -110,10 +122,11 @@ def compare_runs_url(mlflow_url: str, run_ids: list[str], experiment_ids: list[s
     )
 
 
-def mlflow_compare(page, mlflow_url: str, run_ids: list[str], shots: Path) -> dict[str, list[str]]:
+def mlflow_compare(page, mlflow_url: str, run_ids: list[str], shots: Path, focus: str | None = None) -> dict[str, list[str]]:
     """MLflow's compare-runs view of run_ids: {metric: [its value as shown, one per run in run_ids order]}.
 
-    The view lines metrics up by key; a run that did not log a key shows "NaN" there."""
+    The view lines metrics up by key; a run that did not log a key shows "NaN" there. The screenshot
+    shows the metric ``focus`` (default: the first) in view."""
     experiment_ids = []
     for run_id in run_ids:
         response = page.request.get(f"{mlflow_url}/api/2.0/mlflow/runs/get", params={"run_id": run_id})
@@ -145,8 +158,10 @@ def mlflow_compare(page, mlflow_url: str, run_ids: list[str], shots: Path) -> di
     }
     incomplete = {name: row for name, row in rows.items() if len(row) != len(run_ids)}
     assert not incomplete, f"metric rows not read in full: {incomplete}"
+    top = next((t for t, name in names.items() if name == focus), 0)
     for grid in (names_grid, values_grid):
-        grid.evaluate("g => { g.scrollTop = 0; }")
+        grid.evaluate("(g, top) => { g.scrollTop = top; }", top)
+    page.wait_for_timeout(300)
     switch.scroll_into_view_if_needed()
     screenshot(page, shots, "mlflow-compare")
     return rows

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from datetime import date
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from recsys_core.contracts import RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.datasets.synthetic import SyntheticSpec, generate_logs
 from recsys_core.io.lake import Lake
 
+from .live_airflow import airflow_local
+
 pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.torchrun, pytest.mark.slow]
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -25,12 +26,8 @@ RUN_DATE = date(2024, 3, 6)
 
 def airflow_env(tmp_path: Path, config_file: Path) -> dict[str, str]:
     base = {**os.environ, "RECSYS_DATA_ROOT": str(tmp_path / "data"), "AIRFLOW_HOME": str(tmp_path / "airflow"),
-            "RECSYS_CONFIG": str(config_file), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
-    out = subprocess.run(
-        ["bash", "-c", f"source {PROJECT / 'scripts' / 'airflow_env.sh'} && env -0"],
-        capture_output=True, check=True, env=base,
-    )  # fmt: skip
-    return dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
+            "RECSYS_CONFIG": str(config_file)}
+    return airflow_local.airflow_env(base)
 
 
 def run(command: list[str], env: dict[str, str], log: Path) -> None:

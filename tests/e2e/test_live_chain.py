@@ -15,24 +15,26 @@ binds it to every interface whatever host it is given).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
 from datetime import date, timedelta
 from pathlib import Path
 
+import mlflow
 import pytest
+import requests
 import yaml
 
 from recsys_core.config import settings_for
 from recsys_core.contracts import RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.datasets.synthetic import SyntheticSpec, generate_logs
 from recsys_core.io.lake import Lake
+from recsys_core.io.registry import configure_tracking
 from recsys_core.serving.reader import RecommendationReader
 
-from .browser import browser_missing, chromium_page, login, mlflow_compare, open_grid, trigger_with_run_date
-from .live_airflow import is_loopback, listening_sockets, live_airflow
+from .browser import browser_missing, chromium_page, login, mlflow_compare, open_grid, run_state_shown, trigger_with_run_date
+from .live_airflow import free_port, is_loopback, listening_sockets, live_airflow, poll
 
 pytestmark = [pytest.mark.airflow, pytest.mark.spark, pytest.mark.torchrun, pytest.mark.slow]
 
@@ -131,15 +133,33 @@ def published(settings, run_date: date) -> bool:
     return Lake(settings.lake).is_complete(RECOMMENDATIONS, run_date)
 
 
-def nightly_published(airflow, run_date: date) -> list[dict]:
-    """Waits for a successful recsys_nightly run after which run_date's partition is published."""
+def settled(dag_id: str):
+    """A predicate over a DAG's runs: none failed, none is still queued or running, the newest succeeded."""
 
     def check(runs: list[dict]) -> bool:
         failed = [r["dag_run_id"] for r in runs if r["state"] == "failed"]
-        assert not failed, f"recsys_nightly failed: {failed}"
-        return published(airflow.settings, run_date) and any(r["state"] == "success" for r in runs)
+        assert not failed, f"{dag_id} failed: {failed}"
+        return bool(runs) and runs[0]["state"] == "success" and not any(r["state"] in ("queued", "running") for r in runs)
 
-    return airflow.client.wait_for("recsys_nightly", check, CHAIN_TIMEOUT_S, interval=5)
+    return check
+
+
+def nightly_published(airflow, run_date: date) -> list[dict]:
+    """Waits until run_date's partition is published and every recsys_nightly run has settled in success."""
+    settled_nightly = settled("recsys_nightly")
+    return airflow.client.wait_for(
+        "recsys_nightly", lambda runs: settled_nightly(runs) and published(airflow.settings, run_date), CHAIN_TIMEOUT_S, interval=5
+    )
+
+
+def model_run_id(settings, run_name: str) -> str:
+    """The newest MLflow run of that name (a model's nested run in the training parent)."""
+    configure_tracking(settings)
+    runs = mlflow.search_runs(
+        experiment_names=[settings.registry.experiment], filter_string=f"attributes.run_name = '{run_name}'", output_format="list"
+    )
+    assert runs, f"no MLflow run named {run_name}"
+    return runs[0].info.run_id
 
 
 def assert_no_failed_runs(airflow) -> None:
@@ -186,29 +206,19 @@ def test_trigger_form_grid_and_mlflow_compare_in_chromium(live):
     with chromium_page() as page:
         login(page, live.url, live.client.username, live.client.password, shots)
         trigger_with_run_date(page, live.url, "recsys_features", NEXT_NIGHT, shots)
-        nightly_published(live, NEXT_NIGHT)
+        newest = nightly_published(live, NEXT_NIGHT)[0]
         names = open_grid(page, live.url, "recsys_nightly", shots)
         assert {"wait_for_features", "check_champion", "score_and_publish"} <= set(names)
-        assert page.locator("[aria-label*='success' i], [data-state='success'], [title*='success' i]").count() > 0
+        assert run_state_shown(page, live.url, "recsys_nightly", newest["dag_run_id"], shots) == "success"
 
-        from recsys_core.io.registry import configure_tracking
-
-        import mlflow
-
-        configure_tracking(live.settings)
-        runs = mlflow.search_runs(
-            experiment_names=[live.settings.registry.experiment], filter_string="tags.model = 'ease'", output_format="list"
-        ) + mlflow.search_runs(
-            experiment_names=[live.settings.registry.experiment], filter_string="tags.model = 'seqrec'", output_format="list"
-        )
-        run_ids = [runs[0].info.run_id, runs[-1].info.run_id]
+        run_ids = [model_run_id(live.settings, "ease"), model_run_id(live.settings, "seqrec")]
         with mlflow_ui(live) as mlflow_url:
-            table = mlflow_compare(page, mlflow_url, run_ids, shots)
+            table = mlflow_compare(page, mlflow_url, run_ids, shots, focus="loo/ndcg_at_10")
     row = table.get("loo/ndcg_at_10")
     assert row and all(value not in ("", "-", "NaN", "nan") for value in row), f"compare view: {table}"
     assert_keeps_the_contract(live.settings, NEXT_NIGHT)
     # Not due: the features event of the next day did not retrain (one week is the default cadence).
-    trainings = live.client.dag_runs("recsys_train")
+    trainings = live.client.wait_for("recsys_train", settled("recsys_train"), CHAIN_TIMEOUT_S, interval=5)
     assert len(trainings) == trainings_before + 1
     assert sum(r["state"] == "success" for r in trainings) == len(trainings)
     assert_no_failed_runs(live)
@@ -252,10 +262,6 @@ class mlflow_ui:
         self.airflow = airflow
 
     def __enter__(self) -> str:
-        from .live_airflow import free_port, poll
-
-        import requests
-
         port = free_port()
         self.process = subprocess.Popen(
             ["recsys", "mlflow-ui", "--host", "127.0.0.1", "--port", str(port)],
@@ -277,6 +283,3 @@ class mlflow_ui:
         os.killpg(self.process.pid, 15)
         self.process.wait(timeout=60)
 
-
-def _json(text: str) -> dict:
-    return json.loads(text)
