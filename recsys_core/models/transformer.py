@@ -155,7 +155,14 @@ class SeqRec(nn.Module):
         the time of each prediction (see training.data.TrendTable); ``query_gaps`` [...]: the
         recency bucket of each prediction.
         """
-        return hidden @ self.item_matrix().T + self.trend_bias(trend, query_gaps)
+        return self.score_items(hidden, self.item_matrix(), trend, query_gaps)
+
+    def score_items(
+        self, hidden: torch.Tensor, item_vectors: torch.Tensor, trend: torch.Tensor | None, query_gaps: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The model's score (models.scorer explains it): hidden [..., d] against ``item_vectors`` [m, d],
+        plus the trend prior of ``trend`` [..., m, k] (or [m, k] shared by every prediction)."""
+        return hidden @ item_vectors.T + self.trend_bias(trend, query_gaps)
 
     def trend_weight(self, query_gaps: torch.Tensor | None = None) -> torch.Tensor | None:
         """Weights of the trend windows: [k], or [..., k] per prediction when recency is used."""

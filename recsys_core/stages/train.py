@@ -59,7 +59,7 @@ from recsys_core.models.baselines import EASE, Popularity, history_matrix
 from recsys_core.models.bundle import ModelBundle
 from recsys_core.models.transformer import GAP_BUCKETS, SeqRec, SeqRecConfig, gap_buckets
 from recsys_core.training.checkpoint import load_checkpoint
-from recsys_core.training.data import SECONDS_PER_DAY, Sequences, TrendTable, last_event_days
+from recsys_core.training.data import SECONDS_PER_DAY, Sequences, last_event_days
 from recsys_core.training.dataset import PreparedData, build_tensors, model_config, prepare, save_dataset
 from recsys_core.training.loop import BEST, RESULT
 
@@ -399,43 +399,6 @@ def backtest_case(full: PreparedData, before_cut: PreparedData) -> tuple[EvalCas
     return case, before_cut.sequences
 
 
-def bundle_scorer(
-    bundle: ModelBundle,
-    inputs: dict[str, torch.Tensor],
-    catalogue_ids: list[str],
-    items_table,
-    trend: TrendTable | None = None,
-    trend_days: np.ndarray | None = None,
-):
-    """Scores of ``bundle`` for rows of ``inputs`` (``bundle.encode_inputs``) over the current
-    catalogue (``catalogue_ids``). The model is read at call time, so a later calibration counts.
-
-    With ``trend`` (indexed like ``catalogue_ids``) and one day per user, each user's trend prior
-    is the items' popularity at that user's own prediction time instead of the features' date.
-    """
-    d = bundle.config.d_model
-    ids, matrix = bundle.catalogue_matrix(items_table)
-    order = {item: j for j, item in enumerate(ids)}
-    columns = np.array([order.get(i, -1) for i in catalogue_ids])
-    known = columns >= 0
-
-    @torch.no_grad()
-    def score(rows: np.ndarray) -> np.ndarray:
-        part = {k: v[torch.as_tensor(rows)] for k, v in inputs.items()}
-        vectors = bundle.user_vectors(part)
-        if trend is None:
-            scores = (vectors @ matrix.T).numpy()[:, columns[known]]
-        else:
-            per_user = torch.as_tensor(trend.values[trend.row(trend_days[rows])][:, 1:][:, known])
-            bias = bundle.model.trend_bias(per_user, part["query_gaps"][:, -1])
-            scores = ((vectors[:, :d] @ matrix[:, :d].T)[:, columns[known]] + bias).numpy()
-        out = np.full((len(rows), len(catalogue_ids)), -1e9, dtype=np.float32)
-        out[:, known] = scores
-        return out
-
-    return score
-
-
 def evaluation_context(settings: Settings, data: PreparedData, inputs: Sequences) -> dict:
     """What every model's evaluation shares: cut-offs, the items' popularity in the inputs, their categories."""
     popularity = np.bincount(np.concatenate(inputs.items) - 1, minlength=data.prep.n_items).astype(np.float64)
@@ -491,7 +454,7 @@ def calibrate_trend(settings: Settings, as_of: date, datasets: dict[str, Prepare
     case, inputs = backtest_case(datasets["backtest"], data)
     encoded = bundle.encode_inputs(inputs, data.user_feats, now=data.until_day * SECONDS_PER_DAY)
     days = np.full(len(inputs.items), data.until_day, dtype=np.int64)
-    scores = bundle_scorer(bundle, encoded, data.prep.item_ids, items_table, data.trend, days)(case.rows)
+    scores = bundle.scorer(encoded, items_table, catalogue=data.prep.item_ids, trend=data.trend, trend_days=days)(case.rows)
     query = encoded["query_gaps"][torch.as_tensor(case.rows), -1].numpy()
     popularity = data.trend.values[data.trend.row(data.until_day)][1:, -1]  # log1p events in the longest window
     calibration = fit_trend_offsets(
@@ -544,7 +507,8 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     loo_case, loo_inputs = leave_last_out_case(data)
     # Leave-last-out predicts at each user's last input event; the backtest at the cut, as the nightly job would.
     loo_days = last_event_days(loo_inputs.times, data.until_day)
-    loo_scorer = bundle_scorer(bundle, bundle.encode_inputs(loo_inputs, data.user_feats), data.prep.item_ids, items, data.trend, loo_days)
+    loo_encoded = bundle.encode_inputs(loo_inputs, data.user_feats)
+    loo_scorer = bundle.scorer(loo_encoded, items, catalogue=data.prep.item_ids, trend=data.trend, trend_days=loo_days)
     loo_context = evaluation_context(settings, data, loo_inputs)
     evaluations = {"loo": evaluate_protocol(settings, data, loo_case, loo_inputs, loo_scorer, loo_context)}
     if "backtest" in protocols:
@@ -553,7 +517,7 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
         bt_days = np.full(len(bt_inputs.items), bt_data.until_day, dtype=np.int64)
         bt_bundle = load_trained(settings, as_of, bt_data, "backtest")
         bt_encoded = bt_bundle.encode_inputs(bt_inputs, bt_data.user_feats, now=bt_data.until_day * SECONDS_PER_DAY)
-        bt_scorer = bundle_scorer(bt_bundle, bt_encoded, bt_data.prep.item_ids, items, bt_data.trend, bt_days)
+        bt_scorer = bt_bundle.scorer(bt_encoded, items, catalogue=bt_data.prep.item_ids, trend=bt_data.trend, trend_days=bt_days)
         bt_context = evaluation_context(settings, bt_data, bt_inputs)
         # The model before calibration, for the record: what the offsets add.
         uncalibrated = evaluate(bt_scorer, bt_case, **bt_context).metrics
@@ -563,6 +527,7 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
     metric = settings.registry.gate_metric
 
     configure_tracking(settings)
+    bundle.remember_popularity(items)  # the MLflow model's trend prior
     bundle_dir = bundle.save(ws / "bundle", extra={"as_of": as_of.isoformat(), "trend_calibration": calibration.offsets, **code_version()})
     with mlflow.start_run(run_id=runs["parent"]):
         for protocol in protocols:
@@ -616,7 +581,8 @@ def evaluate_and_register(settings: Settings, as_of: date) -> dict:
             champ = ModelBundle.load(current.bundle_dir)
             champ_inputs = _resequence(loo_inputs, data.prep.item_ids, champ)
             _, champ_feats = champ.prep.user_features(profiles.sort_by("user_id"))
-            scorer = bundle_scorer(champ, champ.encode_inputs(champ_inputs, champ_feats), data.prep.item_ids, items, data.trend, loo_days)
+            champ_encoded = champ.encode_inputs(champ_inputs, champ_feats)
+            scorer = champ.scorer(champ_encoded, items, catalogue=data.prep.item_ids, trend=data.trend, trend_days=loo_days)
             champion_metric = evaluate(scorer, loo_case, **loo_context).metrics[metric]
             log_metrics({metric: champion_metric}, prefix="champion/")
         decision = gate_decision(metric, loo["seqrec"].metrics[metric], champion_metric,

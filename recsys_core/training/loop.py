@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from recsys_core.config import TrainSettings
 from recsys_core.errors import ConfigError
 from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
+from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
 from recsys_core.serving.score import exclusion_from_lists
 from recsys_core.training.checkpoint import load_checkpoint, save_checkpoint
@@ -82,7 +83,6 @@ def config_fingerprint(settings: TrainSettings, data_meta: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-@torch.no_grad()
 def evaluate_split(
     model: SeqRec, data: dict, prefix: str, rows: np.ndarray, ks, device, trend_table: torch.Tensor | None = None, batch: int = 512
 ) -> dict:
@@ -95,17 +95,20 @@ def evaluate_split(
     indptr, indices = data[f"{prefix}_seen_indptr"].numpy(), data[f"{prefix}_seen_indices"].numpy()
     seen = exclusion_from_lists(indptr, indices, data["n_items"])[rows]
     trend_table = data["trend_table"].to(device) if trend_table is None else trend_table
-    ranks = []
+    inputs = {
+        "items": data[f"{prefix}_inputs"],
+        "gaps": data[f"{prefix}_gaps"],
+        "query_gaps": data[f"{prefix}_query_gaps"],
+        "user_feats": data["user_feats"],
+    }
     model.eval()
+    with torch.no_grad():
+        catalogue = model.item_matrix()[1:]  # column 0 of the tables is the padding item
+    scorer = Scorer(model, inputs, catalogue, trend_table[:, 1:], data[f"{prefix}_trend_rows"], batch=batch, device=device)
+    ranks = []
     for start in range(0, len(rows), batch):
-        idx = torch.as_tensor(rows[start : start + batch])
-        query = data[f"{prefix}_query_gaps"][idx].to(device)
-        hidden = model.last_hidden(
-            data[f"{prefix}_inputs"][idx].to(device), data[f"{prefix}_gaps"][idx].to(device), data["user_feats"][idx].to(device), query
-        )
-        trend = trend_table[data[f"{prefix}_trend_rows"][idx].to(device)]
-        scores = model.scores(hidden, trend, query[:, -1])[:, 1:].float().cpu().numpy()
-        ranks.append(target_ranks(scores, targets[rows[start : start + batch]] - 1, exclude=seen[start : start + batch]))
+        part = rows[start : start + batch]
+        ranks.append(target_ranks(scorer(part), targets[part] - 1, exclude=seen[start : start + batch]))
     return metrics_from_ranks(np.concatenate(ranks), ks)
 
 
