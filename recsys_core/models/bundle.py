@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 import torch
 
 from recsys_core.errors import ModelError
+from recsys_core.models.inputs import ModelInputs, encode
 from recsys_core.models.scorer import Scorer
-from recsys_core.models.transformer import SeqRec, SeqRecConfig, gap_buckets
-from recsys_core.training.data import Preprocessing, Sequences, TrendTable, build_sequences, gaps_of, left_pad, query_gaps_of
+from recsys_core.models.transformer import SeqRec, SeqRecConfig
+from recsys_core.training.data import Preprocessing, Sequences, TrendTable, build_sequences
 from recsys_core.windows import popularity_column
 
 WEIGHTS = "weights.pt"
@@ -70,7 +71,7 @@ class ModelBundle:
     # Scoring ------------------------------------------------------------------
     def scorer(
         self,
-        inputs: dict[str, torch.Tensor],
+        inputs: ModelInputs,
         item_features: pa.Table | None = None,
         *,
         catalogue: list[str] | None = None,
@@ -129,26 +130,13 @@ class ModelBundle:
             columns.append(torch.log1p(torch.as_tensor(item_features[name].to_numpy(zero_copy_only=False).astype(np.float32))))
         return torch.stack(columns, dim=1)
 
-    def encode_inputs(
-        self, sequences: Sequences, user_feats: np.ndarray, now: int | np.ndarray | None = None
-    ) -> dict[str, torch.Tensor]:
+    def encode_inputs(self, sequences: Sequences, user_feats: np.ndarray, now: int | np.ndarray | None = None) -> ModelInputs:
         """Model inputs of users predicted at ``now`` (epoch seconds; default: right after each one's last event)."""
-        length = self.config.max_len
-        items = torch.as_tensor(left_pad(sequences.items, length))
-        gaps = gap_buckets(torch.as_tensor(gaps_of(sequences.times, length)), items)
-        query_gaps = gap_buckets(torch.as_tensor(query_gaps_of(sequences.times, length, now)), items)
-        if not self.config.use_time:
-            gaps, query_gaps = torch.zeros_like(gaps), torch.zeros_like(query_gaps)
-        return {
-            "items": items,
-            "gaps": gaps,
-            "query_gaps": query_gaps,
-            "user_feats": torch.as_tensor(user_feats),
-        }
+        return encode(self.config, sequences.items, sequences.times, user_feats, now)
 
     def user_inputs(
         self, interactions: pa.Table, user_profiles: pa.Table, now: int | None = None
-    ) -> tuple[list[str], Sequences, dict]:
+    ) -> tuple[list[str], Sequences, ModelInputs]:
         user_ids, feats = self.prep.user_features(user_profiles)
         sequences = build_sequences(interactions, self.prep, user_ids)
         return user_ids, sequences, self.encode_inputs(sequences, feats, now)

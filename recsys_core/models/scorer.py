@@ -16,13 +16,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from recsys_core.models.inputs import ModelInputs
 from recsys_core.models.transformer import SeqRec
 
 
 class Scorer:
     """User rows → scores over ``m`` catalogue items.
 
-    ``inputs``: the users' model inputs (``ModelBundle.encode_inputs``), indexed by row;
+    ``inputs``: the users' model inputs (``models.inputs.encode``), indexed by row;
     ``item_vectors`` [m, d]: the catalogue's output representations;
     ``trend`` [m, k] (one popularity snapshot for every user) or [T, m, k] with ``trend_rows``
     [n_rows] (the snapshot of each user's prediction time); None without a trend prior.
@@ -32,7 +33,7 @@ class Scorer:
     def __init__(
         self,
         model: SeqRec,
-        inputs: dict[str, torch.Tensor],
+        inputs: ModelInputs,
         item_vectors: torch.Tensor,
         trend: torch.Tensor | None = None,
         trend_rows: torch.Tensor | None = None,
@@ -60,9 +61,9 @@ class Scorer:
         index = torch.as_tensor(rows)
         states, recency = [], []
         for start in range(0, len(index), self.batch):
-            part = {name: tensor[index[start : start + self.batch]].to(self.device) for name, tensor in self.inputs.items()}
-            states.append(self.model.last_hidden(part["items"], part["gaps"], part["user_feats"], part["query_gaps"]))
-            recency.append(part["query_gaps"][:, -1])
+            part = self.inputs.rows(index[start : start + self.batch]).to(self.device)
+            states.append(self.model.last_hidden(part.items, part.gaps, part.user_feats, part.query_gaps))
+            recency.append(part.query_gaps[:, -1])
         if not states:
             empty = torch.zeros(0, self.model.config.d_model, device=self.device)
             return empty, torch.zeros(0, dtype=torch.long, device=self.device)

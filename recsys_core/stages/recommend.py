@@ -79,7 +79,7 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     scorer = bundle.scorer(inputs, catalogue, batch=serve.score_batch_users)
     seen = seen_matrix(user_ids, catalogue_ids, interactions["user_id"].to_pylist(), interactions["item_id"].to_pylist())
     has_history = np.asarray(seen.sum(axis=1)).ravel() > 0
-    has_profile = (inputs["user_feats"] > 0).any(dim=1).numpy()
+    has_profile = (inputs.user_feats > 0).any(dim=1).numpy()
     use_model = has_history | has_profile
     log.info(
         "scoring %d users (%d with history, %d profile only, %d fallback) over %d items (%d unavailable excluded) "

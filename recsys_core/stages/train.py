@@ -60,7 +60,7 @@ from recsys_core.models.bundle import ModelBundle
 from recsys_core.models.transformer import GAP_BUCKETS, SeqRec, SeqRecConfig, gap_buckets
 from recsys_core.training.checkpoint import load_checkpoint
 from recsys_core.training.data import SECONDS_PER_DAY, Sequences, last_event_days
-from recsys_core.training.dataset import PreparedData, build_tensors, model_config, prepare, save_dataset
+from recsys_core.training.dataset import PreparedData, TrainingDataset, build_dataset, model_config, prepare
 from recsys_core.training.loop import BEST, RESULT
 
 log = logging.getLogger(__name__)
@@ -185,10 +185,10 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
     fingerprints, windows = {}, {}
     for protocol in protocols:
         prepared = datasets[protocol]
-        tensors = build_tensors(prepared, config, settings.train.seed)
-        save_dataset(tensors, dataset_path(ws, protocol))
-        fingerprints[protocol] = tensors["dataset_fingerprint"]
-        windows[protocol] = len(tensors["train_targets"])
+        dataset = build_dataset(prepared, config, settings.train.seed)
+        dataset.save(dataset_path(ws, protocol))
+        fingerprints[protocol] = dataset.fingerprint
+        windows[protocol] = len(dataset.train.targets)
     (ws / SETTINGS).write_text(settings.model_dump_json(indent=2))
 
     configure_tracking(settings)
@@ -355,9 +355,9 @@ def run_torchrun(settings: Settings, as_of: date, nproc: int | None = None) -> d
 def load_trained(settings: Settings, as_of: date, data: PreparedData, protocol: str = "loo") -> ModelBundle:
     ws = workspace(settings, as_of)
     # Memory-mapped: only the config and the content matrix are read, not the training tensors.
-    tensors = torch.load(dataset_path(ws, protocol), map_location="cpu", weights_only=True, mmap=True)
-    config = SeqRecConfig.from_dict(json.loads(tensors["config_json"]))
-    model = SeqRec(config, tensors["item_content"])
+    dataset = TrainingDataset.load(dataset_path(ws, protocol), mmap=True)
+    config = dataset.config
+    model = SeqRec(config, dataset.item_content)
     best = load_checkpoint(checkpoint_dir(ws, protocol) / BEST)
     if best is None:
         raise MissingInput(f"no trained model at {checkpoint_dir(ws, protocol) / BEST}", hint="run the torchrun step first")
@@ -455,7 +455,7 @@ def calibrate_trend(settings: Settings, as_of: date, datasets: dict[str, Prepare
     encoded = bundle.encode_inputs(inputs, data.user_feats, now=data.until_day * SECONDS_PER_DAY)
     days = np.full(len(inputs.items), data.until_day, dtype=np.int64)
     scores = bundle.scorer(encoded, items_table, catalogue=data.prep.item_ids, trend=data.trend, trend_days=days)(case.rows)
-    query = encoded["query_gaps"][torch.as_tensor(case.rows), -1].numpy()
+    query = encoded.query_gaps[torch.as_tensor(case.rows), -1].numpy()
     popularity = data.trend.values[data.trend.row(data.until_day)][1:, -1]  # log1p events in the longest window
     calibration = fit_trend_offsets(
         scores, popularity, query, case.seen, case.relevant,

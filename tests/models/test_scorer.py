@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from recsys_core.config import ModelSettings
+from recsys_core.models.inputs import ModelInputs
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import GAP_BUCKETS, SeqRec, SeqRecConfig
 
@@ -14,17 +16,8 @@ N_USERS, N_ITEMS, L, D, WINDOWS = 7, 12, 6, 8, (7, 30)
 
 def random_model(use_query_gap: bool) -> SeqRec:
     torch.manual_seed(0)
-    config = SeqRecConfig(
-        n_items=N_ITEMS,
-        max_len=L,
-        d_model=D,
-        n_heads=2,
-        n_layers=1,
-        dropout=0.0,
-        user_cardinalities=(3,),
-        trend_windows=WINDOWS,
-        use_query_gap=use_query_gap,
-    )
+    settings = ModelSettings(max_len=L, d_model=D, n_layers=1, dropout=0.0, use_content=False, use_query_gap=use_query_gap)
+    config = SeqRecConfig.from_settings(settings, N_ITEMS, user_cardinalities=(3,), trend_windows=WINDOWS)
     model = SeqRec(config).eval()
     with torch.no_grad():  # trained weights are not zero: make every term of the score count
         model.trend_weights.normal_()
@@ -33,7 +26,7 @@ def random_model(use_query_gap: bool) -> SeqRec:
     return model
 
 
-def random_inputs() -> dict[str, torch.Tensor]:
+def random_inputs() -> ModelInputs:
     gen = torch.Generator().manual_seed(1)
     items = torch.randint(1, N_ITEMS + 1, (N_USERS, L), generator=gen)
     items[0] = 0  # a user with no history yet
@@ -41,7 +34,7 @@ def random_inputs() -> dict[str, torch.Tensor]:
     gaps = torch.randint(1, GAP_BUCKETS, (N_USERS, L), generator=gen) * (items > 0)
     query_gaps = torch.randint(1, GAP_BUCKETS, (N_USERS, L), generator=gen) * (items > 0)
     user_feats = torch.randint(0, 3, (N_USERS, 1), generator=gen)
-    return {"items": items, "gaps": gaps, "query_gaps": query_gaps, "user_feats": user_feats}
+    return ModelInputs(items, gaps, query_gaps, user_feats)
 
 
 @pytest.mark.parametrize("use_query_gap", [False, True])
@@ -63,8 +56,8 @@ def test_score_is_the_models_own_with_each_users_trend_snapshot():
     snapshot = torch.tensor([2, 0, 1, 1, 0, 2, 2])
     with torch.no_grad():
         scorer = Scorer(model, inputs, model.item_matrix()[1:], table[:, 1:], snapshot)
-        hidden = model.last_hidden(inputs["items"], inputs["gaps"], inputs["user_feats"], inputs["query_gaps"])
-        expected = model.scores(hidden, table[snapshot], inputs["query_gaps"][:, -1])[:, 1:]
+        hidden = model.last_hidden(inputs.items, inputs.gaps, inputs.user_feats, inputs.query_gaps)
+        expected = model.scores(hidden, table[snapshot], inputs.query_gaps[:, -1])[:, 1:]
     np.testing.assert_allclose(scorer(np.arange(N_USERS)), expected.numpy(), rtol=1e-5, atol=1e-5)
     # A calibration applied after the scorer was built counts.
     model.shift_trend_weight(torch.arange(GAP_BUCKETS), 1.0)
@@ -76,7 +69,7 @@ def test_without_a_trend_the_score_is_the_dot_product():
     inputs = random_inputs()
     with torch.no_grad():
         scorer = Scorer(model, inputs, model.item_matrix()[1:])
-        hidden = model.last_hidden(inputs["items"], inputs["gaps"], inputs["user_feats"], inputs["query_gaps"])
+        hidden = model.last_hidden(inputs.items, inputs.gaps, inputs.user_feats, inputs.query_gaps)
         expected = hidden @ model.item_matrix()[1:].T
     rows = np.arange(N_USERS)
     np.testing.assert_allclose(scorer(rows), expected.numpy(), rtol=1e-5, atol=1e-5)

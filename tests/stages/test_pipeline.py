@@ -147,7 +147,7 @@ def test_nightly_scores_equal_training_scores(pipeline):
     served = ModelBundle.load(champion(settings, settings.work_dir / "parity").bundle_dir)
     now = data.until_day * SECONDS_PER_DAY  # the nightly list is made at the end of the run date
     _, _, inputs = served.user_inputs(interactions, profiles.sort_by("user_id"), now=now)
-    assert (inputs["query_gaps"][:, -1] > 1).any()  # some users come back after a while
+    assert (inputs.query_gaps[:, -1] > 1).any()  # some users come back after a while
     nightly = served.scorer(inputs, items, catalogue=data.prep.item_ids)
     rows = np.arange(len(data.sequences.user_ids))
     offline = trained.scorer(
