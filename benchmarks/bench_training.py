@@ -306,17 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from recsys_core.stages.train import dataset_path
+    from recsys_core.training.dataset import TrainingDataset
 
-    tensors = torch.load(dataset_path(ws, "loo"), map_location="cpu", weights_only=True)
-    config = json.loads(tensors["config_json"])
+    dataset = TrainingDataset.load(dataset_path(ws, "loo"), mmap=True)
     results["data"] = {
-        "users": int(len(tensors["valid_targets"])),
-        "items": int(tensors["n_items"]),
+        "users": int(len(dataset.valid.targets)),
+        "items": int(dataset.config.n_items),
         "interactions": int(results["prep"]["phases"]["features"]["interactions"]),
-        "training_windows": int(len(tensors["train_targets"])),
-        "max_len": config.get("max_len"),
+        "training_windows": int(len(dataset.train.targets)),
+        "max_len": dataset.config.max_len,
     }
-    del tensors
+    del dataset
 
     epochs = QUICK_EPOCHS if args.quick else THROUGHPUT_EPOCHS
     print(f"=== throughput: {epochs} epochs with 1 and 2 processes", flush=True)

@@ -2,7 +2,8 @@
 
 Files of a bundle directory:
 - ``weights.pt``: the state dict (tensors only; loaded with ``weights_only=True``),
-- ``bundle.json``: model config and the fitted preprocessing (vocabularies, scales).
+- ``bundle.json``: model config and the fitted preprocessing (vocabularies, scales),
+- ``popularity.parquet`` (with a trend prior): the training catalogue's recent popularity.
 
 Scoring works on raw ids: histories of item-id strings and raw user
 attributes go in, scores over a given catalogue come out. Items of that
@@ -17,15 +18,19 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from recsys_core.errors import ModelError
-from recsys_core.models.transformer import SeqRec, SeqRecConfig, gap_buckets
-from recsys_core.training.data import Preprocessing, Sequences, build_sequences, gaps_of, left_pad, query_gaps_of
+from recsys_core.models.inputs import ModelInputs, encode
+from recsys_core.models.scorer import Scorer
+from recsys_core.models.transformer import SeqRec, SeqRecConfig
+from recsys_core.training.data import Preprocessing, Sequences, TrendTable, build_sequences
 from recsys_core.windows import popularity_column
 
 WEIGHTS = "weights.pt"
 META = "bundle.json"
+POPULARITY = "popularity.parquet"
 
 
 @dataclass
@@ -33,10 +38,21 @@ class ModelBundle:
     config: SeqRecConfig
     prep: Preprocessing
     model: SeqRec
+    # The training catalogue's recent popularity (item_id and the trend windows' ``pop_<w>d``, in
+    # ``prep.item_ids`` order): the trend prior of a scorer given no item features (the MLflow model).
+    popularity: pa.Table | None = None
+
+    def remember_popularity(self, item_features: pa.Table) -> None:
+        """Keep the trend windows' popularity of the training catalogue, as of ``item_features``."""
+        if self.config.trend_windows:
+            columns = ["item_id", *(popularity_column(w) for w in self.config.trend_windows)]
+            self.popularity = _rows_in_order(item_features.select(columns), self.prep.item_ids)
 
     def save(self, directory: Path, extra: dict | None = None) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         torch.save(self.model.state_dict(), directory / WEIGHTS)
+        if self.popularity is not None:
+            pq.write_table(self.popularity, directory / POPULARITY)
         meta = {"config": self.config.to_dict(), "preprocessing": self.prep.to_dict(), **(extra or {})}
         (directory / META).write_text(json.dumps(meta))
         return directory
@@ -49,24 +65,55 @@ class ModelBundle:
         model = SeqRec(config, state["item_content"])
         model.load_state_dict(state)
         model.eval()
-        return cls(config, Preprocessing.from_dict(meta["preprocessing"]), model)
+        popularity = pq.read_table(directory / POPULARITY) if (directory / POPULARITY).exists() else None
+        return cls(config, Preprocessing.from_dict(meta["preprocessing"]), model, popularity)
 
     # Scoring ------------------------------------------------------------------
-    def catalogue_matrix(self, item_features: pa.Table) -> tuple[list[str], torch.Tensor]:
-        """Output representations of today's catalogue, new items included: [m, d + k].
+    def scorer(
+        self,
+        inputs: ModelInputs,
+        item_features: pa.Table | None = None,
+        *,
+        catalogue: list[str] | None = None,
+        trend: TrendTable | None = None,
+        trend_days: np.ndarray | None = None,
+        batch: int = 1024,
+    ) -> Scorer:
+        """The model's scorer of ``inputs`` (``encode_inputs``) over a catalogue.
 
-        The last k columns are each item's recent popularity (log1p of item_features
-        ``pop_<w>d``, one per trend window); ``user_vectors`` end with each user's
-        weights of those windows, so a plain matrix product gives the model's full score.
+        ``item_features``: today's catalogue, new items included, scored through their content,
+        with the trend prior read from its ``pop_<w>d`` columns; None: the training catalogue,
+        with the popularity saved beside the model (if any). ``catalogue``: item ids to score,
+        in this order (default: the rows of ``item_features``). ``trend`` (indexed like
+        ``catalogue``) and ``trend_days`` (one per input row): each user's trend prior is the
+        items' popularity as of that user's own prediction day instead of the features' date.
         """
-        ids = item_features["item_id"].to_pylist()
-        index = torch.as_tensor([self.prep.item_index.get(i, 0) for i in ids])
+        if item_features is None:
+            item_features = self.popularity
+            with torch.no_grad():
+                vectors = self.model.item_matrix()[1:]
+        else:
+            if catalogue is not None:
+                item_features = _rows_in_order(item_features, catalogue)
+            vectors = self.item_vectors(item_features)
+        if trend is not None:
+            if catalogue is None or trend_days is None:
+                raise ValueError("a per-user trend table needs the catalogue it is indexed by and each user's day")
+            table = torch.as_tensor(trend.values[:, 1:]) if self.config.trend_windows else None
+            rows = torch.as_tensor(trend.row(trend_days))
+            return Scorer(self.model, inputs, vectors, table, rows, batch=batch)
+        shared = self.catalogue_trend(item_features) if item_features is not None else None
+        return Scorer(self.model, inputs, vectors, shared, batch=batch)
+
+    def item_vectors(self, item_features: pa.Table) -> torch.Tensor:
+        """[m, d] output representations of the rows of ``item_features``; items the model never
+        saw in training have only their content."""
+        index = torch.as_tensor([self.prep.item_index.get(i, 0) for i in item_features["item_id"].to_pylist()])
         with torch.no_grad():
-            matrix = self.model.item_embedding.weight[index]
+            vectors = self.model.item_embedding.weight[index]
             if self.model.content_projection is not None:
-                matrix = matrix + self.model.content_projection(_content_rows(self.prep, item_features))
-            trend = self.catalogue_trend(item_features)
-        return ids, matrix if trend is None else torch.cat([matrix, trend], dim=1)
+                vectors = vectors + self.model.content_projection(_content_rows(self.prep, item_features))
+        return vectors
 
     def catalogue_trend(self, item_features: pa.Table) -> torch.Tensor | None:
         """[m, len(trend_windows)] log1p of each item's events in each window, as of the features' date."""
@@ -83,43 +130,16 @@ class ModelBundle:
             columns.append(torch.log1p(torch.as_tensor(item_features[name].to_numpy(zero_copy_only=False).astype(np.float32))))
         return torch.stack(columns, dim=1)
 
-    def encode_inputs(
-        self, sequences: Sequences, user_feats: np.ndarray, now: int | np.ndarray | None = None
-    ) -> dict[str, torch.Tensor]:
+    def encode_inputs(self, sequences: Sequences, user_feats: np.ndarray, now: int | np.ndarray | None = None) -> ModelInputs:
         """Model inputs of users predicted at ``now`` (epoch seconds; default: right after each one's last event)."""
-        length = self.config.max_len
-        items = torch.as_tensor(left_pad(sequences.items, length))
-        gaps = gap_buckets(torch.as_tensor(gaps_of(sequences.times, length)), items)
-        query_gaps = gap_buckets(torch.as_tensor(query_gaps_of(sequences.times, length, now)), items)
-        if not self.config.use_time:
-            gaps, query_gaps = torch.zeros_like(gaps), torch.zeros_like(query_gaps)
-        return {
-            "items": items,
-            "gaps": gaps,
-            "query_gaps": query_gaps,
-            "user_feats": torch.as_tensor(user_feats),
-        }
+        return encode(self.config, sequences.items, sequences.times, user_feats, now)
 
     def user_inputs(
         self, interactions: pa.Table, user_profiles: pa.Table, now: int | None = None
-    ) -> tuple[list[str], Sequences, dict]:
+    ) -> tuple[list[str], Sequences, ModelInputs]:
         user_ids, feats = self.prep.user_features(user_profiles)
         sequences = build_sequences(interactions, self.prep, user_ids)
         return user_ids, sequences, self.encode_inputs(sequences, feats, now)
-
-    @torch.no_grad()
-    def user_vectors(self, inputs: dict[str, torch.Tensor], batch: int = 1024) -> torch.Tensor:
-        """[n, d + k]: the users' representations, then their weights of the k trend columns."""
-        out = []
-        for start in range(0, len(inputs["items"]), batch):
-            part = {k: v[start : start + batch] for k, v in inputs.items()}
-            hidden = self.model.last_hidden(part["items"], part["gaps"], part["user_feats"], part["query_gaps"])
-            weight = self.model.trend_weight(part["query_gaps"][:, -1])
-            if weight is not None:
-                hidden = torch.cat([hidden, weight.expand(len(hidden), -1)], dim=1)
-            out.append(hidden)
-        width = self.config.d_model + len(self.config.trend_windows)
-        return torch.cat(out) if out else torch.zeros(0, width)
 
 
 def bundle_metadata(directory: Path) -> dict:
@@ -139,3 +159,12 @@ def _content_rows(prep: Preprocessing, item_features: pa.Table) -> torch.Tensor:
         release_year_std=prep.release_year_std,
     )
     return torch.as_tensor(shadow.content_matrix(item_features)[1:])
+
+
+def _rows_in_order(item_features: pa.Table, item_ids: list[str]) -> pa.Table:
+    """The rows of ``item_features`` for ``item_ids``, in that order."""
+    position = {item: row for row, item in enumerate(item_features["item_id"].to_pylist())}
+    missing = [item for item in item_ids if item not in position]
+    if missing:
+        raise ModelError(f"{len(missing)} catalogue items (e.g. {missing[0]!r}) have no item features to score them with")
+    return item_features.take(pa.array([position[item] for item in item_ids], pa.int64()))

@@ -5,7 +5,9 @@ the bundle artifact (weights loaded with ``weights_only=True``).
 
 Input: a DataFrame with ``history`` (list of item ids, oldest first) and
 optional ``age``, ``gender``, ``occupation``. Output: ``item_ids`` and
-``scores``, the top 10 items of the training catalogue not in the history.
+``scores``, the top 10 items of the training catalogue not in the history,
+scored by the bundle's scorer (the trend prior reads the popularity of the
+training date, which the bundle keeps).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import torch
 
 
 class SeqRecPyfunc(mlflow.pyfunc.PythonModel):
@@ -47,11 +48,9 @@ class SeqRecPyfunc(mlflow.pyfunc.PythonModel):
             }
         )
         _, feats = prep.user_features(profiles)
-        vectors = self.bundle.user_vectors(self.bundle.encode_inputs(sequences, feats))
-        with torch.no_grad():
-            # No catalogue features here: the trend prior is left out (the vectors' last k columns).
-            d = self.bundle.config.d_model
-            scores = (vectors[:, :d] @ self.bundle.model.item_matrix()[1:].T).numpy()
+        # The training catalogue, with the trend prior as of the training date where the bundle kept it.
+        scorer = self.bundle.scorer(self.bundle.encode_inputs(sequences, feats))
+        scores = scorer(np.arange(n))
         for row, h in enumerate(histories):
             scores[row, h - 1] = -np.inf
         top = np.argsort(-scores, axis=1, kind="stable")[:, : self.top_k]

@@ -27,35 +27,70 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_core.config import ModelSettings
+
 GAP_BUCKETS = 24
 
 
 @dataclass(frozen=True)
 class SeqRecConfig:
+    """The model's shape. Built by ``from_settings`` (the hyper-parameters of ``ModelSettings``, the one
+    set of defaults, and what the data dictates), or read back by ``from_dict``: no defaults of its own."""
+
     n_items: int  # catalogue size; index 0 is padding
-    max_len: int = 200
-    d_model: int = 64
-    n_heads: int = 2
-    n_layers: int = 2
-    dropout: float = 0.2
-    content_dim: int = 0  # width of the item content matrix (0 = no content)
-    user_cardinalities: tuple[int, ...] = ()  # one categorical user feature per entry
-    use_time: bool = True
-    loss: str = "full"  # "full" or "sampled"
-    n_negatives: int = 256
-    trend_windows: tuple[int, ...] = ()  # popularity windows (days) of the learned trend prior; () = off
+    max_len: int
+    d_model: int
+    n_heads: int
+    n_layers: int
+    dropout: float
+    content_dim: int  # width of the item content matrix (0 = no content)
+    user_cardinalities: tuple[int, ...]  # one categorical user feature per entry
+    use_time: bool
+    loss: str  # "full" or "sampled"
+    n_negatives: int
+    trend_windows: tuple[int, ...]  # popularity windows (days) of the learned trend prior; () = off
     # The time since the user's last event at prediction time (recency), embedded, and scaling the
     # trend prior: a user back after weeks away follows what is trending more than one mid-session.
-    use_query_gap: bool = False
-    future_horizon_days: float = 0.0  # > 0: also learn items taken up within this horizon (see forward)
-    future_samples: int = 4
-    future_weight: float = 1.0
+    use_query_gap: bool
+    future_horizon_days: float  # > 0: also learn items taken up within this horizon (see forward)
+    future_samples: int
+    future_weight: float
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: ModelSettings,
+        n_items: int,
+        content_dim: int = 0,
+        user_cardinalities: tuple[int, ...] = (),
+        trend_windows: tuple[int, ...] = (),
+    ) -> SeqRecConfig:
+        """The config of a model of ``settings`` on data with this catalogue, content width, user
+        features and popularity windows (each left out where the settings turn it off)."""
+        return cls(
+            n_items=n_items,
+            max_len=settings.max_len,
+            d_model=settings.d_model,
+            n_heads=settings.n_heads,
+            n_layers=settings.n_layers,
+            dropout=settings.dropout,
+            content_dim=content_dim if settings.use_content else 0,
+            user_cardinalities=tuple(user_cardinalities) if settings.use_user_features else (),
+            use_time=settings.use_time,
+            loss=settings.loss,
+            n_negatives=settings.n_negatives,
+            trend_windows=tuple(trend_windows) if settings.use_trend else (),
+            use_query_gap=settings.use_query_gap and settings.use_time,
+            future_horizon_days=settings.future_horizon_days,
+            future_samples=settings.future_samples,
+            future_weight=settings.future_weight,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SeqRecConfig":
+    def from_dict(cls, data: dict) -> SeqRecConfig:
         data = dict(data)
         data["user_cardinalities"] = tuple(data.get("user_cardinalities", ()))
         data["trend_windows"] = tuple(data.get("trend_windows", ()))
@@ -155,7 +190,14 @@ class SeqRec(nn.Module):
         the time of each prediction (see training.data.TrendTable); ``query_gaps`` [...]: the
         recency bucket of each prediction.
         """
-        return hidden @ self.item_matrix().T + self.trend_bias(trend, query_gaps)
+        return self.score_items(hidden, self.item_matrix(), trend, query_gaps)
+
+    def score_items(
+        self, hidden: torch.Tensor, item_vectors: torch.Tensor, trend: torch.Tensor | None, query_gaps: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The model's score (models.scorer explains it): hidden [..., d] against ``item_vectors`` [m, d],
+        plus the trend prior of ``trend`` [..., m, k] (or [m, k] shared by every prediction)."""
+        return hidden @ item_vectors.T + self.trend_bias(trend, query_gaps)
 
     def trend_weight(self, query_gaps: torch.Tensor | None = None) -> torch.Tensor | None:
         """Weights of the trend windows: [k], or [..., k] per prediction when recency is used."""

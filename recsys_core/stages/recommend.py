@@ -75,10 +75,11 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
 
     # The list is read from the end of the run date on: that is when each user's recency is taken.
     user_ids, _, inputs = bundle.user_inputs(interactions, profiles, now=int(end_of_day(run_date).timestamp()))
-    _, item_matrix = bundle.catalogue_matrix(catalogue)
+    # One popularity snapshot (the run date's item features) for every user: the matrix-product form of the score.
+    scorer = bundle.scorer(inputs, catalogue, batch=serve.score_batch_users)
     seen = seen_matrix(user_ids, catalogue_ids, interactions["user_id"].to_pylist(), interactions["item_id"].to_pylist())
     has_history = np.asarray(seen.sum(axis=1)).ravel() > 0
-    has_profile = (inputs["user_feats"] > 0).any(dim=1).numpy()
+    has_profile = (inputs.user_feats > 0).any(dim=1).numpy()
     use_model = has_history | has_profile
     log.info(
         "scoring %d users (%d with history, %d profile only, %d fallback) over %d items (%d unavailable excluded) "
@@ -92,11 +93,10 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     model_rows = np.flatnonzero(use_model)
     scoring_started = time.monotonic()
     if len(model_rows):
-        part = {name: tensor[torch.as_tensor(model_rows)] for name, tensor in inputs.items()}
-        vectors = bundle.user_vectors(part, batch=serve.score_batch_users)
+        vectors = scorer.user_vectors(model_rows)
         categories = category_matrix(catalogue["genres"].to_pylist()) if serve.mmr_lambda is not None else None
         top_items[model_rows], top_scores[model_rows] = score_users(
-            settings, run_date, [user_ids[i] for i in model_rows], vectors, catalogue_ids, item_matrix,
+            settings, run_date, [user_ids[i] for i in model_rows], vectors, catalogue_ids, scorer.item_matrix(),
             seen[model_rows], categories, spark=spark,
         )  # fmt: skip
     fallback_rows = np.flatnonzero(~use_model)

@@ -1,6 +1,7 @@
 """The training dataset file: every tensor the ranks need, built once before torchrun.
 
-It is a dict of tensors saved with ``torch.save`` and loaded with
+``TrainingDataset`` is typed (model inputs are ``models.inputs.ModelInputs``) and versioned;
+on disk it is a flat dict of tensors saved with ``torch.save`` and loaded with
 ``weights_only=True`` by every rank.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +19,9 @@ import pyarrow.compute as pc
 import torch
 
 from recsys_core.config import FeatureSettings, ModelSettings
-from recsys_core.models.transformer import SeqRecConfig, gap_buckets
+from recsys_core.errors import DataError
+from recsys_core.models.inputs import ModelInputs, encode, encode_steps
+from recsys_core.models.transformer import SeqRecConfig
 from recsys_core.training.data import (
     SECONDS_PER_DAY,
     LeaveLastOut,
@@ -27,10 +30,8 @@ from recsys_core.training.data import (
     TrendTable,
     build_sequences,
     event_gaps,
-    gaps_of,
     last_event_days,
     left_pad,
-    query_gaps_of,
 )
 from recsys_core.training.checkpoint import save_checkpoint
 
@@ -91,23 +92,8 @@ def seen_csr(histories: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def model_config(data: PreparedData, settings: ModelSettings) -> SeqRecConfig:
-    return SeqRecConfig(
-        n_items=data.prep.n_items,
-        max_len=settings.max_len,
-        d_model=settings.d_model,
-        n_heads=settings.n_heads,
-        n_layers=settings.n_layers,
-        dropout=settings.dropout,
-        content_dim=data.prep.content_dim if settings.use_content else 0,
-        user_cardinalities=data.prep.user_cardinalities if settings.use_user_features else (),
-        use_time=settings.use_time,
-        loss=settings.loss,
-        n_negatives=settings.n_negatives,
-        trend_windows=data.trend.windows if settings.use_trend else (),
-        use_query_gap=settings.use_query_gap and settings.use_time,
-        future_horizon_days=settings.future_horizon_days,
-        future_samples=settings.future_samples,
-        future_weight=settings.future_weight,
+    return SeqRecConfig.from_settings(
+        settings, data.prep.n_items, data.prep.content_dim, data.prep.user_cardinalities, data.trend.windows
     )
 
 
@@ -177,59 +163,127 @@ def future_targets(split: LeaveLastOut, length: int, horizon_days: float, sample
     return out
 
 
-def build_tensors(data: PreparedData, config: SeqRecConfig, seed: int = 0) -> dict:
-    length = config.max_len
-    split = data.split
-    windows = training_windows(split, length)
+DATASET_VERSION = 2  # raise with any change to the fields below or to their meaning
 
-    def buckets(seconds: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return gap_buckets(torch.as_tensor(seconds), torch.as_tensor(items)).numpy()
 
-    train_items = left_pad(windows.inputs, length)
-    valid_items = left_pad(split.valid_input, length)
-    test_items = left_pad(split.test_input, length)
-    tensors = {
-        "train_inputs": train_items,
-        "train_targets": left_pad(windows.targets, length),
-        "train_gaps": buckets(left_pad(windows.gaps, length), train_items),
-        "train_query_gaps": buckets(left_pad(windows.query_gaps, length), train_items),
-        "train_users": windows.users,
-        # Leave-last-out predicts right after the last input event.
-        "valid_inputs": valid_items,
-        "valid_gaps": buckets(gaps_of(split.valid_times, length), valid_items),
-        "valid_query_gaps": buckets(query_gaps_of(split.valid_times, length), valid_items),
-        "valid_targets": split.valid_target,
-        "test_inputs": test_items,
-        "test_gaps": buckets(gaps_of(split.test_times, length), test_items),
-        "test_query_gaps": buckets(query_gaps_of(split.test_times, length), test_items),
-        "test_targets": split.test_target,
-        "user_feats": data.user_feats,
-        # Trend rows: where each prediction stands in time (clipped into the table).
-        "trend_table": data.trend.values,
-        "train_trend_rows": left_pad([data.trend.row(d) for d in windows.days], length),
-        "valid_trend_rows": data.trend.row(last_event_days(split.valid_times, 0)),
-        "test_trend_rows": data.trend.row(last_event_days(split.test_times, 0)),
-    }
-    if config.future_horizon_days > 0:
-        future = future_targets(split, length, config.future_horizon_days, config.future_samples, seed)
-        tensors["train_future"] = left_pad(future, length)
-    out = {k: torch.as_tensor(v) for k, v in tensors.items()}
-    if not config.use_time:
-        for key in ("train_gaps", "valid_gaps", "test_gaps", "train_query_gaps", "valid_query_gaps", "test_query_gaps"):
-            out[key] = torch.zeros_like(out[key])
-    out["valid_seen_indptr"], out["valid_seen_indices"] = seen_csr(split.valid_input)
-    out["test_seen_indptr"], out["test_seen_indices"] = seen_csr(split.test_input)
-    content = data.item_content if config.content_dim else np.zeros((config.n_items + 1, 0), dtype=np.float32)
-    out["item_content"] = torch.as_tensor(content)
-    digest = hashlib.sha256()
-    for key in sorted(out):
-        digest.update(key.encode())
-        digest.update(out[key].numpy().tobytes())
-    out["dataset_fingerprint"] = digest.hexdigest()[:16]
-    out["config_json"] = json.dumps(config.to_dict())
-    out["n_items"] = config.n_items
+@dataclass(frozen=True)
+class TrainingSteps:
+    """Training windows: every position predicts its target (0: padding, no target)."""
+
+    inputs: ModelInputs  # the window's user features on every row
+    targets: torch.Tensor  # [n, L] next items
+    trend_rows: torch.Tensor  # [n, L] the trend table's row (day) of each step's prediction
+    future: torch.Tensor | None  # [n, L, samples] items taken up within the horizon (model.future_horizon_days > 0)
+
+
+@dataclass(frozen=True)
+class HeldOutSplit:
+    """Leave-last-out validation or test: one target per user row (0: none), predicted right after its inputs."""
+
+    inputs: ModelInputs
+    targets: torch.Tensor  # [n]
+    trend_rows: torch.Tensor  # [n]
+    seen_indptr: torch.Tensor  # CSR of each user's distinct input items (0-based), excluded from the ranking
+    seen_indices: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TrainingDataset:
+    """Everything the ranks read, built once before torchrun; on disk a flat dict of tensors (loaded
+    with ``weights_only=True``) with a format version, checked when it is read."""
+
+    config: SeqRecConfig
+    train: TrainingSteps
+    valid: HeldOutSplit
+    test: HeldOutSplit
+    trend_table: torch.Tensor  # [days, n_items + 1, windows] (training.data.TrendTable)
+    item_content: torch.Tensor  # [n_items + 1, content_dim]
+    fingerprint: str = ""  # of the tensors; set by ``build_dataset``
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {**_flat(self.train, "train"), **_flat(self.valid, "valid"), **_flat(self.test, "test")}
+        return {**out, "trend_table": self.trend_table, "item_content": self.item_content}
+
+    def save(self, path: Path) -> None:
+        content = {**self.tensors(), "version": DATASET_VERSION, "config_json": json.dumps(self.config.to_dict())}
+        save_checkpoint(path, {**content, "fingerprint": self.fingerprint})  # the same atomic write
+
+    @classmethod
+    def load(cls, path: Path, mmap: bool = False) -> TrainingDataset:
+        """``mmap``: tensors are read from the file when used (e.g. only the config and the content)."""
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        version = content.get("version", 1)
+        if version != DATASET_VERSION:
+            raise DataError(
+                f"{path} is a training dataset of format version {version}; this code reads version {DATASET_VERSION}",
+                hint="rebuild it with this code: rerun the training's prepare step for that date",
+            )
+        return cls(
+            config=SeqRecConfig.from_dict(json.loads(content["config_json"])),
+            train=_unflat(TrainingSteps, content, "train"),
+            valid=_unflat(HeldOutSplit, content, "valid"),
+            test=_unflat(HeldOutSplit, content, "test"),
+            trend_table=content["trend_table"],
+            item_content=content["item_content"],
+            fingerprint=content["fingerprint"],
+        )
+
+
+def _flat(split, prefix: str) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for field in fields(split):
+        value = getattr(split, field.name)
+        if isinstance(value, ModelInputs):
+            out.update(value.to_tensors(prefix))
+        elif value is not None:
+            out[f"{prefix}.{field.name}"] = value
     return out
 
 
-def save_dataset(tensors: dict, path: Path) -> None:
-    save_checkpoint(path, tensors)  # the same atomic write
+def _unflat(cls, content: dict, prefix: str):
+    values = {f.name: content.get(f"{prefix}.{f.name}") for f in fields(cls)}
+    return cls(**{**values, "inputs": ModelInputs.from_tensors(content, prefix)})
+
+
+def build_dataset(data: PreparedData, config: SeqRecConfig, seed: int = 0) -> TrainingDataset:
+    length = config.max_len
+    split = data.split
+    windows = training_windows(split, length)
+    future = None
+    if config.future_horizon_days > 0:
+        drawn = future_targets(split, length, config.future_horizon_days, config.future_samples, seed)
+        future = torch.as_tensor(left_pad(drawn, length))
+
+    def held_out(items: list[np.ndarray], times: list[np.ndarray], targets: np.ndarray) -> HeldOutSplit:
+        indptr, indices = seen_csr(items)
+        # Leave-last-out predicts right after the last input event; trend rows: where that stands in time.
+        trend_rows = torch.as_tensor(data.trend.row(last_event_days(times, 0)))
+        inputs = encode(config, items, times, data.user_feats)
+        return HeldOutSplit(inputs, torch.as_tensor(targets), trend_rows, indptr, indices)
+
+    train = TrainingSteps(
+        inputs=encode_steps(
+            config,
+            left_pad(windows.inputs, length),
+            left_pad(windows.gaps, length),
+            left_pad(windows.query_gaps, length),
+            data.user_feats[windows.users],
+        ),
+        targets=torch.as_tensor(left_pad(windows.targets, length)),
+        trend_rows=torch.as_tensor(left_pad([data.trend.row(d) for d in windows.days], length)),
+        future=future,
+    )
+    content = data.item_content if config.content_dim else np.zeros((config.n_items + 1, 0), dtype=np.float32)
+    dataset = TrainingDataset(
+        config=config,
+        train=train,
+        valid=held_out(split.valid_input, split.valid_times, split.valid_target),
+        test=held_out(split.test_input, split.test_times, split.test_target),
+        trend_table=torch.as_tensor(data.trend.values),
+        item_content=torch.as_tensor(content),
+    )
+    digest = hashlib.sha256()
+    for key, tensor in sorted(dataset.tensors().items()):
+        digest.update(key.encode())
+        digest.update(tensor.numpy().tobytes())
+    return replace(dataset, fingerprint=digest.hexdigest()[:16])

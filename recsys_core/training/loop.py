@@ -27,9 +27,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from recsys_core.config import TrainSettings
 from recsys_core.errors import ConfigError
 from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
-from recsys_core.models.transformer import SeqRec, SeqRecConfig
+from recsys_core.models.scorer import Scorer
+from recsys_core.models.transformer import SeqRec
 from recsys_core.serving.score import exclusion_from_lists
 from recsys_core.training.checkpoint import load_checkpoint, save_checkpoint
+from recsys_core.training.dataset import HeldOutSplit, TrainingDataset, TrainingSteps
 
 log = logging.getLogger(__name__)
 
@@ -84,28 +86,21 @@ def config_fingerprint(settings: TrainSettings, data_meta: dict) -> str:
 
 @torch.no_grad()
 def evaluate_split(
-    model: SeqRec, data: dict, prefix: str, rows: np.ndarray, ks, device, trend_table: torch.Tensor | None = None, batch: int = 512
+    model: SeqRec, split: HeldOutSplit, rows: np.ndarray, ks, device, trend_table: torch.Tensor, batch: int = 512
 ) -> dict:
-    """Full-ranking metrics of one split (valid or test) on the given user rows
-    (``trend_table``: ``data["trend_table"]`` already on ``device``, if at hand)."""
-    targets = data[f"{prefix}_targets"].numpy()
+    """Full-ranking metrics of one held-out split on the given user rows (``trend_table`` on ``device``)."""
+    targets = split.targets.numpy()
     rows = rows[targets[rows] > 0]
     if len(rows) == 0:
         return {"users": 0}
-    indptr, indices = data[f"{prefix}_seen_indptr"].numpy(), data[f"{prefix}_seen_indices"].numpy()
-    seen = exclusion_from_lists(indptr, indices, data["n_items"])[rows]
-    trend_table = data["trend_table"].to(device) if trend_table is None else trend_table
-    ranks = []
+    seen = exclusion_from_lists(split.seen_indptr.numpy(), split.seen_indices.numpy(), model.config.n_items)[rows]
     model.eval()
+    catalogue = model.item_matrix()[1:]  # column 0 of the tables is the padding item
+    scorer = Scorer(model, split.inputs, catalogue, trend_table[:, 1:], split.trend_rows, batch=batch, device=device)
+    ranks = []
     for start in range(0, len(rows), batch):
-        idx = torch.as_tensor(rows[start : start + batch])
-        query = data[f"{prefix}_query_gaps"][idx].to(device)
-        hidden = model.last_hidden(
-            data[f"{prefix}_inputs"][idx].to(device), data[f"{prefix}_gaps"][idx].to(device), data["user_feats"][idx].to(device), query
-        )
-        trend = trend_table[data[f"{prefix}_trend_rows"][idx].to(device)]
-        scores = model.scores(hidden, trend, query[:, -1])[:, 1:].float().cpu().numpy()
-        ranks.append(target_ranks(scores, targets[rows[start : start + batch]] - 1, exclude=seen[start : start + batch]))
+        part = rows[start : start + batch]
+        ranks.append(target_ranks(scorer(part), targets[part] - 1, exclude=seen[start : start + batch]))
     return metrics_from_ranks(np.concatenate(ranks), ks)
 
 
@@ -114,17 +109,16 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
     ctx = init_distributed(settings)
     torch.set_num_threads(settings.torch_threads)
     torch.backends.mha.set_fastpath_enabled(False)
-    data = torch.load(dataset_path, map_location="cpu", weights_only=True)
-    config = SeqRecConfig.from_dict(json.loads(data["config_json"]))
+    data = TrainingDataset.load(dataset_path)
     torch.manual_seed(settings.seed)
-    model = SeqRec(config, data["item_content"]).to(ctx.device)
+    model = SeqRec(data.config, data.item_content).to(ctx.device)
     ddp = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) if ctx.world_size > 1 else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     use_amp = settings.amp and ctx.device.type == "cuda"
     scaler_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
-    trend_table = data["trend_table"].to(ctx.device)  # read by every step: moved to the device once
-    train_rows = torch.arange(len(data["train_targets"]))
+    trend_table = data.trend_table.to(ctx.device)  # read by every step: moved to the device once
+    train_rows = torch.arange(len(data.train.targets))
     per_rank = settings.batch_size // (ctx.world_size * settings.grad_accum_steps)
     if per_rank < 1:
         raise ConfigError(
@@ -137,10 +131,10 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
     )
     loader = torch.utils.data.DataLoader(train_rows, batch_size=per_rank, sampler=sampler)
     ks = (10, 20, 50)
-    all_rows = np.arange(len(data["valid_targets"]))
+    all_rows = np.arange(len(data.valid.targets))
     my_rows = all_rows[ctx.rank :: ctx.world_size]
     out_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = config_fingerprint(settings, {"dataset": data["dataset_fingerprint"]})
+    fingerprint = config_fingerprint(settings, {"dataset": data.fingerprint})
 
     state = {"epoch": 0, "best_metric": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     checkpoint = load_checkpoint(out_dir / LAST)
@@ -168,7 +162,7 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
             last_micro = (step + 1) % settings.grad_accum_steps == 0 or step + 1 == len(loader)
             sync = nullcontext() if last_micro or ctx.world_size == 1 else ddp.no_sync()
             with sync, scaler_ctx():
-                loss = _forward_loss(ddp, data, rows, ctx.device, trend_table, settings.recency_half_life_days)
+                loss = _forward_loss(ddp, data.train, rows, ctx.device, trend_table, settings.recency_half_life_days)
                 (loss / settings.grad_accum_steps).backward()
             if last_micro:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -181,7 +175,7 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
         record: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_total / max(1, batches_total)}
         evaluate_now = (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs
         if evaluate_now:
-            local = evaluate_split(model, data, "valid", my_rows, ks, ctx.device, trend_table)
+            local = evaluate_split(model, data.valid, my_rows, ks, ctx.device, trend_table)
             users = local.get("users", 0)
             total = _all_reduce_sum([local.get("ndcg@10", 0.0) * users, local.get("hitrate@10", 0.0) * users, users], ctx)
             record["val_ndcg@10"] = total[0] / max(1, total[2])
@@ -238,20 +232,20 @@ def recency_weights(trend_rows: torch.Tensor, last_row: int, half_life_days: flo
 
 
 def _forward_loss(
-    model, data: dict, rows: torch.Tensor, device: torch.device, trend_table: torch.Tensor, half_life_days: float
+    model, steps: TrainingSteps, rows: torch.Tensor, device: torch.device, trend_table: torch.Tensor, half_life_days: float
 ) -> torch.Tensor:
-    future = data.get("train_future")
-    trend_rows = data["train_trend_rows"][rows]
-    step_weights = recency_weights(trend_rows, len(data["trend_table"]) - 1, half_life_days)
+    inputs = steps.inputs.rows(rows).to(device)
+    trend_rows = steps.trend_rows[rows]
+    step_weights = recency_weights(trend_rows, len(trend_table) - 1, half_life_days)
     return model(
-        data["train_inputs"][rows].to(device),
-        data["train_gaps"][rows].to(device),
-        data["user_feats"][data["train_users"][rows]].to(device),
-        data["train_targets"][rows].to(device),
+        inputs.items,
+        inputs.gaps,
+        inputs.user_feats,
+        steps.targets[rows].to(device),
         trend_table=trend_table,
         trend_rows=trend_rows.to(device),
-        future=future[rows].to(device) if future is not None else None,
-        query_gaps=data["train_query_gaps"][rows].to(device),
+        future=steps.future[rows].to(device) if steps.future is not None else None,
+        query_gaps=inputs.query_gaps,
         step_weights=step_weights.to(device) if step_weights is not None else None,
     )
 

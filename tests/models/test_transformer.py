@@ -7,27 +7,16 @@ import math
 import pytest
 import torch
 
+from recsys_core.config import ModelSettings
 from recsys_core.models.transformer import GAP_BUCKETS, SeqRec, SeqRecConfig, gap_buckets
 
 N_ITEMS, L, D = 20, 8, 16
 
 
-def config(**kw) -> SeqRecConfig:
-    base = dict(
-        n_items=N_ITEMS,
-        max_len=L,
-        d_model=D,
-        n_heads=2,
-        n_layers=2,
-        dropout=0.0,
-        content_dim=3,
-        user_cardinalities=(4, 3),
-        use_time=True,
-        loss="full",
-        n_negatives=8,
-    )
-    base.update(kw)
-    return SeqRecConfig(**base)
+def config(trend_windows: tuple[int, ...] = (), **settings) -> SeqRecConfig:
+    base = dict(max_len=L, d_model=D, n_heads=2, n_layers=2, dropout=0.0, use_query_gap=False, n_negatives=8)
+    model = ModelSettings(**{**base, **settings})
+    return SeqRecConfig.from_settings(model, N_ITEMS, content_dim=3, user_cardinalities=(4, 3), trend_windows=trend_windows)
 
 
 def content() -> torch.Tensor:
@@ -183,7 +172,7 @@ def test_content_gives_an_item_without_id_embedding_a_real_score(no_fastpath):
     assert scores[:, cold].std() > 1e-4  # varies with the user: not a constant
 
     # Control: without content the same item has no representation and scores 0 for everyone.
-    plain = model_for(config(content_dim=0)).eval()
+    plain = model_for(config(use_content=False)).eval()
     with torch.no_grad():
         plain.item_embedding.weight[cold] = 0.0
         plain_scores = plain.scores(plain.last_hidden(items, gaps, user_feats))

@@ -131,15 +131,13 @@ def test_nightly_rerun_is_idempotent(pipeline):
 
 
 def test_nightly_scores_equal_training_scores(pipeline):
-    """No train/serve skew: the registered model and its logged preprocessing score like the trained one."""
-    import torch
-
+    """No train/serve skew: the registered bundle on the nightly path (its preprocessing, the run date's
+    item features) scores like the trained model offline (the training-time trend table)."""
+    from recsys_core.evaluation.calibration import TrendCalibration
     from recsys_core.io.registry import champion
     from recsys_core.models.bundle import ModelBundle
-    from recsys_core.models.transformer import gap_buckets
-    from recsys_core.evaluation.calibration import TrendCalibration
     from recsys_core.stages.train import apply_calibration, load_inputs, load_trained, prepared_protocols
-    from recsys_core.training.data import SECONDS_PER_DAY, left_pad, query_gaps_of
+    from recsys_core.training.data import SECONDS_PER_DAY
 
     settings = pipeline.settings
     interactions, profiles, items = load_inputs(settings, pipeline.run_date)
@@ -147,20 +145,14 @@ def test_nightly_scores_equal_training_scores(pipeline):
     trained = load_trained(settings, pipeline.run_date, data)
     apply_calibration(trained, TrendCalibration(pipeline.training["calibration"]["offsets"]), settings)
     served = ModelBundle.load(champion(settings, settings.work_dir / "parity").bundle_dir)
-
     now = data.until_day * SECONDS_PER_DAY  # the nightly list is made at the end of the run date
     _, _, inputs = served.user_inputs(interactions, profiles.sort_by("user_id"), now=now)
-    ids, matrix = served.catalogue_matrix(items.sort_by("item_id"))
-    assert ids == data.prep.item_ids
-    nightly = (served.user_vectors(inputs) @ matrix.T).numpy()
-    # Offline, the trend prior comes from the training-time table and recency from the training
-    # sequences, both as of the end of the run date.
-    trend = torch.as_tensor(data.trend.values[data.trend.row(data.until_day)])
-    length = trained.config.max_len
-    items_in = torch.as_tensor(left_pad(data.sequences.items, length))
-    query = gap_buckets(torch.as_tensor(query_gaps_of(data.sequences.times, length, now)), items_in)
-    assert (query[:, -1] > 1).any()  # some users come back after a while
-    with torch.no_grad():
-        hidden = trained.model.last_hidden(items_in, inputs["gaps"], torch.as_tensor(data.user_feats), query)
-        offline = trained.model.scores(hidden, trend, query[:, -1])[:, 1:].numpy()
-    np.testing.assert_allclose(nightly, offline, rtol=1e-4, atol=1e-4)
+    assert (inputs.query_gaps[:, -1] > 1).any()  # some users come back after a while
+    nightly = served.scorer(inputs, items, catalogue=data.prep.item_ids)
+    rows = np.arange(len(data.sequences.user_ids))
+    offline = trained.scorer(
+        trained.encode_inputs(data.sequences, data.user_feats, now), items, catalogue=data.prep.item_ids,
+        trend=data.trend, trend_days=np.full(len(rows), data.until_day),
+    )
+    nightly_scores = (nightly.user_vectors(rows) @ nightly.item_matrix().T).numpy()
+    np.testing.assert_allclose(nightly_scores, offline(rows), rtol=1e-4, atol=1e-4)

@@ -23,12 +23,14 @@ from recsys_core.training.data import (
     left_pad,
     query_gaps_of,
 )
+from recsys_core.errors import DataError
 from recsys_core.training.dataset import (
-    build_tensors,
+    DATASET_VERSION,
+    TrainingDataset,
+    build_dataset,
     future_targets,
     model_config,
     prepare,
-    save_dataset,
     seen_csr,
     training_windows,
 )
@@ -370,55 +372,71 @@ def small_world():
     return events(rows), users, items
 
 
-def test_prepare_and_build_tensors():
+def test_prepare_and_build_dataset():
     interactions, users, items = small_world()
     data = prepare(interactions, users, items)
     assert data.sequences.user_ids == ["u1", "u2", "u3"]  # profiles sorted by user id
     cfg = model_config(data, ModelSettings(max_len=4, d_model=8, n_heads=2, n_layers=1))
     assert cfg.n_items == 6 and cfg.content_dim == data.prep.content_dim == 1 + 2 + 1 + 1
-    t = build_tensors(data, cfg)
-    assert t["train_inputs"].shape[1] == 4
-    assert t["train_inputs"].shape == t["train_targets"].shape == t["train_gaps"].shape
+    t = build_dataset(data, cfg)
+    train = t.train.inputs
+    assert train.items.shape[1] == 4
+    assert train.items.shape == t.train.targets.shape == train.gaps.shape == train.query_gaps.shape
     # Targets are the next items of the inputs; padding (no target) has no input either,
     # and an input 0 with a target is the empty-history first step.
-    inputs, targets = t["train_inputs"], t["train_targets"]
+    inputs, targets = train.items, t.train.targets
     assert torch.all(inputs[targets == 0] == 0)
     assert torch.all((inputs == 0).sum(dim=1) - (targets == 0).sum(dim=1) <= 1)
     real = inputs[:, :-1] > 0  # left padding: a real position is followed by a real one
     assert torch.equal(targets[:, :-1][real], inputs[:, 1:][real])
-    assert t["train_gaps"].min() >= 0 and t["train_gaps"].max() < 24
-    assert t["valid_targets"].tolist() == [data.sequences.items[0][-2], 0, 0]
-    assert t["test_targets"].tolist() == [data.sequences.items[0][-1], 0, 0]
-    assert t["item_content"].shape == (7, cfg.content_dim)
-    assert t["user_feats"].shape == (3, 3)
-    assert t["n_items"] == 6
-    assert json.loads(t["config_json"])["max_len"] == 4
-    again = build_tensors(prepare(*small_world()), cfg)
-    assert again["dataset_fingerprint"] == t["dataset_fingerprint"]
+    assert train.gaps.min() >= 0 and train.gaps.max() < 24
+    assert train.user_feats.shape == (len(targets), 3)  # each window carries its user's features
+    assert t.valid.targets.tolist() == [data.sequences.items[0][-2], 0, 0]
+    assert t.test.targets.tolist() == [data.sequences.items[0][-1], 0, 0]
+    assert t.item_content.shape == (7, cfg.content_dim)
+    assert t.test.inputs.user_feats.shape == (3, 3)
+    assert t.config == cfg
+    again = build_dataset(prepare(*small_world()), cfg)
+    assert again.fingerprint == t.fingerprint
 
 
-def test_build_tensors_without_time_or_content_zeroes_them():
+def test_build_dataset_without_time_or_content_zeroes_them():
     data = prepare(*small_world())
     cfg = model_config(data, ModelSettings(max_len=4, use_time=False, use_content=False, use_user_features=False))
     assert cfg.content_dim == 0 and cfg.user_cardinalities == ()
-    t = build_tensors(data, cfg)
-    assert t["train_gaps"].abs().sum() == 0 and t["test_gaps"].abs().sum() == 0
-    assert t["item_content"].shape == (7, 0)
+    t = build_dataset(data, cfg)
+    assert t.train.inputs.gaps.abs().sum() == 0 and t.test.inputs.gaps.abs().sum() == 0
+    assert t.train.inputs.query_gaps.abs().sum() == 0 and t.valid.inputs.query_gaps.abs().sum() == 0
+    assert t.item_content.shape == (7, 0)
 
 
 def test_saved_dataset_loads_with_weights_only(tmp_path):
     data = prepare(*small_world())
-    t = build_tensors(data, model_config(data, ModelSettings(max_len=4)))
+    t = build_dataset(data, model_config(data, ModelSettings(max_len=4)))
     path = tmp_path / "deep" / "dataset.pt"
-    save_dataset(t, path)
+    t.save(path)
     assert not list(path.parent.glob("*.tmp"))
-    loaded = torch.load(path, weights_only=True)
-    assert set(loaded) == set(t)
-    for key, value in t.items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(loaded[key], value), key
-        else:
-            assert loaded[key] == value, key
+    raw = torch.load(path, weights_only=True)
+    assert raw["version"] == DATASET_VERSION and set(t.tensors()) < set(raw)
+    loaded = TrainingDataset.load(path)
+    assert loaded.config == t.config and loaded.fingerprint == t.fingerprint
+    for key, value in t.tensors().items():
+        assert torch.equal(loaded.tensors()[key], value), key
+
+
+def test_a_dataset_of_another_version_is_refused_with_the_fix(tmp_path):
+    data = prepare(*small_world())
+    path = tmp_path / "dataset.pt"
+    build_dataset(data, model_config(data, ModelSettings(max_len=4))).save(path)
+    raw = torch.load(path, weights_only=True)
+    torch.save({**raw, "version": DATASET_VERSION + 1}, path)
+    with pytest.raises(DataError, match=f"format version {DATASET_VERSION + 1}.*reads version {DATASET_VERSION}") as error:
+        TrainingDataset.load(path)
+    assert "prepare step" in error.value.hint
+    del raw["version"]  # the unversioned files written before the format had a version
+    torch.save(raw, path)
+    with pytest.raises(DataError, match="format version 1"):
+        TrainingDataset.load(path)
 
 
 def test_trend_table_counts_each_window_before_the_start_of_each_day():

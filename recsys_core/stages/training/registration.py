@@ -1,0 +1,180 @@
+"""Step 3b: the evaluation logged to MLflow, the model registered, the champion moved only through the gate."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import date
+
+from recsys_core.config import Settings
+from recsys_core.evaluation.gate import gate_decision
+from recsys_core.io.provenance import code_version
+from recsys_core.io.registry import (
+    apply_gate,
+    champion,
+    configure_tracking,
+    log_bundle,
+    log_external_model,
+    log_metrics,
+    record_model_output,
+)
+from recsys_core.models.bundle import ModelBundle
+from recsys_core.stages.training.evaluation import EvaluationReport, champion_metric, evaluate_models
+from recsys_core.stages.training.runs import (
+    log_evaluation,
+    plot_links,
+    reported_protocols,
+    start_model_run,
+    training_run_description,
+)
+from recsys_core.stages.training.workspace import RUNS, checkpoint_dir, workspace
+from recsys_core.training.dataset import PreparedData
+from recsys_core.training.loop import RESULT
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_and_register(settings: Settings, as_of: date) -> dict:
+    """Step 3: evaluate (``evaluation.evaluate_models``), then log, register and apply the gate."""
+    started = time.monotonic()
+    ws = workspace(settings, as_of)
+    runs = json.loads((ws / RUNS).read_text())
+    train_results = {p: json.loads((checkpoint_dir(ws, p) / RESULT).read_text()) for p in runs["protocols"]}
+    evaluation = evaluate_models(settings, as_of, runs["protocols"])
+    out = register(settings, as_of, runs, train_results, evaluation)
+    out["seconds"] = round(time.monotonic() - started, 1)
+    (ws / "summary.json").write_text(json.dumps(out, indent=2))
+    loo, backtest = json.dumps(out["metrics"]), json.dumps(out["backtest"])
+    log.info("evaluation as of %s: leave-last-out %s; backtest %s", as_of, loo, backtest)
+    return out
+
+
+def register(settings: Settings, as_of: date, runs: dict, train_results: dict[str, dict], evaluation: EvaluationReport) -> dict:
+    """Log every model's evaluation into the runs ``prepare_training`` opened, register the served
+    model, and move the champion alias only through the gate; returns the training's summary."""
+    import mlflow
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+
+    protocols = runs["protocols"]
+    calibration, bundle = evaluation.calibration, evaluation.bundle
+    metric = settings.registry.gate_metric
+    configure_tracking(settings)
+    bundle.remember_popularity(evaluation.items)  # the MLflow model's trend prior
+    extra = {"as_of": as_of.isoformat(), "trend_calibration": calibration.offsets, **code_version()}
+    bundle_dir = bundle.save(workspace(settings, as_of) / "bundle", extra=extra)
+    with mlflow.start_run(run_id=runs["parent"]):
+        info = _log_seqrec_runs(settings, runs, train_results, evaluation, bundle_dir)
+        version = str(info.registered_model_version)
+        _log_baseline_runs(settings, as_of, runs, evaluation)
+        summary = _log_comparison(settings, evaluation)
+
+        # The gate: the current champion, scored by the same code on the same users.
+        current = champion(settings, settings.work_dir / "registry")
+        champion_value = None
+        if current is not None and current.version != version:
+            champion_value = champion_metric(evaluation, ModelBundle.load(current.bundle_dir), metric)
+            log_metrics({metric: champion_value}, prefix="champion/")
+        candidate = evaluation.evaluations["loo"]["seqrec"].metrics[metric]
+        decision = gate_decision(metric, candidate, champion_value, settings.registry.gate_min_relative_improvement)
+        apply_gate(settings, version, decision)
+        mlflow.set_tags({"gate.promoted": str(decision.promote), "gate.reason": decision.reason, "model_version": version})
+        # Last: from here on, metrics logged to this run would be linked to the served model too.
+        record_model_output(info.model_id)
+        mlflow.set_tag(MLFLOW_RUN_NOTE, training_run_description(settings, as_of, version, decision, plot_links(runs["parent"])))
+    headline = ("ndcg@10", "hitrate@10", "recall@50", "mrr", "coverage@10")
+    backtest_headline = ("ndcg@10", "recall@10", "hitrate@10", "users")
+    calibrated = None
+    if "calibration" in protocols:
+        uncalibrated = round(evaluation.uncalibrated_backtest["ndcg@10"], 5)
+        calibrated = {**calibration.to_dict(), "backtest_uncalibrated_ndcg@10": uncalibrated}
+    return {
+        "as_of": as_of.isoformat(),
+        "model_name": settings.train.model_name,
+        "model_version": version,
+        "promoted": decision.promote,
+        "gate": decision.reason,
+        "metrics": {n: {k: summary["loo"][n][k] for k in headline} for n in summary["loo"]},
+        "backtest": {n: {k: summary["backtest"][n][k] for k in backtest_headline} for n in summary.get("backtest", {})},
+        "calibration": calibrated,
+        "train": {p: {k: v for k, v in r.items() if k != "history"} for p, r in train_results.items()},
+        "parent_run_id": runs["parent"],
+    }
+
+
+def _log_seqrec_runs(settings: Settings, runs: dict, train_results: dict[str, dict], evaluation: EvaluationReport, bundle_dir):
+    """Each protocol's sequence model into its nested run; returns the served model's logged model."""
+    import mlflow
+
+    from recsys_core.evaluation import report
+    protocols, calibration = runs["protocols"], evaluation.calibration
+    for protocol in protocols:
+        with mlflow.start_run(run_id=runs[protocol], nested=True):
+            # The served model is logged below (log_bundle links the metrics to it); the other
+            # protocols' models stay in the workspace and are recorded as external models.
+            model_id = None if protocol == "loo" else log_external_model(f"seqrec-{protocol}", "seqrec")
+            log_evaluation(evaluation.evaluations, "seqrec", reported_protocols(protocol, protocols), model_id)
+            if protocol == "calibration":  # what the calibration model fitted
+                offsets = {f"offset/{group}": offset for group, offset in calibration.offsets.items()}
+                log_metrics(offsets, prefix="calibration/", model_id=model_id)
+            log_metrics(train_results[protocol], model_id=model_id)
+            mlflow.log_figure(report.training_curves_figure(train_results[protocol]["history"]), "plots/training_curves.png")
+            if protocol == "loo":
+                example = _input_example(evaluation.leave_last_out.data, evaluation.profiles)
+                info = log_bundle(bundle_dir, "model", example, registered_model_name=settings.train.model_name)
+    return info
+
+
+def _log_baseline_runs(settings: Settings, as_of: date, runs: dict, evaluation: EvaluationReport) -> None:
+    reported = reported_protocols("loo", runs["protocols"])
+    for name in evaluation.evaluations["loo"]:
+        if name != "seqrec":
+            with start_model_run(settings, as_of, name, reported, runs["data_version"]):
+                log_evaluation(evaluation.evaluations, name, reported, log_external_model(name, name))
+
+
+def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[str, dict[str, dict[str, float]]]:
+    """Into the parent run: every model's metrics, the lift over the best baseline, the comparison
+    plots and the calibration; returns the rounded metrics per protocol and model."""
+    import mlflow
+
+    from recsys_core.evaluation import report
+
+    ks, metric = tuple(settings.eval.ks), settings.registry.gate_metric
+    evaluations, calibration = evaluation.evaluations, evaluation.calibration
+    summary = {
+        protocol: {name: {k: round(v, 5) for k, v in r.metrics.items()} for name, r in results.items()}
+        for protocol, results in evaluations.items()
+    }
+    for protocol, results in evaluations.items():
+        for name, result in results.items():
+            log_metrics({k: v for k, v in result.metrics.items() if "/" not in k}, prefix=f"{protocol}/{name}/")
+        baselines = [n for n in results if n != "seqrec"]
+        if baselines:
+            best = max(baselines, key=lambda n: results[n].metrics[metric])
+            lift = results["seqrec"].metrics[metric] / max(1e-12, results[best].metrics[metric])
+            log_metrics({f"{protocol}/lift_over_best_baseline/{metric}": lift})
+        mlflow.log_dict(summary[protocol], f"evaluation/{protocol}.json")
+        figure = report.metric_at_k_figure({n: r.metrics for n, r in results.items()}, ks=ks)
+        mlflow.log_figure(figure, f"plots/{protocol}_metrics_at_k.png")
+    if evaluation.uncalibrated_backtest is not None:
+        mlflow.log_params({f"calibration.offset_{group}": offset for group, offset in calibration.offsets.items()})
+        log_metrics({"backtest/seqrec_uncalibrated/ndcg@10": evaluation.uncalibrated_backtest["ndcg@10"]})
+        mlflow.log_dict(calibration.to_dict(), "evaluation/calibration.json")
+        mlflow.log_figure(report.calibration_figure(calibration.curves, calibration.offsets), "plots/trend_calibration.png")
+    loo = evaluations["loo"]
+    recommended = {n: r.recommended for n, r in loo.items()}
+    popularity = evaluation.leave_last_out.context["item_popularity"]
+    mlflow.log_figure(report.popularity_bias_figure(recommended, popularity, k=10), "plots/popularity_bias.png")
+    n_items = evaluation.leave_last_out.data.prep.n_items
+    mlflow.log_figure(report.coverage_figure(recommended, n_items, ks), "plots/coverage.png")
+    return summary
+
+
+def _input_example(data: PreparedData, profiles):
+    import pandas as pd
+
+    first = next(i for i, s in enumerate(data.sequences.items) if len(s))
+    history = [data.prep.item_ids[i - 1] for i in data.sequences.items[first][-5:]]
+    row = profiles.sort_by("user_id").slice(first, 1).to_pylist()[0]
+    return pd.DataFrame([{"history": history, "age": row["age"], "gender": row["gender"], "occupation": row["occupation"]}])
