@@ -53,6 +53,16 @@ def make_settings(root: Path, **overrides) -> Settings:
 
 
 @pytest.fixture
+def no_recsys_env(monkeypatch, tmp_path) -> Path:
+    """No RECSYS_* variable of the caller's shell, and an empty working directory (no config/ in it)."""
+    for key in list(os.environ):
+        if key.startswith("RECSYS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
 def settings(tmp_path) -> Settings:
     return make_settings(tmp_path)
 

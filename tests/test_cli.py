@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,7 @@ CASES = Path(__file__).parent / "config_cases"
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    for key in list(os.environ):
-        if key.startswith("RECSYS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+def isolated(no_recsys_env, monkeypatch, tmp_path):
     monkeypatch.setenv("RECSYS_CONFIG", str(Path(__file__).parent / "recsys-test.yaml"))
     monkeypatch.setenv("RECSYS_DATA_ROOT", str(tmp_path / "data"))
     # main() configures the root logger for a terminal; the test process keeps its own.

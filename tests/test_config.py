@@ -7,7 +7,6 @@ repository's own config/recsys.yaml and the developer's environment cannot leak 
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -22,11 +21,7 @@ BROKEN_CASES = sorted((Path(__file__).parent / "config_cases").glob("*.yaml"))
 
 
 @pytest.fixture(autouse=True)
-def isolated(monkeypatch, tmp_path):
-    for key in list(os.environ):
-        if key.startswith("RECSYS_"):
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
+def isolated(no_recsys_env, monkeypatch, tmp_path):
     # The project's own config/recsys.yaml is the fallback; isolate the defaults from it.
     monkeypatch.setattr("recsys_core.config.PROJECT_CONFIG_FILE", tmp_path / "no-project-config.yaml")
     return tmp_path

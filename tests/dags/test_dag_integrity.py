@@ -136,3 +136,20 @@ def test_nightly_checks_for_a_champion_before_scoring(dagbag):
     dag = dagbag.dags.get("recsys_nightly")
     assert dag.get_task("wait_for_features").downstream_task_ids == {"check_champion"}
     assert dag.get_task("check_champion").downstream_task_ids == {"score_and_publish"}
+
+
+def test_failure_summary_finds_the_first_error_line(dagbag, tmp_path):
+    import json
+
+    from recsys_common import first_error_line
+
+    log_file = tmp_path / "attempt=1.log"
+    events = [
+        "Running command: python jobs/train_step.py evaluate --date 2024-03-06",
+        "Traceback (most recent call last):",
+        'recsys_core.errors.MissingInput: no trained model at /x/best.pt\nhint: run the torchrun step first',
+        "airflow.sdk.exceptions.AirflowException: Bash command failed. The command returned a non-zero exit code 1.",
+    ]
+    log_file.write_text("\n".join(json.dumps({"event": e}) for e in events))
+    assert first_error_line(log_file, None) == "recsys_core.errors.MissingInput: no trained model at /x/best.pt"
+    assert first_error_line(tmp_path / "missing.log", RuntimeError("boom\nmore")) == "boom"

@@ -30,7 +30,6 @@ from recsys_core.config import settings_for
 from recsys_core.contracts import RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.datasets.synthetic import SyntheticSpec, generate_logs
 from recsys_core.io.lake import Lake
-from recsys_core.io.registry import configure_tracking
 from recsys_core.serving.reader import RecommendationReader
 
 from .browser import browser_missing, chromium_page, login, mlflow_compare, open_grid, run_state_shown, trigger_with_run_date
@@ -154,10 +153,9 @@ def nightly_published(airflow, run_date: date) -> list[dict]:
 
 def model_run_id(settings, run_name: str) -> str:
     """The newest MLflow run of that name (a model's nested run in the training parent)."""
-    configure_tracking(settings)
-    runs = mlflow.search_runs(
-        experiment_names=[settings.registry.experiment], filter_string=f"attributes.run_name = '{run_name}'", output_format="list"
-    )
+    client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.registry.experiment)
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
     assert runs, f"no MLflow run named {run_name}"
     return runs[0].info.run_id
 

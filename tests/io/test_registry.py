@@ -33,7 +33,7 @@ def test_a_new_store_keeps_every_artifact_under_the_artifact_location(settings, 
     task_dir.mkdir()
     subprocess.run([sys.executable, "-c", OPEN_STORE, str(settings_file)], cwd=task_dir, check=True, timeout=300)
 
-    client = mlflow.MlflowClient(settings.tracking_uri)
+    client = mlflow.MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     default = client.get_experiment("0")
     recsys = client.get_experiment_by_name(settings.registry.experiment)
     for experiment in (default, recsys):

@@ -50,7 +50,7 @@ def test_training_logged_and_registered(pipeline):
     assert all(np.isfinite(v) for m in summary["metrics"].values() for v in m.values())
     assert summary["train"]["loo"]["world_size"] == 2
     assert set(summary["backtest"]) == {"seqrec", "popularity", "ease", "als"}
-    client = mlflow.MlflowClient(pipeline.settings.tracking_uri)
+    client = mlflow.MlflowClient(pipeline.settings.tracking_uri, registry_uri=pipeline.settings.tracking_uri)
     version = client.get_model_version_by_alias(pipeline.settings.train.model_name, "champion")
     assert str(version.version) == summary["model_version"]
     parent = client.get_run(summary["parent_run_id"])

@@ -104,7 +104,7 @@ def test_weakened_candidate_is_not_promoted(pipeline, tmp_path):
     second = launch_training(weak, pipeline.run_date)
     assert not second["promoted"]
     assert "does not beat champion" in second["gate"]
-    client = mlflow.MlflowClient(settings.tracking_uri)
+    client = mlflow.MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     champion = client.get_model_version_by_alias(name, "champion")
     assert str(champion.version) == first["model_version"]
     weak_version = client.get_model_version(name, second["model_version"])
@@ -122,7 +122,7 @@ def test_runs_line_up_in_mlflow_compare_view(pipeline):
     from recsys_core.stages.train import train_cutoff
 
     settings, run_date, training = pipeline.settings, pipeline.run_date, pipeline.training
-    client = mlflow.MlflowClient(settings.tracking_uri)
+    client = mlflow.MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
     parent = client.get_run(training["parent_run_id"])
     nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     children = {run.info.run_name: run for run in nested}
