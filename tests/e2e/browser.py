@@ -122,11 +122,10 @@ def compare_runs_url(mlflow_url: str, run_ids: list[str], experiment_ids: list[s
     )
 
 
-def mlflow_compare(page, mlflow_url: str, run_ids: list[str], shots: Path, focus: str | None = None) -> dict[str, list[str]]:
+def mlflow_compare(page, mlflow_url: str, run_ids: list[str], shots: Path) -> dict[str, list[str]]:
     """MLflow's compare-runs view of run_ids: {metric: [its value as shown, one per run in run_ids order]}.
 
-    The view lines metrics up by key; a run that did not log a key shows "NaN" there. The screenshot
-    shows the metric ``focus`` (default: the first) in view."""
+    The view lines metrics up by key; a run that did not log a key shows "NaN" there."""
     experiment_ids = []
     for run_id in run_ids:
         response = page.request.get(f"{mlflow_url}/api/2.0/mlflow/runs/get", params={"run_id": run_id})
@@ -138,6 +137,10 @@ def mlflow_compare(page, mlflow_url: str, run_ids: list[str], shots: Path, focus
     # Two grids: the metric names, and their values with one column per run.
     names_grid, values_grid = switch.locator("xpath=ancestor::div[.//div[@role='grid']][1]").get_by_role("grid").all()
     names_grid.locator("[role=rowgroup] > div").first.wait_for()
+    # Before any scrolling, while both grids show their first rows side by side.
+    switch.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    screenshot(page, shots, "mlflow-compare")
     # The grids are virtualised (only the rows in view exist) and scroll separately: scroll both through,
     # and line cells up by their position: row by offsetTop, run by offsetLeft.
     names: dict[int, str] = {}
@@ -158,10 +161,4 @@ def mlflow_compare(page, mlflow_url: str, run_ids: list[str], shots: Path, focus
     }
     incomplete = {name: row for name, row in rows.items() if len(row) != len(run_ids)}
     assert not incomplete, f"metric rows not read in full: {incomplete}"
-    top = next((t for t, name in names.items() if name == focus), 0)
-    for grid in (names_grid, values_grid):
-        grid.evaluate("(g, top) => { g.scrollTop = top; }", top)
-    page.wait_for_timeout(300)
-    switch.scroll_into_view_if_needed()
-    screenshot(page, shots, "mlflow-compare")
     return rows

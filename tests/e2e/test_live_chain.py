@@ -211,7 +211,7 @@ def test_trigger_form_grid_and_mlflow_compare_in_chromium(live):
 
         run_ids = [model_run_id(live.settings, "ease"), model_run_id(live.settings, "seqrec")]
         with mlflow_ui(live) as mlflow_url:
-            table = mlflow_compare(page, mlflow_url, run_ids, shots, focus="loo/ndcg_at_10")
+            table = mlflow_compare(page, mlflow_url, run_ids, shots)
     row = table.get("loo/ndcg_at_10")
     assert row and all(value not in ("", "-", "NaN", "nan") for value in row), f"compare view: {table}"
     assert_keeps_the_contract(live.settings, NEXT_NIGHT)
