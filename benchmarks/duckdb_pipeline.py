@@ -248,9 +248,19 @@ def run_ingest_duckdb(con, lake_root: Path, out: Path, ingest) -> dict:
         "WHERE reason IS NOT NULL GROUP BY ALL"
     ).fetchall()
     reports: dict[date, dict] = {}
-    for (day, _path) in files:
-        reports.setdefault(day, {"files": 0, "rows_in": rows_in.get(day, 0), "accepted": 0, "quarantined": 0,
-                                 "reasons": {}, "event_dates": {}, "examples": {}})  # fmt: skip
+    for day, _path in files:
+        reports.setdefault(
+            day,
+            {
+                "files": 0,
+                "rows_in": rows_in.get(day, 0),
+                "accepted": 0,
+                "quarantined": 0,
+                "reasons": {},
+                "event_dates": {},
+                "examples": {},
+            },
+        )
         reports[day]["files"] += 1
     for day, reason, event_dt, n in grouped:
         r = reports[day]
@@ -358,8 +368,7 @@ def run_features_duckdb(con, lake_root: Path, out: Path, as_of: date, features, 
     )
     windows = sorted(set(features.popularity_windows_days))  # the trend windows are among them (config checks)
     pops = ",\n".join(
-        f"CAST(sum(CASE WHEN event_ts >= {end_ts} - INTERVAL {d} DAY THEN 1 ELSE 0 END) AS BIGINT) AS pop_{d}d"
-        for d in windows
+        f"CAST(sum(CASE WHEN event_ts >= {end_ts} - INTERVAL {d} DAY THEN 1 ELSE 0 END) AS BIGINT) AS pop_{d}d" for d in windows
     )
     short, long_ = features.trend_short_days, features.trend_long_days
     item_out = out / "item_features.parquet"

@@ -53,8 +53,15 @@ def run_one(script: Path, quick: bool, log_dir: Path) -> dict:
         code = proc.wait()
     wall = time.perf_counter() - started
     print(f"##### {name}: exit code {code} after {wall:.0f}s (log: {log_path.relative_to(REPO)})", flush=True)
-    return {"name": name, "script": script.name, "exit_code": code, "wall_s": round(wall, 1), "tail": list(tail),
-            "log": str(log_path.relative_to(REPO)), "started_at": started_at}  # fmt: skip
+    return {
+        "name": name,
+        "script": script.name,
+        "exit_code": code,
+        "wall_s": round(wall, 1),
+        "tail": list(tail),
+        "log": str(log_path.relative_to(REPO)),
+        "started_at": started_at,
+    }
 
 
 def write_summary(runs: list[dict], quick: bool) -> Path:

@@ -53,9 +53,7 @@ def airflow_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """base (default: os.environ) with scripts/airflow_env.sh applied; the venv's bin first on PATH."""
     base = dict(os.environ if base is None else base)
     base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}"
-    out = subprocess.run(
-        ["bash", "-c", 'source "$0" && env -0', str(ENV_SCRIPT)], capture_output=True, check=True, env=base
-    )
+    out = subprocess.run(["bash", "-c", 'source "$0" && env -0', str(ENV_SCRIPT)], capture_output=True, check=True, env=base)
     return dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
 
 

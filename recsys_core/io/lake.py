@@ -96,9 +96,7 @@ class Lake:
             values.append(name[len(key) :])
         return sorted(values)
 
-    def latest_partition(
-        self, table: Table, *, on_or_before: date | None = None, complete_only: bool = True
-    ) -> str | None:
+    def latest_partition(self, table: Table, *, on_or_before: date | None = None, complete_only: bool = True) -> str | None:
         values = self.partitions(table, complete_only=complete_only)
         if on_or_before is not None:
             values = [v for v in values if v <= on_or_before.isoformat()]

@@ -173,8 +173,16 @@ def apply_gate(settings: Settings, version: str, decision: GateDecision) -> None
 def mlflow_server_command(settings: Settings, host: str, port: int) -> list[str]:
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", settings.tracking_uri,
-        "--default-artifact-root", settings.artifact_location,
-        "--host", host, "--port", str(port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        settings.tracking_uri,
+        "--default-artifact-root",
+        settings.artifact_location,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]

@@ -84,9 +84,7 @@ def read_interactions(lake: Lake, as_of: date, lateness_days: int, columns: list
         lake.table_path(INTERACTIONS),
         filesystem=lake.fs,
         format="parquet",
-        partitioning=ds.partitioning(
-            pa.schema([("dt", pa.date32()), ("ingest_dt", pa.date32())]), flavor="hive"
-        ),
+        partitioning=ds.partitioning(pa.schema([("dt", pa.date32()), ("ingest_dt", pa.date32())]), flavor="hive"),
         schema=schema,
     )
     flt = (

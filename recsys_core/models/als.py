@@ -30,7 +30,9 @@ def fit_als(settings: Settings, history: sp.csr_matrix, spark=None) -> ALSFactor
 
     coo = history.tocoo()
     # Through Arrow from pandas: no Python worker processes, one batch to the JVM.
-    pairs = pd.DataFrame({"user": coo.row.astype("int32"), "item": coo.col.astype("int32"), "rating": np.ones(coo.nnz, dtype="float32")})
+    pairs = pd.DataFrame(
+        {"user": coo.row.astype("int32"), "item": coo.col.astype("int32"), "rating": np.ones(coo.nnz, dtype="float32")}
+    )
     frame = spark.createDataFrame(pairs)
     train = settings.train
     model = ALS(

@@ -144,7 +144,9 @@ class _Selector:
             work(chunks[0])
         return torch.from_numpy(values), torch.from_numpy(columns)
 
-    def _select(self, scores: torch.Tensor, block_max: np.ndarray, values: np.ndarray, columns: np.ndarray, lo: int, hi: int) -> None:
+    def _select(
+        self, scores: torch.Tensor, block_max: np.ndarray, values: np.ndarray, columns: np.ndarray, lo: int, hi: int
+    ) -> None:
         k = self.k
         blocks = np.argpartition(-block_max[lo:hi], k - 1, axis=1)[:, :k]
         candidates = (blocks[:, :, None] + self.offsets).reshape(hi - lo, -1)
@@ -210,9 +212,7 @@ def recommend_top_k(
     if categories is None:
         raise ValueError("MMR re-ranking needs the item categories")
     pool = min(max(pool_factor, 1) * k, item_matrix.shape[0])
-    pool_items, pool_scores = score_top_k(
-        user_vectors, item_matrix, pool, exclude=exclude, batch_users=batch_users, min_valid=k
-    )
+    pool_items, pool_scores = score_top_k(user_vectors, item_matrix, pool, exclude=exclude, batch_users=batch_users, min_valid=k)
     return mmr_rerank(pool_items, pool_scores, categories, k, mmr_lambda)
 
 

@@ -21,9 +21,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 OUTPUT_SCHEMA = "user_id string, rank int, item_id string, score float"
-_ARROW_OUTPUT = pa.schema(
-    [("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())]
-)
+_ARROW_OUTPUT = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())])
 
 
 def user_batch_table(user_ids: list[str], user_vectors: np.ndarray, exclude: sp.csr_matrix | None) -> pa.Table:
@@ -34,9 +32,7 @@ def user_batch_table(user_ids: list[str], user_vectors: np.ndarray, exclude: sp.
     if exclude is None:
         exclude = sp.csr_matrix((n, 0), dtype=np.float32)
     exclude = exclude.tocsr()
-    seen = pa.ListArray.from_arrays(
-        pa.array(exclude.indptr.astype(np.int32)), pa.array(exclude.indices.astype(np.int32))
-    )
+    seen = pa.ListArray.from_arrays(pa.array(exclude.indptr.astype(np.int32)), pa.array(exclude.indices.astype(np.int32)))
     return pa.table({"user_id": pa.array(user_ids, pa.string()), "vector": vectors, "seen": seen})
 
 
@@ -147,9 +143,7 @@ def spark_top_k(
     return rows.sort_by([("user_id", "ascending"), ("rank", "ascending")])
 
 
-def rows_to_matrices(
-    rows: pa.Table, user_ids: list[str], item_ids: list[str], k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def rows_to_matrices(rows: pa.Table, user_ids: list[str], item_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     """(user_id, rank, item_id, score) rows → ([users, k] item columns, [users, k] scores) in ``user_ids`` order."""
     user_pos = pc.index_in(rows["user_id"], value_set=pa.array(user_ids, pa.string()))
     item_pos = pc.index_in(rows["item_id"], value_set=pa.array(item_ids, pa.string()))

@@ -65,9 +65,14 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         log.warning(
             "%s v%s was trained on events up to the end of %s, after this run date %s: "
             "this night is scored by a model that saw later data (a backfill with today's champion)",
-            current.name, current.version, trained_as_of, run_date,
+            current.name,
+            current.version,
+            trained_as_of,
+            run_date,
         )
-    interactions = read_interactions(lake, run_date, settings.ingest.lateness_days, columns=["user_id", "item_id", "event_ts", "source_file", "line_no"])
+    interactions = read_interactions(
+        lake, run_date, settings.ingest.lateness_days, columns=["user_id", "item_id", "event_ts", "source_file", "line_no"]
+    )
     profiles = lake.read_partition(USER_PROFILES, run_date).sort_by("user_id")
     items = lake.read_partition(ITEM_FEATURES, run_date)
     catalogue, excluded = available_catalogue(items, serve)
@@ -84,9 +89,16 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     log.info(
         "scoring %d users (%d with history, %d profile only, %d fallback) over %d items (%d unavailable excluded) "
         "with %s v%s on the %s engine",
-        len(user_ids), int(has_history.sum()), int((~has_history & has_profile).sum()), int((~use_model).sum()),
-        len(catalogue_ids), len(excluded), current.name, current.version, serve.engine,
-    )  # fmt: skip
+        len(user_ids),
+        int(has_history.sum()),
+        int((~has_history & has_profile).sum()),
+        int((~use_model).sum()),
+        len(catalogue_ids),
+        len(excluded),
+        current.name,
+        current.version,
+        serve.engine,
+    )
 
     top_items = np.empty((len(user_ids), k), dtype=np.int64)
     top_scores = np.empty((len(user_ids), k), dtype=np.float32)
@@ -96,9 +108,16 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         vectors = scorer.user_vectors(model_rows)
         categories = category_matrix(catalogue["genres"].to_pylist()) if serve.mmr_lambda is not None else None
         top_items[model_rows], top_scores[model_rows] = score_users(
-            settings, run_date, [user_ids[i] for i in model_rows], vectors, catalogue_ids, scorer.item_matrix(),
-            seen[model_rows], categories, spark=spark,
-        )  # fmt: skip
+            settings,
+            run_date,
+            [user_ids[i] for i in model_rows],
+            vectors,
+            catalogue_ids,
+            scorer.item_matrix(),
+            seen[model_rows],
+            categories,
+            spark=spark,
+        )
     fallback_rows = np.flatnonzero(~use_model)
     if len(fallback_rows):
         trending = catalogue[popularity_column(settings.train.trending_window_days)].to_numpy().astype(np.float32)
@@ -109,9 +128,15 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     scoring_seconds = time.monotonic() - scoring_started
 
     table = build_table(
-        user_ids, catalogue_ids, top_items, top_scores, np.where(use_model, "model", "fallback"),
-        current.name, current.version, datetime.now(timezone.utc).replace(microsecond=0),
-    )  # fmt: skip
+        user_ids,
+        catalogue_ids,
+        top_items,
+        top_scores,
+        np.where(use_model, "model", "fallback"),
+        current.name,
+        current.version,
+        datetime.now(timezone.utc).replace(microsecond=0),
+    )
     seen_sets = _seen_sets(interactions)
     validate_recommendations(table, k=k, users=user_ids, catalogue=set(catalogue_ids), seen=seen_sets)
     digest = content_digest(table)
@@ -121,7 +146,12 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     previous = lake.read_manifest(target) if lake.is_complete(RECOMMENDATIONS, run_date) else None
     unchanged = previous is not None and previous.get("content_digest") == digest
     if unchanged:
-        log.info("unchanged: %s already holds these rows (content_digest %s); left as published at %s", target, digest[:12], previous.get("created_at"))
+        log.info(
+            "unchanged: %s already holds these rows (content_digest %s); left as published at %s",
+            target,
+            digest[:12],
+            previous.get("created_at"),
+        )
         rows = previous["rows"]
     else:
         staged = lake.new_staging_path(RECOMMENDATIONS, partition_name("dt", run_date))
@@ -150,7 +180,9 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     moved = _update_latest(lake, run_date, target)
     dropped = lake.drop_partitions_older_than(RECOMMENDATIONS, serve.keep_days)
     seconds = round(time.monotonic() - started, 1)
-    log.info("%s", format_report(report, title=f"nightly report {run_date} ({current.name} v{current.version}, {serve.engine} engine)"))
+    log.info(
+        "%s", format_report(report, title=f"nightly report {run_date} ({current.name} v{current.version}, {serve.engine} engine)")
+    )
     _log_nightly(settings, run_date, report, top_items, catalogue, current, seconds, unchanged=unchanged)
     summary = {
         "dt": run_date.isoformat(),
@@ -170,9 +202,14 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     }
     log.info(
         "%s %d rows for %d users to %s (catalogue coverage %.1f%%, fallback users %d) in %.1fs",
-        "kept" if unchanged else "published", rows, len(user_ids), target, 100 * report["catalogue_coverage"],
-        report["fallback_users"], seconds,
-    )  # fmt: skip
+        "kept" if unchanged else "published",
+        rows,
+        len(user_ids),
+        target,
+        100 * report["catalogue_coverage"],
+        report["fallback_users"],
+        seconds,
+    )
     return summary
 
 
@@ -205,9 +242,16 @@ def score_users(
         session = spark_session(settings, f"recommend-{run_date}")
     try:
         rows = spark_top_k(
-            session, user_ids, vectors.numpy(), item_ids, item_matrix.detach().numpy(), serve.top_k, exclude,
-            batch_users=serve.score_batch_users, **options,
-        )  # fmt: skip
+            session,
+            user_ids,
+            vectors.numpy(),
+            item_ids,
+            item_matrix.detach().numpy(),
+            serve.top_k,
+            exclude,
+            batch_users=serve.score_batch_users,
+            **options,
+        )
     finally:
         if owned:
             session.stop()
@@ -225,7 +269,9 @@ def available_catalogue(items: pa.Table, serve: ServeSettings) -> tuple[pa.Table
         if pa.types.is_boolean(status.type):
             ok = pc.fill_null(status, True)
         else:
-            ok = pc.or_(pc.is_null(status), pc.is_in(pc.cast(status, pa.string()), pa.array(serve.available_statuses, pa.string())))
+            ok = pc.or_(
+                pc.is_null(status), pc.is_in(pc.cast(status, pa.string()), pa.array(serve.available_statuses, pa.string()))
+            )
         keep = pc.and_(keep, ok)
     excluded = sorted(items.filter(pc.invert(keep))["item_id"].to_pylist())
     return items.filter(keep).sort_by("item_id"), excluded
@@ -267,7 +313,9 @@ def _check_staged(lake: Lake, staged: str, rows: int, digest: str) -> None:
     files = lake.data_files(staged)
     back = pq.read_table(files, filesystem=lake.fs, partitioning=None) if files else RECOMMENDATIONS.schema.empty_table()
     if back.num_rows != rows or content_digest(back) != digest:
-        raise InvalidRecommendations(f"staged table {staged} does not read back as written ({back.num_rows} rows, expected {rows})")
+        raise InvalidRecommendations(
+            f"staged table {staged} does not read back as written ({back.num_rows} rows, expected {rows})"
+        )
 
 
 def _update_latest(lake: Lake, run_date: date, target: str) -> bool:
@@ -311,7 +359,9 @@ def nightly_report(
     return report
 
 
-def _log_nightly(settings: Settings, run_date: date, report: dict, top_items, catalogue, current, seconds: float, unchanged: bool = False) -> None:
+def _log_nightly(
+    settings: Settings, run_date: date, report: dict, top_items, catalogue, current, seconds: float, unchanged: bool = False
+) -> None:
     import mlflow
 
     from recsys_core.evaluation.report import popularity_bias_figure
@@ -321,11 +371,14 @@ def _log_nightly(settings: Settings, run_date: date, report: dict, top_items, ca
     with mlflow.start_run(run_name=f"nightly-{run_date}"):
         mlflow.set_tags(
             {
-                "stage": "nightly", "dt": run_date.isoformat(), "model_name": current.name,
-                "model_version": current.version, "engine": settings.serve.engine,
+                "stage": "nightly",
+                "dt": run_date.isoformat(),
+                "model_name": current.name,
+                "model_version": current.version,
+                "engine": settings.serve.engine,
                 "publish": "unchanged" if unchanged else "published",
             }
-        )  # fmt: skip
+        )
         log_metrics({**report, "seconds": seconds})
         popularity = catalogue["pop_all"].to_numpy().astype(np.float64)
         mlflow.log_figure(

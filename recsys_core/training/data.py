@@ -153,7 +153,10 @@ class TrendTable:
         # before[d] = events strictly before day first + d
         before = np.concatenate([np.zeros((1, prep.n_items + 1)), np.cumsum(counts, axis=0)])[:n_days]
         values = np.stack(
-            [np.log1p(before - before[np.maximum(np.arange(n_days) - w, 0)] * (np.arange(n_days) >= w)[:, None]) for w in windows],
+            [
+                np.log1p(before - before[np.maximum(np.arange(n_days) - w, 0)] * (np.arange(n_days) >= w)[:, None])
+                for w in windows
+            ],
             axis=-1,
         ).astype(np.float32)
         return cls(first, tuple(windows), values)

@@ -199,9 +199,12 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
             tracker.log(record, step=epoch + 1)
             log.info(
                 "epoch %d/%d loss %.4f%s (%.1fs)",
-                epoch + 1, settings.epochs, record["train_loss"],
-                f" val ndcg@10 {record['val_ndcg@10']:.4f}" if evaluate_now else "", record["epoch_seconds"],
-            )  # fmt: skip
+                epoch + 1,
+                settings.epochs,
+                record["train_loss"],
+                f" val ndcg@10 {record['val_ndcg@10']:.4f}" if evaluate_now else "",
+                record["epoch_seconds"],
+            )
         if state["bad_epochs"] >= settings.early_stopping_patience:
             if ctx.is_main:
                 log.info("early stopping at epoch %d: no improvement for %d epochs", epoch + 1, state["bad_epochs"])

@@ -69,6 +69,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
     files_c = all_bytes(tmp_path / "c")
     events = [n for n in files_a if n.endswith(".jsonl.gz")]
     assert all(files_a[n] != files_c[n] for n in events)
+
     # Not just the ids: the simulated behaviour differs too.
     def users_of(root: Path) -> list[bytes]:
         return re.findall(rb'"user_id":"(u\d+)"', b"\n".join(file_lines(event_files(root)[0])[:100]))
@@ -209,7 +210,9 @@ def test_tastes_drift_over_the_days(tmp_path):
         for raw in file_lines(path):
             record = json.loads(raw)
             day = (date.fromisoformat(record["ts"][:10]) - spec.start).days
-            by_user.setdefault(str(record["user_id"]), [Counter() for _ in range(spec.days)])[day][primary[record["item_id"]]] += 1
+            by_user.setdefault(str(record["user_id"]), [Counter() for _ in range(spec.days)])[day][
+                primary[record["item_id"]]
+            ] += 1
 
     def cosine(a: Counter, b: Counter) -> float:
         dot = sum(a[k] * b[k] for k in a)
@@ -286,18 +289,14 @@ def test_broken_lines_are_flagged_in_python_where_the_ingest_splits_lines(tmp_pa
 def spark(tmp_path_factory):
     from recsys_core.io.spark import spark_session
 
-    settings = settings_for(
-        data_root=tmp_path_factory.mktemp("spark"), spark={"master": "local[2]", "shuffle_partitions": 2}
-    )
+    settings = settings_for(data_root=tmp_path_factory.mktemp("spark"), spark={"master": "local[2]", "shuffle_partitions": 2})
     session = spark_session(settings, "test")
     yield session
     session.stop()
 
 
 def ingest_settings(root: Path):
-    return settings_for(
-        data_root=root, spark={"master": "local[2]", "shuffle_partitions": 2}, ingest={"max_reject_rate": 1.0}
-    )
+    return settings_for(data_root=root, spark={"master": "local[2]", "shuffle_partitions": 2}, ingest={"max_reject_rate": 1.0})
 
 
 def check_reports(reports, summary) -> None:
@@ -325,9 +324,11 @@ def test_ingest_quarantines_exactly_the_broken_lines(tmp_path, spark):
     check_reports(reports, summary)
 
     # Unknown fields are kept, numeric user ids become strings.
-    accepted = ds.dataset(
-        lake.table_path(INTERACTIONS), format="parquet", partitioning="hive"
-    ).to_table(columns=["event_id", "user_id", "extra"]).to_pylist()
+    accepted = (
+        ds.dataset(lake.table_path(INTERACTIONS), format="parquet", partitioning="hive")
+        .to_table(columns=["event_id", "user_id", "extra"])
+        .to_pylist()
+    )
     assert len(accepted) == summary["good_events"]
     assert any(r["extra"] and "app_version" in r["extra"] for r in accepted)
     numeric = {}

@@ -18,9 +18,15 @@ NOW = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
 
 def night(score: float = 1.0):
     return build_table(
-        ["u1", "u2"], ["a", "b", "c"], np.array([[0, 1], [2, 0]]), np.array([[score, 0.5], [0.7, 0.1]], np.float32),
-        np.array(["model", "model"]), "m", "1", NOW,
-    )  # fmt: skip
+        ["u1", "u2"],
+        ["a", "b", "c"],
+        np.array([[0, 1], [2, 0]]),
+        np.array([[score, 0.5], [0.7, 0.1]], np.float32),
+        np.array(["model", "model"]),
+        "m",
+        "1",
+        NOW,
+    )
 
 
 def publish(lake: Lake, dt: str, score: float = 1.0) -> str:

@@ -100,8 +100,14 @@ def land(settings, events: list[Ev], first_id: int) -> dict[Ev, tuple[str, int]]
     where = {}
     for n, e in enumerate(events, start=first_id):
         path = Path(settings.lake) / "raw" / "events" / f"dt={e.folder}" / e.file
-        obj = {"event_id": f"ev-{n}", "user_id": e.user, "item_id": e.item, "event_type": e.type,
-               "ts": e.ts.isoformat().replace("+00:00", "Z"), "value": e.value}  # fmt: skip
+        obj = {
+            "event_id": f"ev-{n}",
+            "user_id": e.user,
+            "item_id": e.item,
+            "event_type": e.type,
+            "ts": e.ts.isoformat().replace("+00:00", "Z"),
+            "value": e.value,
+        }
         files[path].append(json.dumps(obj).encode())
         where[e] = (str(path), len(files[path]))
     for path, lines in files.items():
@@ -114,9 +120,7 @@ def land(settings, events: list[Ev], first_id: int) -> dict[Ev, tuple[str, int]]
 def lake_as_of(tmp_path_factory, spark):
     """Features as of AS_OF, then the same after later events were ingested."""
     root = tmp_path_factory.mktemp("features")
-    settings = settings_for(
-        data_root=root, spark=SPARK, ingest={"max_reject_rate": 0.0}, features={"recent_items": RECENT}
-    )
+    settings = settings_for(data_root=root, spark=SPARK, ingest={"max_reject_rate": 0.0}, features={"recent_items": RECENT})
     lake = Lake(settings.lake)
     items = pa.table({k: list(v) for k, v in zip(RAW_ITEMS.schema.names, zip(*ITEMS))})
     lake.write_parquet(conform(items, RAW_ITEMS), lake.partition_path(RAW_ITEMS, SNAPSHOT), "items.parquet")

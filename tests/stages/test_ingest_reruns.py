@@ -80,20 +80,28 @@ def lake_state(lake: Lake) -> dict:
 def lake_after_two_days(tmp_path_factory, spark):
     root = tmp_path_factory.mktemp("reruns")
     settings = make_settings(root)
-    write(landing(settings, D1), "events.jsonl", [
-        ev("e1", f"{D1}T08:00:00Z"),
-        ev("e2", f"{D1}T09:00:00Z", user="u2"),
-        ev("e3", f"{D1}T23:30:00Z", item="i2"),
-        b"{broken",
-    ])  # fmt: skip
+    write(
+        landing(settings, D1),
+        "events.jsonl",
+        [
+            ev("e1", f"{D1}T08:00:00Z"),
+            ev("e2", f"{D1}T09:00:00Z", user="u2"),
+            ev("e3", f"{D1}T23:30:00Z", item="i2"),
+            b"{broken",
+        ],
+    )
     # Day 2 brings its own events and late ones of day 1 (and one of the day before, within the window).
-    write(landing(settings, D2), "events.jsonl", [
-        ev("e4", f"{D2}T10:00:00Z"),
-        ev("late1", f"{D1}T22:00:00Z", user="u3"),
-        ev("late2", f"{D1 - timedelta(days=1)}T12:00:00Z", user="u3", item="i3"),
-        ev("too-late", f"{D2 - timedelta(days=4)}T12:00:00Z"),
-        ev("e1", f"{D1}T08:00:00Z"),
-    ])  # fmt: skip
+    write(
+        landing(settings, D2),
+        "events.jsonl",
+        [
+            ev("e4", f"{D2}T10:00:00Z"),
+            ev("late1", f"{D1}T22:00:00Z", user="u3"),
+            ev("late2", f"{D1 - timedelta(days=1)}T12:00:00Z", user="u3", item="i3"),
+            ev("too-late", f"{D2 - timedelta(days=4)}T12:00:00Z"),
+            ev("e1", f"{D1}T08:00:00Z"),
+        ],
+    )
     write(landing(settings, D2), "more.jsonl", [ev("e5", f"{D2}T11:00:00Z", user="u2")])
     reports = run_ingest(settings, [D1], spark=spark) + run_ingest(settings, [D2], spark=spark)
     return settings, Lake(settings.lake), reports

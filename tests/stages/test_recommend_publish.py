@@ -18,7 +18,9 @@ NOW = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
 
 
 def small_night():
-    return build_table(["u1"], ["a", "b"], np.array([[1, 0]]), np.array([[0.5, 0.1]], np.float32), np.array(["model"]), "m", "1", NOW)
+    return build_table(
+        ["u1"], ["a", "b"], np.array([[1, 0]]), np.array([[0.5, 0.1]], np.float32), np.array(["model"]), "m", "1", NOW
+    )
 
 
 def publish(lake: Lake, dt: str) -> str:

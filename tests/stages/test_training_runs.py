@@ -32,9 +32,20 @@ def torchrun(settings: Settings, dataset: Path, out: Path, nproc: int) -> list[s
     settings_file.parent.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(settings.model_dump_json())
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc}",
-        str(JOB), "--dataset", str(dataset), "--out", str(out), "--settings", str(settings_file),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={nproc}",
+        str(JOB),
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--settings",
+        str(settings_file),
+    ]
 
 
 def run(command: list[str], log: Path) -> subprocess.CompletedProcess:
@@ -172,4 +183,7 @@ def test_runs_line_up_in_mlflow_compare_view(pipeline):
     assert "plots/loo_metrics_at_k.png" in note and "plots/coverage.png" in note
 
     for experiment in client.search_experiments(view_type=mlflow.entities.ViewType.ALL):
-        assert experiment.artifact_location.startswith(settings.artifact_location), (experiment.name, experiment.artifact_location)
+        assert experiment.artifact_location.startswith(settings.artifact_location), (
+            experiment.name,
+            experiment.artifact_location,
+        )

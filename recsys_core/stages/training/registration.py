@@ -107,6 +107,7 @@ def _log_seqrec_runs(settings: Settings, runs: dict, train_results: dict[str, di
     import mlflow
 
     from recsys_core.evaluation import report
+
     protocols, calibration = runs["protocols"], evaluation.calibration
     for protocol in protocols:
         with mlflow.start_run(run_id=runs[protocol], nested=True):

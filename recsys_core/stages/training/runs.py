@@ -80,14 +80,16 @@ def training_run_description(settings: Settings, as_of: date, version: str, deci
     (``plots``: artifact path to the run's page on it in the MLflow UI)."""
     name, alias = settings.train.model_name, settings.registry.champion_alias
     verdict = f"promoted to @{alias}" if decision.promote else "not promoted: stays challenger"
-    return "\n".join([
-        f"Training as of {as_of}: the served model saw the events before {train_cutoff(settings, as_of, 'loo').isoformat()}.",
-        "",
-        f"**Champion decision**: {name} v{version} {verdict} ({decision.reason}).",
-        "",
-        "Plots:",
-        *(f"- [{path}]({link})" for path, link in plots.items()),
-    ])
+    return "\n".join(
+        [
+            f"Training as of {as_of}: the served model saw the events before {train_cutoff(settings, as_of, 'loo').isoformat()}.",
+            "",
+            f"**Champion decision**: {name} v{version} {verdict} ({decision.reason}).",
+            "",
+            "Plots:",
+            *(f"- [{path}]({link})" for path, link in plots.items()),
+        ]
+    )
 
 
 def log_evaluation(evaluations: dict[str, dict[str, EvalResult]], model: str, protocols: list[str], model_id: str | None) -> None:
