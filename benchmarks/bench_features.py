@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     REPO,
     WORK,
     TreeSampler,
@@ -54,9 +54,9 @@ MAX_LINES_PER_FILE = 100_000
 
 # events, users, items: about 50 events per user over 30 days, a catalogue of a few thousand items.
 SCALES = {
-    "100k": dict(events=100_000, users=2_000, items=1_000),
-    "1M": dict(events=1_000_000, users=20_000, items=5_000),
-    "10M": dict(events=10_000_000, users=200_000, items=20_000),
+    "100k": {"events": 100_000, "users": 2_000, "items": 1_000},
+    "1M": {"events": 1_000_000, "users": 20_000, "items": 5_000},
+    "10M": {"events": 10_000_000, "users": 200_000, "items": 20_000},
 }
 DAYS = 30
 
@@ -118,7 +118,7 @@ def stage_report(log_dir: Path, phases: dict[str, tuple[float, float]], top: int
             info = ev["Stage Info"]
             acc = {a.get("Name"): a.get("Value") for a in info.get("Accumulables", [])}
 
-            def metric(name: str, scale: float) -> float:
+            def metric(name: str, scale: float, acc: dict = acc) -> float:
                 try:
                     return round(float(acc.get(name, 0) or 0) / scale, 2)
                 except (TypeError, ValueError):
@@ -314,7 +314,8 @@ def agreement(root: Path, as_of: date, expected_quarantine: dict | None = None) 
                 round(sum(days_since_last_event), 6) AS sum_days_since_last,
                 sum(list_sum(map_values(events_by_type))) AS sum_events_by_type,
                 round(sum(list_sum(map_values(genre_affinity))), 6) AS sum_genre_shares,
-                bit_xor(hash(user_id, map_keys(genre_affinity), list_transform(map_values(genre_affinity), lambda x: round(x, 9))))
+                bit_xor(hash(user_id, map_keys(genre_affinity),
+                    list_transform(map_values(genre_affinity), lambda x: round(x, 9))))
                   AS genre_affinity_checksum,
                 sum(len(recent_items)) AS recent_items_total,
                 bit_xor(hash(user_id, recent_items)) AS recent_items_checksum,
@@ -322,7 +323,8 @@ def agreement(root: Path, as_of: date, expected_quarantine: dict | None = None) 
             FROM read_parquet('{p}')""",
         "items": """SELECT count(*) AS items, sum(pop_all) AS sum_pop_all, sum(pop_1d) AS sum_pop_1d,
                 sum(pop_7d) AS sum_pop_7d, sum(pop_30d) AS sum_pop_30d, round(sum(trend), 6) AS sum_trend,
-                CAST(min(first_seen_ts) AS VARCHAR) AS min_first_seen, round(sum(days_since_first_seen), 6) AS sum_days_since_first_seen,
+                CAST(min(first_seen_ts) AS VARCHAR) AS min_first_seen,
+                round(sum(days_since_first_seen), 6) AS sum_days_since_first_seen,
                 count(release_year) AS items_with_release_year, count(title) AS items_with_title
             FROM read_parquet('{p}')""",
     }
@@ -333,7 +335,7 @@ def agreement(root: Path, as_of: date, expected_quarantine: dict | None = None) 
             source = paths["quarantine" if name.startswith("quarantine") else name]
             rel = con.sql(sql.format(p=source))
             if name == "quarantine_reasons":
-                s["quarantine_by_reason"] = {r: n for r, n in rel.fetchall()}
+                s["quarantine_by_reason"] = dict(rel.fetchall())
             else:
                 row = rel.fetchall()[0]
                 s.update({f"{name}.{c}": (v.isoformat() if hasattr(v, "isoformat") else v) for c, v in zip(rel.columns, row)})
@@ -527,8 +529,10 @@ def markdown(results: dict, quick: bool, info: dict) -> str:
                 f"{q['total_wall_with_spark_start']:.2f}x",
                 f"{q['total_cpu']:.2f}x",
                 f"{s['phases']['session_start']['wall_s']:.1f}",
-                f"{max(s['phases'][k]['peak_rss_mb'] for k in ('ingest', 'features')):,.0f} / "
-                f"{max(r['duckdb']['phases'][k]['peak_rss_mb'] for k in ('ingest', 'features')):,.0f}",
+                (
+                    f"{max(s['phases'][k]['peak_rss_mb'] for k in ('ingest', 'features')):,.0f} / "
+                    f"{max(r['duckdb']['phases'][k]['peak_rss_mb'] for k in ('ingest', 'features')):,.0f}"
+                ),
                 "yes" if r["agreement"]["all_agree"] else "**NO**",
             ]
         )

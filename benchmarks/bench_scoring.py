@@ -24,13 +24,12 @@ share of the CPUs other processes used (the machine may be shared).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TreeSampler, bench_env, measure, noise_note, write_results  # noqa: E402
+from common import TreeSampler, bench_env, measure, noise_note, write_results
 
-from recsys_core.serving.score import score_top_k  # noqa: E402
+from recsys_core.serving.score import score_top_k
 
 QUICK = {"users": 5_000, "items": 5_000}
 
@@ -261,7 +260,7 @@ def main() -> int:
 
     sampler.stop()
     result = {
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch_threads": torch.get_num_threads(),
         "shape": {
             "users": args.users,
@@ -293,18 +292,24 @@ def markdown(r: dict) -> str:
     lines = [
         "# Nightly scoring benchmark",
         "",
-        f"{s['users']:,} users x {s['items']:,} items, d={s['dim']}, top-{s['k']}, {s['seen_entries']:,} seen items masked; "
-        f"{r['cpu_count']} CPUs, torch {torch.__version__} ({r['torch_threads']} threads); {r['created_at']}.",
+        (
+            f"{s['users']:,} users x {s['items']:,} items, d={s['dim']}, top-{s['k']}, {s['seen_entries']:,} seen items masked; "
+            f"{r['cpu_count']} CPUs, torch {torch.__version__} ({r['torch_threads']} threads); {r['created_at']}."
+        ),
         "",
         "| path | users/s | effective GFLOP/s | share of GEMM rate |",
         "| --- | ---: | ---: | ---: |",
-        f"| (a) local engine, `score_top_k` (batch {s['batch_users']}) | {loc['users_per_s']:,.0f} | {loc['effective_flop_per_s'] / 1e9:.1f} | "
-        f"{100 * loc['fraction_of_gemm_same_batch']:.0f}% (best-batch GEMM: {100 * loc['fraction_of_best_gemm']:.0f}%) |",
+        (
+            f"| (a) local engine, `score_top_k` (batch {s['batch_users']}) | {loc['users_per_s']:,.0f} | "
+            f"{loc['effective_flop_per_s'] / 1e9:.1f} | "
+            f"{100 * loc['fraction_of_gemm_same_batch']:.0f}% (best-batch GEMM: {100 * loc['fraction_of_best_gemm']:.0f}%) |"
+        ),
     ]
     if r["local_before_optimisation"]:
         b = r["local_before_optimisation"]
         lines.append(
-            f"| before the optimisation (COO mask, one topk) | {b['users_per_s']:,.0f} | | {100 * b['fraction_of_gemm_same_batch']:.0f}% |"
+            f"| before the optimisation (COO mask, one topk) | {b['users_per_s']:,.0f} | | "
+            f"{100 * b['fraction_of_gemm_same_batch']:.0f}% |"
         )
     if r["spark"]:
         sp_ = r["spark"]

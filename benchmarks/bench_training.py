@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     DOWNLOADS,
     REPO,
     WORK,
@@ -354,17 +354,16 @@ def main(argv: list[str] | None = None) -> int:
     sampler.stop()
     results["prepare"] = p.to_dict()
     ws = workspace(settings, AS_OF)
-    import torch
 
     from recsys_core.stages.train import dataset_path
     from recsys_core.training.dataset import TrainingDataset
 
     dataset = TrainingDataset.load(dataset_path(ws, "loo"), mmap=True)
     results["data"] = {
-        "users": int(len(dataset.valid.targets)),
+        "users": len(dataset.valid.targets),
         "items": int(dataset.config.n_items),
         "interactions": int(results["prep"]["phases"]["features"]["interactions"]),
-        "training_windows": int(len(dataset.train.targets)),
+        "training_windows": len(dataset.train.targets),
         "max_len": dataset.config.max_len,
     }
     del dataset

@@ -226,7 +226,7 @@ def log_failure_summary(context) -> None:
     ti = context["ti"]
     try:
         run_date = ti.xcom_pull(task_ids="resolve_run_date") or "unresolved"
-    except Exception:  # the summary must never hide the original failure
+    except Exception:  # noqa: BLE001 - the summary must never hide the original failure
         run_date = "unresolved"
     log_file = task_log_path(ti)
     log.error(

@@ -34,24 +34,24 @@ from recsys_core.errors import ModelError
 from recsys_core.evaluation.metric_names import DEFAULT_KS, metric_name
 
 __all__ = [
-    "PAD",
     "ACCURACY_AT_K",
+    "PAD",
     "NonFiniteScores",
     "assert_finite",
-    "top_k",
-    "target_ranks",
-    "per_user_ranking_metrics",
-    "ranking_metrics",
-    "per_user_metrics_from_ranks",
-    "metrics_from_ranks",
     "catalog_coverage",
-    "novelty",
-    "intra_list_diversity",
-    "head_items",
     "gini_index",
+    "head_items",
+    "intra_list_diversity",
+    "metrics_from_ranks",
+    "novelty",
+    "per_user_metrics_from_ranks",
+    "per_user_ranking_metrics",
     "popularity_bias",
+    "ranking_metrics",
     "segment_metrics",
     "split_by_target",
+    "target_ranks",
+    "top_k",
 ]
 
 PAD = -1
@@ -561,7 +561,7 @@ def head_items(item_popularity: Any, head_fraction: float = 0.2) -> BoolArray:
     if not 0.0 <= head_fraction <= 1.0:
         raise ValueError(f"head_fraction must be in [0, 1], got {head_fraction}")
     pop = _as_popularity(item_popularity)
-    n_head = int(round(head_fraction * pop.size))
+    n_head = round(head_fraction * pop.size)
     mask = np.zeros(pop.size, dtype=bool)
     mask[np.argsort(-pop, kind="stable")[:n_head]] = True
     return mask

@@ -24,10 +24,10 @@ from recsys_core.evaluation.metric_names import DEFAULT_KS, metric_name
 from recsys_core.evaluation.metrics import _as_popularity, _slots, catalog_coverage
 
 __all__ = [
-    "metric_at_k_figure",
-    "training_curves_figure",
-    "popularity_bias_figure",
     "coverage_figure",
+    "metric_at_k_figure",
+    "popularity_bias_figure",
+    "training_curves_figure",
 ]
 
 METRIC_LABELS = {

@@ -18,10 +18,11 @@ import gzip
 import json
 import math
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -227,7 +228,7 @@ def lines_from_files(batches, max_line_bytes: int, batch_rows: int = BATCH_ROWS)
 
 def end_of_day(day: date) -> datetime:
     """The exclusive upper bound of a UTC day: events strictly before it belong to it or earlier."""
-    return datetime.combine(day + timedelta(days=1), time(), tzinfo=timezone.utc)
+    return datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC)
 
 
 @dataclass
@@ -298,7 +299,7 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    floor = datetime.combine(settings.min_event_time, time(), tzinfo=timezone.utc)
+    floor = datetime.combine(settings.min_event_time, time(), tzinfo=UTC)
     earliest = F.to_timestamp(F.date_sub("ingest_dt", settings.lateness_days))
     latest = F.to_timestamp(F.date_add("ingest_dt", 1)) + F.expr(f"INTERVAL {settings.clock_skew_minutes} MINUTES")
 

@@ -28,7 +28,7 @@ class Popularity:
     window_days: int
     counts: np.ndarray | None = None
 
-    def fit(self, item_idx: np.ndarray, times: np.ndarray, n_items: int, cutoff_ts: int) -> "Popularity":
+    def fit(self, item_idx: np.ndarray, times: np.ndarray, n_items: int, cutoff_ts: int) -> Popularity:
         recent = times >= cutoff_ts - self.window_days * 86_400
         chosen = item_idx[recent] if recent.any() else item_idx
         self.counts = np.bincount(chosen - 1, minlength=n_items).astype(np.float32)
@@ -45,7 +45,7 @@ class EASE:
     l2: float
     weights: np.ndarray | None = None
 
-    def fit(self, history: sp.csr_matrix) -> "EASE":
+    def fit(self, history: sp.csr_matrix) -> EASE:
         gram = (history.T @ history).toarray().astype(np.float64)
         gram[np.diag_indices_from(gram)] += self.l2
         precision = np.linalg.inv(gram)

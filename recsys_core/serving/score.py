@@ -25,6 +25,7 @@ shapes (a single ``torch.topk`` over 20K columns costs about as much as the GEMM
 
 from __future__ import annotations
 
+import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -117,7 +118,7 @@ class _Selector:
 
     def __init__(self, n_items: int, k: int):
         self.k = k
-        group = int(round(math.sqrt(n_items / max(k, 1))))  # balances block maxima vs candidates
+        group = round(math.sqrt(n_items / max(k, 1)))  # balances block maxima vs candidates
         self.two_stage = group >= 4 and n_items >= _TWO_STAGE_MIN_RATIO * k * group
         if self.two_stage:
             self.group = group
@@ -169,7 +170,7 @@ _MIN_CHUNK_ROWS = 64
 def _row_chunks(rows: int) -> list[tuple[int, int]]:
     parts = max(1, min(torch.get_num_threads(), rows // _MIN_CHUNK_ROWS))
     bounds = np.linspace(0, rows, parts + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 def _pool() -> ThreadPoolExecutor:

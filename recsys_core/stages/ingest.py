@@ -64,7 +64,8 @@ def input_files(lake: Lake, run_date: date) -> list[str]:
     unsupported = [f for f in files if not f.endswith(INPUT_SUFFIXES)]
     if unsupported:
         raise UnreadableInput(
-            f"unsupported input files in {folder}: {unsupported[:5]}; expected JSON Lines or Parquet ({', '.join(INPUT_SUFFIXES)})"
+            f"unsupported input files in {folder}: {unsupported[:5]}; "
+            f"expected JSON Lines or Parquet ({', '.join(INPUT_SUFFIXES)})"
         )
     for path in files:
         try:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -135,7 +135,7 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         np.where(use_model, "model", "fallback"),
         current.name,
         current.version,
-        datetime.now(timezone.utc).replace(microsecond=0),
+        datetime.now(UTC).replace(microsecond=0),
     )
     seen_sets = _seen_sets(interactions)
     validate_recommendations(table, k=k, users=user_ids, catalogue=set(catalogue_ids), seen=seen_sets)
@@ -326,7 +326,7 @@ def _update_latest(lake: Lake, run_date: date, target: str) -> bool:
         newer = lake.is_complete(RECOMMENDATIONS, current) if current else False
         if current == run_date.isoformat() or (newer and current > run_date.isoformat()):
             return False
-    lake.write_json(pointer, {"dt": run_date.isoformat(), "path": target, "updated_at": datetime.now(timezone.utc).isoformat()})
+    lake.write_json(pointer, {"dt": run_date.isoformat(), "path": target, "updated_at": datetime.now(UTC).isoformat()})
     return True
 
 
@@ -348,7 +348,7 @@ def nightly_report(
         "head_share": round(float(bias["head_share"]), 6),
         "fallback_users": int((~use_model).sum()),
         "fallback_share": round(float((~use_model).mean()) if len(use_model) else 0.0, 6),
-        "users": int(len(use_model)),
+        "users": len(use_model),
         "users_source_model": int(use_model.sum()),
         "users_source_fallback": int((~use_model).sum()),
         "catalogue_items": int(catalogue.num_rows),

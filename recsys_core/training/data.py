@@ -63,11 +63,11 @@ class Preprocessing:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Preprocessing":
+    def from_dict(cls, data: dict) -> Preprocessing:
         return cls(**data)
 
     @classmethod
-    def fit(cls, item_features: pa.Table, user_profiles: pa.Table) -> "Preprocessing":
+    def fit(cls, item_features: pa.Table, user_profiles: pa.Table) -> Preprocessing:
         items = item_features.sort_by("item_id")
         genres = sorted({g for gs in items["genres"].to_pylist() for g in (gs or [])})
         embeddings = [e for e in items["text_embedding"].to_pylist() if e]
@@ -141,7 +141,7 @@ class TrendTable:
         return np.clip(np.asarray(day) - self.first_day, 0, len(self.values) - 1)
 
     @classmethod
-    def build(cls, interactions: pa.Table, prep: "Preprocessing", windows: tuple[int, ...], until_day: int) -> "TrendTable":
+    def build(cls, interactions: pa.Table, prep: Preprocessing, windows: tuple[int, ...], until_day: int) -> TrendTable:
         """From every event (repeats included, like item_features) up to the start of ``until_day``."""
         items = np.array([prep.item_index.get(i, 0) for i in interactions["item_id"].to_pylist()], dtype=np.int64)
         days = pc.cast(interactions["event_ts"], pa.int64()).to_numpy() // (1_000_000 * SECONDS_PER_DAY)
@@ -259,7 +259,7 @@ class LeaveLastOut:
     test_target: np.ndarray
 
     @classmethod
-    def split(cls, seqs: Sequences, min_events: int = 3) -> "LeaveLastOut":
+    def split(cls, seqs: Sequences, min_events: int = 3) -> LeaveLastOut:
         n = len(seqs.items)
         valid_target = np.zeros(n, dtype=np.int64)
         test_target = np.zeros(n, dtype=np.int64)

@@ -88,7 +88,7 @@ class ListenerWatch:
             for pid, name, address, port in listening_sockets(processes):
                 try:
                     command = " ".join(processes[pid].cmdline())
-                except Exception:
+                except Exception:  # noqa: BLE001 - the process may exit or deny access while we look
                     command = name
                 self.seen[(name, address, port)] = command
 

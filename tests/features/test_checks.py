@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -10,7 +10,7 @@ import pytest
 from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, QUARANTINE, USER_PROFILES
 from recsys_core.features.checks import MODELS, DataCheckFailed, check_table
 
-UTC = timezone.utc
+UTC = UTC
 DAY = date(2024, 5, 1)
 CONTRACTS = (INTERACTIONS, QUARANTINE, USER_PROFILES, ITEM_FEATURES)
 
@@ -266,9 +266,8 @@ def test_quarantine_checks():
 def test_checks_cannot_be_switched_off_by_pandera_config():
     from pandera.config import config_context
 
-    with config_context(validation_enabled=False):
-        with pytest.raises(DataCheckFailed):
-            check_table(table(USER_PROFILES, [profile(), profile()]), USER_PROFILES, where="t")
+    with config_context(validation_enabled=False), pytest.raises(DataCheckFailed):
+        check_table(table(USER_PROFILES, [profile(), profile()]), USER_PROFILES, where="t")
 
 
 def test_message_lists_at_most_three_examples_per_check():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pyarrow as pa
@@ -44,7 +44,7 @@ def test_each_row_becomes_a_json_line_numbered_from_one():
 
 
 def test_types_become_what_the_json_rules_expect():
-    ts = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
+    ts = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
     table = pa.table(
         {
             "event_id": pa.array([17], pa.int64()),
@@ -128,5 +128,5 @@ def test_corrupt_parquet_raises_naming_the_file(damage):
 
 def test_file_rows_picks_the_reader_by_name():
     data = parquet_bytes(pa.table({"event_id": ["a"]}))
-    assert json.loads(list(file_rows("a.parquet", data, MAX))[0][2]) == {"event_id": "a"}
+    assert json.loads(next(iter(file_rows("a.parquet", data, MAX)))[2]) == {"event_id": "a"}
     assert list(file_rows("a.jsonl", b'{"a":1}\n', MAX)) == [("a.jsonl", 1, '{"a":1}', None, None)]

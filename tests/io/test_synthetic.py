@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import math
 import random
 import re
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -143,7 +144,7 @@ def test_every_good_line_is_valid(tmp_path):
             types[record["event_type"]] += 1
             assert record["ts"].endswith("Z")
             ts = datetime.fromisoformat(record["ts"])
-            assert ts.tzinfo == timezone.utc
+            assert ts.tzinfo == UTC
             assert arrival - timedelta(days=RULES.lateness_days) <= ts.date() <= arrival
             late += ts.date() < arrival
             value = record["value"]
@@ -163,7 +164,7 @@ def test_every_good_line_is_valid(tmp_path):
 def test_popularity_and_activity_are_skewed(tmp_path):
     spec = SyntheticSpec(events=40_000, users=2000, items=1000, days=4, seed=7)
     generate_logs(spec, Lake(str(tmp_path)))
-    records = [json.loads(l) for f in event_files(tmp_path) for l in file_lines(f)]
+    records = [json.loads(line) for f in event_files(tmp_path) for line in file_lines(f)]
     items = Counter(r["item_id"] for r in records)
     users = Counter(str(r["user_id"]) for r in records)
     top_items = sum(c for _, c in items.most_common(spec.items // 10))
@@ -178,11 +179,11 @@ def test_sessions_are_bursts_within_genres(tmp_path):
     catalogue = pq.read_table(tmp_path / "raw/items" / f"snapshot_dt={spec.start}" / "items.parquet").to_pylist()
     genres = {row["item_id"]: set(row["genres"]) for row in catalogue}
     records = sorted(
-        (json.loads(l) for f in event_files(tmp_path) for l in file_lines(f)),
+        (json.loads(line) for f in event_files(tmp_path) for line in file_lines(f)),
         key=lambda r: (str(r["user_id"]), r["ts"], r["event_id"]),
     )
     gaps, same_genre, pairs = [], 0, 0
-    for a, b in zip(records, records[1:]):
+    for a, b in itertools.pairwise(records):
         if str(a["user_id"]) != str(b["user_id"]):
             continue
         gap = (datetime.fromisoformat(b["ts"]) - datetime.fromisoformat(a["ts"])).total_seconds()
@@ -261,7 +262,7 @@ def test_invalid_specs_are_rejected():
 
 def test_file_failure_helpers(tmp_path):
     truncated = write_truncated_gzip(tmp_path / "dt=2024-01-01" / "events-001.jsonl.gz")
-    with pytest.raises(UnreadableInput, match="events-001.jsonl.gz"):
+    with pytest.raises(UnreadableInput, match=r"events-001\.jsonl\.gz"):
         decompress(str(truncated), truncated.read_bytes())
     empty = write_empty_file(tmp_path / "dt=2024-01-01" / "events-002.jsonl.gz")
     assert empty.stat().st_size == 0

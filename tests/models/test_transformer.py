@@ -14,7 +14,7 @@ N_ITEMS, L, D = 20, 8, 16
 
 
 def config(trend_windows: tuple[int, ...] = (), **settings) -> SeqRecConfig:
-    base = dict(max_len=L, d_model=D, n_heads=2, n_layers=2, dropout=0.0, use_query_gap=False, n_negatives=8)
+    base = {"max_len": L, "d_model": D, "n_heads": 2, "n_layers": 2, "dropout": 0.0, "use_query_gap": False, "n_negatives": 8}
     model = ModelSettings(**{**base, **settings})
     return SeqRecConfig.from_settings(model, N_ITEMS, content_dim=3, user_cardinalities=(4, 3), trend_windows=trend_windows)
 

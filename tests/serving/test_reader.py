@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -13,7 +13,7 @@ from recsys_core.io.lake import MANIFEST, Lake
 from recsys_core.serving.output import build_table
 from recsys_core.serving.reader import LATEST, RecommendationReader
 
-NOW = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 
 
 def night(score: float = 1.0):

@@ -13,7 +13,7 @@ import json
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ END = end_of_day(AS_OF)
 SNAPSHOT = date(2024, 3, 1)
 RECENT = 4
 SPARK = {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "2g"}
-UTC = timezone.utc
+UTC = UTC
 
 ITEMS = [
     # item_id, title, description, release_date, genres
@@ -112,7 +112,7 @@ def land(settings, events: list[Ev], first_id: int) -> dict[Ev, tuple[str, int]]
         where[e] = (str(path), len(files[path]))
     for path, lines in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"".join(l + b"\n" for l in lines))
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
     return where
 
 
@@ -264,7 +264,7 @@ def test_similar_titles_are_closer_than_unrelated_ones(lake_as_of):
 
 
 def test_embeddings_are_cached_by_content(lake_as_of):
-    settings, lake, _, (first, _), (second, _) = lake_as_of
+    _settings, lake, _, (first, _), (second, _) = lake_as_of
     assert first["embedded_new_texts"] == len(ITEMS)
     assert second["embedded_new_texts"] == 0
     cache = Path(lake.path("embeddings_cache"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -76,7 +76,7 @@ def cases(day: date, tag: str) -> dict[str, list[tuple[bytes, str | None]]]:
         "null_value": [(line(event(e("nullval"), day, value=None)), None)],
         "epoch_seconds": [
             (
-                line(event(e("epoch"), day, ts=int(datetime(day.year, day.month, day.day, 8, tzinfo=timezone.utc).timestamp()))),
+                line(event(e("epoch"), day, ts=int(datetime(day.year, day.month, day.day, 8, tzinfo=UTC).timestamp()))),
                 None,
             )
         ],
@@ -86,7 +86,7 @@ def cases(day: date, tag: str) -> dict[str, list[tuple[bytes, str | None]]]:
                     event(
                         e("millis"),
                         day,
-                        ts=int(datetime(day.year, day.month, day.day, 9, tzinfo=timezone.utc).timestamp()) * 1000,
+                        ts=int(datetime(day.year, day.month, day.day, 9, tzinfo=UTC).timestamp()) * 1000,
                     )
                 ),
                 None,
@@ -149,14 +149,14 @@ def cases(day: date, tag: str) -> dict[str, list[tuple[bytes, str | None]]]:
 
 def write(path: Path, lines: list[bytes]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = b"".join(l + b"\n" for l in lines)
+    data = b"".join(line + b"\n" for line in lines)
     path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
     return path
 
 
 def parquet_file(path: Path, day: date) -> tuple[Path, list[str | None]]:
     """A Parquet export: typed columns, an extra column, and rows good and bad."""
-    utc = timezone.utc
+    utc = UTC
     ts = lambda h: datetime(day.year, day.month, day.day, h, tzinfo=utc)  # noqa: E731
     bad_utf8 = pa.Array.from_buffers(
         pa.string(), 1, [None, pa.py_buffer(b"\x00\x00\x00\x00\x03\x00\x00\x00"), pa.py_buffer(b"u\xff\xfe")]
@@ -327,9 +327,9 @@ def test_accepted_rows_are_typed_and_keep_unknown_fields(ingested):
     assert json.loads(rows["a-extra"]["extra"]) == {"app_version": "4.2.0", "device": '{"os":"ios"}'}
     assert rows["a-good"]["extra"] is None
     assert rows["a-noval"]["value"] is None and rows["a-nullval"]["value"] is None
-    assert rows["a-epoch"]["event_ts"] == datetime(2024, 3, 10, 8, tzinfo=timezone.utc)
-    assert rows["a-millis"]["event_ts"] == datetime(2024, 3, 10, 9, tzinfo=timezone.utc)
-    assert rows["a-offset"]["event_ts"] == datetime(2024, 3, 10, 8, tzinfo=timezone.utc)
+    assert rows["a-epoch"]["event_ts"] == datetime(2024, 3, 10, 8, tzinfo=UTC)
+    assert rows["a-millis"]["event_ts"] == datetime(2024, 3, 10, 9, tzinfo=UTC)
+    assert rows["a-offset"]["event_ts"] == datetime(2024, 3, 10, 8, tzinfo=UTC)
     # Late but within the window: under its event date, from this arrival day.
     assert (rows["a-late-ok"]["dt"], rows["a-late-ok"]["ingest_dt"]) == (DAY_A - timedelta(days=3), DAY_A)
     # Within the clock skew: accepted under the next day, still from this arrival day.
@@ -345,7 +345,7 @@ def test_parquet_rows_are_input_rows(ingested):
     rows = accepted_rows(lake)
     first = rows["pq-1"]
     assert first["source_file"].endswith("export.parquet") and first["line_no"] == 1
-    assert first["event_ts"] == datetime(2024, 3, 10, 1, tzinfo=timezone.utc)
+    assert first["event_ts"] == datetime(2024, 3, 10, 1, tzinfo=UTC)
     assert json.loads(first["extra"]) == {"platform": "ios"}
     assert rows["pq-2"]["value"] is None and rows["pq-2"]["extra"] is None
     assert (rows["1001"]["user_id"], rows["1001"]["value"]) == ("7", 4.0)

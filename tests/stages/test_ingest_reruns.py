@@ -41,7 +41,7 @@ def ev(eid: str, ts: str, user: str = "u1", item: str = "i1", **extra) -> bytes:
 
 def write(folder: Path, name: str, lines: list[bytes]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_bytes(b"".join(l + b"\n" for l in lines))
+    (folder / name).write_bytes(b"".join(line + b"\n" for line in lines))
 
 
 def landing(settings, day: date) -> Path:
@@ -129,7 +129,7 @@ def test_rerun_of_a_day_gives_identical_output(lake_after_two_days, spark):
     assert again[0].to_dict() == reports[1].to_dict()
     assert lake_state(lake) == before
     # Nothing is left behind in staging.
-    assert not [p for p in Path(lake.root).glob("*/_staging/*")]
+    assert not list(Path(lake.root).glob("*/_staging/*"))
 
 
 def test_failed_run_keeps_the_previous_good_output(lake_after_two_days, spark):
@@ -144,7 +144,7 @@ def test_failed_run_keeps_the_previous_good_output(lake_after_two_days, spark):
     assert f"ingest {D2}: 10 of 14 rows (71.4%) quarantined, above the limit of 5.0%" in message
     assert "malformed_json: 8 rows, e.g. " in message and "more.jsonl:1 'not json'" in message
     assert lake_state(lake) == before
-    assert not [p for p in Path(lake.root).glob("*/_staging/*")]
+    assert not list(Path(lake.root).glob("*/_staging/*"))
 
 
 def test_failed_data_check_keeps_the_previous_good_output(lake_after_two_days, spark, monkeypatch):
@@ -161,4 +161,4 @@ def test_failed_data_check_keeps_the_previous_good_output(lake_after_two_days, s
     with pytest.raises(DataCheckFailed, match="interactions"):
         run_ingest(settings, [D2], spark=spark)
     assert lake_state(lake) == before
-    assert not [p for p in Path(lake.root).glob("*/_staging/*")]
+    assert not list(Path(lake.root).glob("*/_staging/*"))

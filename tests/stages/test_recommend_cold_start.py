@@ -101,7 +101,7 @@ def settings_for_copy(pipeline, root, **serve):
 def test_new_users_new_items_and_exclusions(pipeline, cold_lake):
     from recsys_core.stages.recommend import run_recommend
 
-    root, popular = cold_lake
+    root, _popular = cold_lake
     dt = pipeline.run_date
     unavailable = sorted(set(Lake(pipeline.settings.lake).read_partition(RECOMMENDATIONS, dt)["item_id"].to_pylist()))[:1]
     settings = settings_for_copy(pipeline, root, unavailable_items=unavailable)

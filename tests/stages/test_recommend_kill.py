@@ -91,7 +91,7 @@ class Runner:
 
     def run(self, kill_when=None, extra_env: dict | None = None) -> dict:
         self.runs += 1
-        log = open(self.log_dir / f"run-{self.runs}.log", "wb")
+        log = open(self.log_dir / f"run-{self.runs}.log", "wb")  # noqa: SIM115 - the child writes to it
         started, wall = time.monotonic(), time.time()
         proc = subprocess.Popen(
             [*cli(), "recommend", "--date", self.date.isoformat()],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +13,7 @@ import torch
 
 from recsys_core.config import ModelSettings
 from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, USER_PROFILES
+from recsys_core.errors import DataError
 from recsys_core.training.data import (
     AGE_BUCKETS,
     LeaveLastOut,
@@ -23,7 +24,6 @@ from recsys_core.training.data import (
     left_pad,
     query_gaps_of,
 )
-from recsys_core.errors import DataError
 from recsys_core.training.dataset import (
     DATASET_VERSION,
     TrainingDataset,
@@ -35,20 +35,20 @@ from recsys_core.training.dataset import (
     training_windows,
 )
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 SEQ_COLUMNS = ["user_id", "item_id", "event_ts", "source_file", "line_no"]
 
 
 def prep(**kw) -> Preprocessing:
-    base = dict(
-        item_ids=["A", "B", "C", "D", "E"],
-        genres=["Action", "Comedy", "Drama"],
-        gender_vocab=["F", "M"],
-        occupation_vocab=["artist", "engineer"],
-        text_dim=2,
-        release_year_mean=1990.0,
-        release_year_std=10.0,
-    )
+    base = {
+        "item_ids": ["A", "B", "C", "D", "E"],
+        "genres": ["Action", "Comedy", "Drama"],
+        "gender_vocab": ["F", "M"],
+        "occupation_vocab": ["artist", "engineer"],
+        "text_dim": 2,
+        "release_year_mean": 1990.0,
+        "release_year_std": 10.0,
+    }
     base.update(kw)
     return Preprocessing(**base)
 
@@ -169,7 +169,7 @@ def test_leave_last_out_never_trains_on_targets():
     rng = np.random.default_rng(0)
     items = [rng.permutation(np.arange(1, 30))[: rng.integers(0, 29)] for _ in range(20)]
     s = LeaveLastOut.split(Sequences([str(i) for i in range(20)], items, [np.arange(len(x)) for x in items]))
-    for u, seq in enumerate(items):
+    for u in range(len(items)):
         if s.test_target[u]:
             assert s.test_target[u] not in s.train[u] and s.valid_target[u] not in s.train[u]
             assert s.valid_target[u] not in s.valid_input[u]
@@ -347,7 +347,7 @@ def test_user_features_encoding_and_unknown_categories():
 
 
 def test_user_features_without_missing_ages():
-    ids, feats = prep().user_features(user_profiles([{"user_id": "u", "age": 35, "gender": "M", "occupation": "x"}]))
+    _ids, feats = prep().user_features(user_profiles([{"user_id": "u", "age": 35, "gender": "M", "occupation": "x"}]))
     np.testing.assert_array_equal(feats, [[4, 2, 0]])
 
 
@@ -464,7 +464,8 @@ def test_trend_table_counts_each_window_before_the_start_of_each_day():
     trend = TrendTable.build(table, prep(), windows=(1, 3), until_day=first + 6)
     a = prep().item_index["A"]
     got = np.expm1(trend.values[:, a, :])  # back to counts
-    # start of day: 0 -> nothing yet; 1 -> day0 (2); 2 -> day1 (1) | days0-1 (3); 4 -> day3 (0) | days1-3 (1); 6 -> day5 (1) | days3-5 (1)
+    # start of day: 0 -> nothing yet; 1 -> day0 (2); 2 -> day1 (1) | days0-1 (3); 4 -> day3 (0) | days1-3 (1);
+    # 6 -> day5 (1) | days3-5 (1)
     np.testing.assert_allclose(got[0], [0, 0], atol=1e-5)
     np.testing.assert_allclose(got[1], [2, 2], atol=1e-5)
     np.testing.assert_allclose(got[2], [1, 3], atol=1e-5)

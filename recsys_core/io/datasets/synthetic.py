@@ -204,7 +204,7 @@ class SyntheticSpec:
 
     @property
     def n_bad(self) -> int:
-        return int(round(self.events * self.bad_fraction))
+        return round(self.events * self.bad_fraction)
 
     @property
     def n_good(self) -> int:
@@ -682,32 +682,34 @@ def _write_file(
     extras = sorted(extras, key=lambda e: e[0])  # stable: equal positions keep their order
     n = len(rows["eid"])
     k = 0
-    with lake.fs.open_output_stream(tmp, compression=None) as stream:
-        with gzip.GzipFile(filename="", fileobj=stream, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as out:
-            for c0 in range(0, max(n, 1), CHUNK_ROWS):
-                c1 = min(c0 + CHUNK_ROWS, n)
-                if c1 > c0:
-                    lines = _format_good(spec, tokens, _take(rows, slice(c0, c1)))
-                    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset)
-                    data = memoryview(lines.buffers()[2])
+    with (
+        lake.fs.open_output_stream(tmp, compression=None) as stream,
+        gzip.GzipFile(filename="", fileobj=stream, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as out,
+    ):
+        for c0 in range(0, max(n, 1), CHUNK_ROWS):
+            c1 = min(c0 + CHUNK_ROWS, n)
+            if c1 > c0:
+                lines = _format_good(spec, tokens, _take(rows, slice(c0, c1)))
+                offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset)
+                data = memoryview(lines.buffers()[2])
+            else:
+                offsets, data = np.zeros(1, dtype=np.int32), memoryview(b"")
+            prev = c0
+            pieces: list = []  # joined before compressing: one zlib call per chunk, not per line
+            while k < len(extras) and (extras[k][0] < c1 or c1 == n):
+                pos = min(extras[k][0], c1)
+                pieces.append(data[offsets[prev - c0] : offsets[pos - c0]])
+                line = extras[k][1]
+                if isinstance(line, _Padded):
+                    out.write(b"".join(pieces))
+                    out.write(b"".join((line.head, b"x" * line.size, line.tail, b"\n")))
+                    pieces = []
                 else:
-                    offsets, data = np.zeros(1, dtype=np.int32), memoryview(b"")
-                prev = c0
-                pieces: list = []  # joined before compressing: one zlib call per chunk, not per line
-                while k < len(extras) and (extras[k][0] < c1 or c1 == n):
-                    pos = min(extras[k][0], c1)
-                    pieces.append(data[offsets[prev - c0] : offsets[pos - c0]])
-                    line = extras[k][1]
-                    if isinstance(line, _Padded):
-                        out.write(b"".join(pieces))
-                        out.write(b"".join((line.head, b"x" * line.size, line.tail, b"\n")))
-                        pieces = []
-                    else:
-                        pieces.extend((line, b"\n"))
-                    prev = pos
-                    k += 1
-                pieces.append(data[offsets[prev - c0] : offsets[c1 - c0]])
-                out.write(b"".join(pieces))
+                    pieces.extend((line, b"\n"))
+                prev = pos
+                k += 1
+            pieces.append(data[offsets[prev - c0] : offsets[c1 - c0]])
+            out.write(b"".join(pieces))
     lake.fs.move(tmp, path)
     return n + len(extras)
 
