@@ -131,7 +131,7 @@ def _version(package: str) -> str:
 class Champion:
     name: str
     version: str
-    run_id: str
+    run_id: str | None  # MLflow allows a model version without a run
     bundle_dir: Path
 
 

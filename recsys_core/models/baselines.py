@@ -35,6 +35,7 @@ class Popularity:
         return self
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
+        assert self.counts is not None, "fit() first"
         return np.broadcast_to(self.counts, (history.shape[0], len(self.counts))).copy()
 
 

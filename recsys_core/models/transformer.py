@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +106,8 @@ def gap_buckets(gaps_seconds: torch.Tensor, items: torch.Tensor | None = None) -
 
 
 class SeqRec(nn.Module):
+    causal_mask: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, config: SeqRecConfig, item_content: torch.Tensor | None = None):
         super().__init__()
         self.config = config
@@ -148,8 +151,8 @@ class SeqRec(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
         nn.init.normal_(self.position_embedding.weight, std=0.02)
-        for emb in self.user_embeddings:
-            nn.init.normal_(emb.weight, std=0.02)
+        for user_emb in self.user_embeddings:
+            nn.init.normal_(cast(nn.Embedding, user_emb).weight, std=0.02)
         for emb in (self.gap_embedding, self.query_gap_embedding):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.02)

@@ -15,6 +15,8 @@ single-threaded task per core instead of oversubscribing the cores.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -116,7 +118,7 @@ def spark_top_k(
     b_items = sc.broadcast(matrix)
     b_ids = sc.broadcast(np.asarray(item_ids, dtype=object))
     b_cats = sc.broadcast(np.asarray(categories, dtype=bool)) if categories is not None else None
-    options = {"batch_users": batch_users, "mmr_lambda": mmr_lambda, "pool_factor": pool_factor}
+    options: dict[str, Any] = {"batch_users": batch_users, "mmr_lambda": mmr_lambda, "pool_factor": pool_factor}
 
     def score_partition(batches):
         import torch

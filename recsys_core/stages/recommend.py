@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, date, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -145,7 +146,7 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     target = lake.partition_path(RECOMMENDATIONS, run_date)
     previous = lake.read_manifest(target) if lake.is_complete(RECOMMENDATIONS, run_date) else None
     unchanged = previous is not None and previous.get("content_digest") == digest
-    if unchanged:
+    if unchanged and previous is not None:
         log.info(
             "unchanged: %s already holds these rows (content_digest %s); left as published at %s",
             target,
@@ -227,7 +228,7 @@ def score_users(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-K item columns and scores for model users on the configured engine."""
     serve = settings.serve
-    options = {"mmr_lambda": serve.mmr_lambda, "categories": categories, "pool_factor": serve.mmr_pool_factor}
+    options: dict[str, Any] = {"mmr_lambda": serve.mmr_lambda, "categories": categories, "pool_factor": serve.mmr_pool_factor}
     if serve.engine == "local":
         return recommend_top_k(vectors, item_matrix, serve.top_k, exclude=exclude, batch_users=serve.score_batch_users, **options)
     from recsys_core.serving.spark_score import rows_to_matrices, spark_top_k

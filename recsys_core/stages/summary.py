@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from typing import Any
 
 import pyarrow.compute as pc
 from rich.console import Console
@@ -18,7 +19,7 @@ from recsys_core.stages.train import workspace
 
 def chain_summary(settings: Settings, run_date: date) -> dict:
     lake = Lake(settings.lake)
-    ingest = {"days": 0, "rows_in": 0, "rows_accepted": 0, "rows_quarantined": 0, "reasons": {}}
+    ingest: dict[str, Any] = {"days": 0, "rows_in": 0, "rows_accepted": 0, "rows_quarantined": 0, "reasons": {}}
     for value in lake.partitions(QUARANTINE):
         if value > run_date.isoformat():
             continue

@@ -161,6 +161,7 @@ def import_movielens(lake: Lake, download_dir: Path) -> ImportSummary:
     first_day = min(events["day"])
     # The directory snapshots are dated at the first day so every run date can use them.
     for contract, table in ((RAW_USERS, to_raw_users(frames["users"])), (RAW_ITEMS, to_raw_items(frames["items"]))):
+        assert contract.partition is not None  # both directory tables are partitioned by day
         folder = Path(lake.table_path(contract)) / partition_name(contract.partition, first_day)
         lake.write_parquet(table, str(folder), name=f"{contract.name.split('/')[-1]}.parquet")
     summary = ImportSummary(

@@ -677,8 +677,8 @@ def _write_file(
     extras: list[tuple[int, bytes | _Padded]],
 ) -> int:
     """Write the good ``rows`` (in order) with ``extras`` (position, line) inserted; returns lines."""
-    tmp = path.rsplit("/", 1)
-    tmp = f"{tmp[0]}/.{tmp[1]}.tmp"
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/.{name}.tmp"
     extras = sorted(extras, key=lambda e: e[0])  # stable: equal positions keep their order
     n = len(rows["eid"])
     k = 0
@@ -836,7 +836,9 @@ def generate_logs(spec: SyntheticSpec, lake: Lake, *, rules: IngestSettings | No
                 lines_of[j] = line
         for j, kind in enumerate(kinds_of):
             f = int(files_of[j])
-            extras[f].append((int(draw["pos"][j] * (sizes[f] + 1)), lines_of[j]))
+            bad_line = lines_of[j]
+            assert bad_line is not None  # every bad row got its line above
+            extras[f].append((int(draw["pos"][j] * (sizes[f] + 1)), bad_line))
             day_kinds[kind] = day_kinds.get(kind, 0) + 1
 
         # Originals for tomorrow's cross-day duplicates: on-time events of today.

@@ -23,7 +23,9 @@ def log_inputs(settings: Settings, as_of: date, interactions, profiles, items) -
         ("item_features", items, lake.partition_path(ITEM_FEATURES, as_of)),
     ):
         frame = table.slice(0, 1000).drop_columns([c for c in table.column_names if c in ("text_embedding",)]).to_pandas()
-        dataset = mlflow.data.from_pandas(frame, source=source, name=f"{name}@{as_of}")
+        dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]  # mlflow.data loads it lazily
+            frame, source=source, name=f"{name}@{as_of}"
+        )
         mlflow.log_input(dataset, context="training", tags={"rows": str(table.num_rows)})
 
 
