@@ -226,11 +226,6 @@ def lines_from_files(batches, max_line_bytes: int, batch_rows: int = BATCH_ROWS)
                 yield _batch(rows)
 
 
-def end_of_day(day: date) -> datetime:
-    """The exclusive upper bound of a UTC day: events strictly before it belong to it or earlier."""
-    return datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC)
-
-
 @dataclass
 class IngestReport:
     run_date: date

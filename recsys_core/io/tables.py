@@ -16,8 +16,8 @@ import pyarrow.fs as pafs
 
 from recsys_core.contracts import INTERACTIONS, Table
 from recsys_core.errors import MissingInput
-from recsys_core.features.ingest import end_of_day
 from recsys_core.io.lake import Lake, partition_name
+from recsys_core.timeutil import end_of_day
 
 INGESTS = "_ingests"
 

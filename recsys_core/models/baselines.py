@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_core.timeutil import SECONDS_PER_DAY
+
 
 def history_matrix(histories: list[np.ndarray], n_items: int) -> sp.csr_matrix:
     """Binary users x items matrix from 1-based item index histories."""
@@ -29,7 +31,7 @@ class Popularity:
     counts: np.ndarray | None = None
 
     def fit(self, item_idx: np.ndarray, times: np.ndarray, n_items: int, cutoff_ts: int) -> Popularity:
-        recent = times >= cutoff_ts - self.window_days * 86_400
+        recent = times >= cutoff_ts - self.window_days * SECONDS_PER_DAY
         chosen = item_idx[recent] if recent.any() else item_idx
         self.counts = np.bincount(chosen - 1, minlength=n_items).astype(np.float32)
         return self

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 from recsys_core.config import Settings
 from recsys_core.contracts import ITEM_FEATURES, RAW_ITEMS, RAW_USERS, USER_PROFILES, spark_conform
 from recsys_core.features.checks import check_table
-from recsys_core.features.ingest import end_of_day
 from recsys_core.features.items import item_features
 from recsys_core.features.profiles import user_profiles
 from recsys_core.features.text import EMBEDDINGS_SCHEMA, embed_batches
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import required_ingests, snapshot_path, spark_interactions
+from recsys_core.timeutil import end_of_day
 
 log = logging.getLogger(__name__)
 

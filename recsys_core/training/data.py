@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys_core.timeutil import SECONDS_PER_DAY
+
 AGE_BUCKETS = (0, 18, 25, 35, 45, 50, 56)
 USER_FEATURES = ("age_bucket", "gender", "occupation")
 
@@ -118,9 +120,6 @@ class Preprocessing:
             axis=1,
         )
         return user_profiles["user_id"].to_pylist(), feats
-
-
-SECONDS_PER_DAY = 86_400
 
 
 @dataclass

@@ -15,10 +15,10 @@ from recsys_core.features.ingest import (
     RejectRateExceeded,
     UnreadableInput,
     decompress,
-    end_of_day,
     lines_from_files,
     split_lines,
 )
+from recsys_core.timeutil import end_of_day
 
 MAX = 65536
 

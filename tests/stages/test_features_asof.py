@@ -23,11 +23,11 @@ import pytest
 from recsys_core.config import settings_for
 from recsys_core.contracts import ITEM_FEATURES, RAW_ITEMS, RAW_USERS, USER_PROFILES, conform
 from recsys_core.features.checks import DataCheckFailed
-from recsys_core.features.ingest import end_of_day
 from recsys_core.features.text import item_text
 from recsys_core.io.lake import Lake
 from recsys_core.stages.features import run_features
 from recsys_core.stages.ingest import run_ingest
+from recsys_core.timeutil import end_of_day
 
 pytestmark = pytest.mark.spark
 

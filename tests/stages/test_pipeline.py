@@ -7,9 +7,9 @@ import pyarrow.compute as pc
 import pytest
 
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
-from recsys_core.features.ingest import end_of_day
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import read_interactions
+from recsys_core.timeutil import end_of_day
 
 pytestmark = [pytest.mark.spark, pytest.mark.torchrun, pytest.mark.mlflow, pytest.mark.slow]
 
@@ -142,7 +142,7 @@ def test_nightly_scores_equal_training_scores(pipeline):
     from recsys_core.io.registry import champion
     from recsys_core.models.bundle import ModelBundle
     from recsys_core.stages.train import apply_calibration, load_inputs, load_trained, prepared_protocols
-    from recsys_core.training.data import SECONDS_PER_DAY
+    from recsys_core.timeutil import SECONDS_PER_DAY
 
     settings = pipeline.settings
     interactions, profiles, items = load_inputs(settings, pipeline.run_date)

@@ -128,9 +128,9 @@ def test_runs_line_up_in_mlflow_compare_view(pipeline):
     name), every run is a training run with a description, and every artifact root is the project's."""
     import mlflow
 
-    from recsys_core.features.ingest import end_of_day
     from recsys_core.io.registry import EXPERIMENT_KIND, MODEL_DEVELOPMENT
     from recsys_core.stages.train import train_cutoff
+    from recsys_core.timeutil import end_of_day
 
     settings, run_date, training = pipeline.settings, pipeline.run_date, pipeline.training
     client = mlflow.MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)

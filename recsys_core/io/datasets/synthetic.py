@@ -37,12 +37,12 @@ from recsys_core.config import IngestSettings
 from recsys_core.contracts import RAW_EVENTS, RAW_ITEMS, RAW_USERS, conform
 from recsys_core.errors import ConfigError
 from recsys_core.io.lake import Lake
+from recsys_core.timeutil import SECONDS_PER_DAY
 
 log = logging.getLogger(__name__)
 
 GZIP_LEVEL = 1  # level 1 compresses ~7x at several hundred MB/s; 6 is 3x slower for ~20% smaller files
 CHUNK_ROWS = 500_000  # good lines formatted at once (bounds the memory of one arrival day)
-SECONDS_PER_DAY = 86_400
 EPOCH = date(1970, 1, 1)
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
