@@ -10,6 +10,7 @@ from pathlib import Path
 
 from recsys_core.config import Settings
 from recsys_core.evaluation.gate import GateDecision
+from recsys_core.evaluation.metric_names import metric_key
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,6 @@ def _model_development_experiment(settings: Settings) -> str:
     if EXPERIMENT_KIND not in experiment.tags:  # a store from before the tag; a kind chosen in the UI stays
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
     return experiment.experiment_id
-
-
-def metric_key(name: str) -> str:
-    """MLflow metric names allow no '@': ``ndcg@10`` is logged as ``ndcg_at_10``."""
-    return name.replace("@", "_at_")
 
 
 def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = None, model_id: str | None = None) -> None:

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from recsys_core.config import TrainSettings
 from recsys_core.errors import ConfigError
+from recsys_core.evaluation.metric_names import metric_key
 from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec
@@ -273,8 +274,6 @@ class _Tracker:
         if self.client is None or self.run_id is None:
             return
         from mlflow.entities import Metric
-
-        from recsys_core.io.registry import metric_key
 
         now = int(time.time() * 1000)
         metrics = [
