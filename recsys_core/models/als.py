@@ -19,14 +19,13 @@ class ALSFactors:
         return self.user_factors[rows] @ self.item_factors.T
 
 
-def fit_als(settings: Settings, history: sp.csr_matrix, spark=None) -> ALSFactors:
-    """Fit ALS (implicit preferences) on a binary users x items matrix; users/items without factors score 0."""
-    from pyspark.ml.recommendation import ALS
+def fit_als(settings: Settings, history: sp.csr_matrix, spark) -> ALSFactors:
+    """Fit ALS (implicit preferences) on a binary users x items matrix; users/items without factors score 0.
 
-    from recsys_core.io.spark import spark_session
-
-    spark = spark or spark_session(settings, "als")
+    ``spark`` is the caller's session: the model starts no Spark of its own.
+    """
     import pandas as pd
+    from pyspark.ml.recommendation import ALS
 
     coo = history.tocoo()
     # Through Arrow from pandas: no Python worker processes, one batch to the JVM.

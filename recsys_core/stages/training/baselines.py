@@ -38,9 +38,10 @@ def evaluate_baselines(settings: Settings, scored: ScoredCase) -> dict[str, Eval
             ease = EASE(settings.train.ease_lambda).fit(history)
             results[name] = evaluate(history_scorer(ease), case, **common)
         elif name == "als":
+            from recsys_core.io.spark import spark_session
             from recsys_core.models.als import fit_als
 
-            factors = fit_als(settings, history)
+            factors = fit_als(settings, history, spark=spark_session(settings, "als"))
             results[name] = evaluate(factors.score, case, **common)
         log.info("baseline %s: ndcg@10 %.4f (%.1fs)", name, results[name].metrics["ndcg@10"], time.monotonic() - started)
     return results
