@@ -17,10 +17,11 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo test test-fast airflow airflow-stop mlflow bench lock clean
+.PHONY: help install demo lint test test-fast airflow airflow-stop mlflow bench lock clean
 
 help:
 	@echo "make demo [RUN_DATE=YYYY-MM-DD]  install, fetch MovieLens-100K and run the whole chain through Airflow"
+	@echo "make lint                        ruff (lint and format check) and mypy on recsys_core"
 	@echo "make test                        install and run the whole test suite"
 	@echo "make test-fast                   the fast subset (no Spark, Airflow or torchrun)"
 	@echo "make airflow                     Airflow on 127.0.0.1 with the project's DAGs (lands MovieLens-100K; Ctrl-C stops it)"
@@ -43,6 +44,11 @@ install: $(STAMP)
 
 demo: install
 	$(PY) scripts/demo.py $(if $(RUN_DATE),--date $(RUN_DATE))
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy -p recsys_core
 
 test: install
 	$(BIN)/python -m pytest -q

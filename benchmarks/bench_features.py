@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     REPO,
     WORK,
     TreeSampler,
@@ -54,9 +54,9 @@ MAX_LINES_PER_FILE = 100_000
 
 # events, users, items: about 50 events per user over 30 days, a catalogue of a few thousand items.
 SCALES = {
-    "100k": dict(events=100_000, users=2_000, items=1_000),
-    "1M": dict(events=1_000_000, users=20_000, items=5_000),
-    "10M": dict(events=10_000_000, users=200_000, items=20_000),
+    "100k": {"events": 100_000, "users": 2_000, "items": 1_000},
+    "1M": {"events": 1_000_000, "users": 20_000, "items": 5_000},
+    "10M": {"events": 10_000_000, "users": 200_000, "items": 20_000},
 }
 DAYS = 30
 
@@ -67,9 +67,16 @@ def spec_for(scale: str):
     s = SCALES[scale]
     files_per_day = max(1, math.ceil(s["events"] / DAYS / MAX_LINES_PER_FILE))
     return SyntheticSpec(
-        events=s["events"], users=s["users"], items=s["items"], days=DAYS, seed=1, bad_fraction=0.001,
-        late_fraction=0.01, files_per_day=files_per_day, start=date(2024, 1, 1),
-    )  # fmt: skip
+        events=s["events"],
+        users=s["users"],
+        items=s["items"],
+        days=DAYS,
+        seed=1,
+        bad_fraction=0.001,
+        late_fraction=0.01,
+        files_per_day=files_per_day,
+        start=date(2024, 1, 1),
+    )
 
 
 def settings_for_bench(root: Path, text_embeddings: bool = False, event_log: Path | None = None):
@@ -111,7 +118,7 @@ def stage_report(log_dir: Path, phases: dict[str, tuple[float, float]], top: int
             info = ev["Stage Info"]
             acc = {a.get("Name"): a.get("Value") for a in info.get("Accumulables", [])}
 
-            def metric(name: str, scale: float) -> float:
+            def metric(name: str, scale: float, acc: dict = acc) -> float:
                 try:
                     return round(float(acc.get(name, 0) or 0) / scale, 2)
                 except (TypeError, ValueError):
@@ -119,17 +126,22 @@ def stage_report(log_dir: Path, phases: dict[str, tuple[float, float]], top: int
 
             start, end = info.get("Submission Time", 0) / 1000, info.get("Completion Time", 0) / 1000
             phase = next((k for k, (a, b) in phases.items() if a <= start <= b), "other")
-            stages.append({
-                "phase": phase, "stage_id": info["Stage ID"], "name": info["Stage Name"],
-                "tasks": info["Number of Tasks"], "wall_s": round(end - start, 2),
-                "task_run_s": metric("internal.metrics.executorRunTime", 1000),
-                "task_cpu_s": metric("internal.metrics.executorCpuTime", 1e9),
-                "input_mb": metric("internal.metrics.input.bytesRead", 2**20),
-                "shuffle_read_mb": metric("internal.metrics.shuffle.read.remoteBytesRead", 2**20)
-                + metric("internal.metrics.shuffle.read.localBytesRead", 2**20),
-                "shuffle_write_mb": metric("internal.metrics.shuffle.write.bytesWritten", 2**20),
-                "spill_mb": metric("internal.metrics.diskBytesSpilled", 2**20),
-            })  # fmt: skip
+            stages.append(
+                {
+                    "phase": phase,
+                    "stage_id": info["Stage ID"],
+                    "name": info["Stage Name"],
+                    "tasks": info["Number of Tasks"],
+                    "wall_s": round(end - start, 2),
+                    "task_run_s": metric("internal.metrics.executorRunTime", 1000),
+                    "task_cpu_s": metric("internal.metrics.executorCpuTime", 1e9),
+                    "input_mb": metric("internal.metrics.input.bytesRead", 2**20),
+                    "shuffle_read_mb": metric("internal.metrics.shuffle.read.remoteBytesRead", 2**20)
+                    + metric("internal.metrics.shuffle.read.localBytesRead", 2**20),
+                    "shuffle_write_mb": metric("internal.metrics.shuffle.write.bytesWritten", 2**20),
+                    "spill_mb": metric("internal.metrics.diskBytesSpilled", 2**20),
+                }
+            )
     out: dict = {}
     for phase in [*phases, "other"]:
         mine = [s for s in stages if s["phase"] == phase]
@@ -245,9 +257,11 @@ def run_worker(
         print(f"  reusing the {kind} result of an interrupted run ({result})", flush=True)
         return {**json.loads(result.read_text()), "resumed": True}
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, __file__, "--worker", kind, "--root", str(root), "--as-of", as_of.isoformat(),
-           "--result", str(result)] + (["--text-embeddings"] if text_embeddings else []) + (
-           ["--spark-stages"] if event_log else [])  # fmt: skip
+    cmd = (
+        [sys.executable, __file__, "--worker", kind, "--root", str(root), "--as-of", as_of.isoformat(), "--result", str(result)]
+        + (["--text-embeddings"] if text_embeddings else [])
+        + (["--spark-stages"] if event_log else [])
+    )
     started = time.perf_counter()
     completed = subprocess.run(cmd, cwd=REPO)
     if completed.returncode != 0 or not result.exists():
@@ -300,7 +314,8 @@ def agreement(root: Path, as_of: date, expected_quarantine: dict | None = None) 
                 round(sum(days_since_last_event), 6) AS sum_days_since_last,
                 sum(list_sum(map_values(events_by_type))) AS sum_events_by_type,
                 round(sum(list_sum(map_values(genre_affinity))), 6) AS sum_genre_shares,
-                bit_xor(hash(user_id, map_keys(genre_affinity), list_transform(map_values(genre_affinity), lambda x: round(x, 9))))
+                bit_xor(hash(user_id, map_keys(genre_affinity),
+                    list_transform(map_values(genre_affinity), lambda x: round(x, 9))))
                   AS genre_affinity_checksum,
                 sum(len(recent_items)) AS recent_items_total,
                 bit_xor(hash(user_id, recent_items)) AS recent_items_checksum,
@@ -308,7 +323,8 @@ def agreement(root: Path, as_of: date, expected_quarantine: dict | None = None) 
             FROM read_parquet('{p}')""",
         "items": """SELECT count(*) AS items, sum(pop_all) AS sum_pop_all, sum(pop_1d) AS sum_pop_1d,
                 sum(pop_7d) AS sum_pop_7d, sum(pop_30d) AS sum_pop_30d, round(sum(trend), 6) AS sum_trend,
-                CAST(min(first_seen_ts) AS VARCHAR) AS min_first_seen, round(sum(days_since_first_seen), 6) AS sum_days_since_first_seen,
+                CAST(min(first_seen_ts) AS VARCHAR) AS min_first_seen,
+                round(sum(days_since_first_seen), 6) AS sum_days_since_first_seen,
                 count(release_year) AS items_with_release_year, count(title) AS items_with_title
             FROM read_parquet('{p}')""",
     }
@@ -319,7 +335,7 @@ def agreement(root: Path, as_of: date, expected_quarantine: dict | None = None) 
             source = paths["quarantine" if name.startswith("quarantine") else name]
             rel = con.sql(sql.format(p=source))
             if name == "quarantine_reasons":
-                s["quarantine_by_reason"] = {r: n for r, n in rel.fetchall()}
+                s["quarantine_by_reason"] = dict(rel.fetchall())
             else:
                 row = rel.fetchall()[0]
                 s.update({f"{name}.{c}": (v.isoformat() if hasattr(v, "isoformat") else v) for c, v in zip(rel.columns, row)})
@@ -374,12 +390,21 @@ def _generate(scale: str, root: Path) -> tuple[dict, dict]:
     sampler.stop()
     size = sum(f.stat().st_size for f in (root / "lake" / "raw" / "events").rglob("*.gz"))
     info = {
-        "events": spec.events, "users": spec.users, "items": spec.items, "days": spec.days,
-        "files_per_day": spec.files_per_day, "files": summary["files"], "bad_fraction": spec.bad_fraction,
-        "late_fraction": spec.late_fraction, "bad_events": summary["bad_events"], "late_events": summary["late_events"],
-        "expected_quarantine": summary["expected_quarantine"], "raw_gz_mb": round(size / 2**20, 1),
-        "generate_s": round(p.wall_s, 1), "as_of": summary["last_day"],
-    }  # fmt: skip
+        "events": spec.events,
+        "users": spec.users,
+        "items": spec.items,
+        "days": spec.days,
+        "files_per_day": spec.files_per_day,
+        "files": summary["files"],
+        "bad_fraction": spec.bad_fraction,
+        "late_fraction": spec.late_fraction,
+        "bad_events": summary["bad_events"],
+        "late_events": summary["late_events"],
+        "expected_quarantine": summary["expected_quarantine"],
+        "raw_gz_mb": round(size / 2**20, 1),
+        "generate_s": round(p.wall_s, 1),
+        "as_of": summary["last_day"],
+    }
     return info, p.to_dict()
 
 
@@ -462,33 +487,71 @@ def markdown(results: dict, quick: bool, info: dict) -> str:
             for phase in ("ingest", "features"):
                 ph = side["phases"][phase]
                 all_phases.append(ph)
-                rows.append([
-                    scale, engine, phase, f"{ph['wall_s']:.1f}", f"{ph['cpu_s']:.1f}", f"{ph['events_per_s']:,}",
-                    f"{ph['peak_rss_mb']:,.0f}", f"{ph['other_cpu_share']:.0%}" + (" *disturbed*" if ph["disturbed"] else ""),
-                ])  # fmt: skip
+                rows.append(
+                    [
+                        scale,
+                        engine,
+                        phase,
+                        f"{ph['wall_s']:.1f}",
+                        f"{ph['cpu_s']:.1f}",
+                        f"{ph['events_per_s']:,}",
+                        f"{ph['peak_rss_mb']:,.0f}",
+                        f"{ph['other_cpu_share']:.0%}" + (" *disturbed*" if ph["disturbed"] else ""),
+                    ]
+                )
         if "features_text" in s["phases"]:
             ph = s["phases"]["features_text"]
             all_phases.append(ph)
-            rows.append([scale, "Spark", "features + text embeddings (cold cache)", f"{ph['wall_s']:.1f}",
-                         f"{ph['cpu_s']:.1f}", f"{ph['events_per_s']:,}", f"{ph['peak_rss_mb']:,.0f}",
-                         f"{ph['other_cpu_share']:.0%}" + (" *disturbed*" if ph["disturbed"] else "")])  # fmt: skip
+            rows.append(
+                [
+                    scale,
+                    "Spark",
+                    "features + text embeddings (cold cache)",
+                    f"{ph['wall_s']:.1f}",
+                    f"{ph['cpu_s']:.1f}",
+                    f"{ph['events_per_s']:,}",
+                    f"{ph['peak_rss_mb']:,.0f}",
+                    f"{ph['other_cpu_share']:.0%}" + (" *disturbed*" if ph["disturbed"] else ""),
+                ]
+            )
     lines.append(md_table(["events", "engine", "phase", "wall s", "CPU s", "events/s", "peak RSS MB", "others' CPU"], rows))
     lines.append("")
     rows = []
     for scale, r in results["scales"].items():
         q = r["spark_over_duckdb"]
         s = r["spark"]
-        rows.append([
-            scale, f"{q['ingest_wall']:.2f}x", f"{q['features_wall']:.2f}x", f"**{q['total_wall']:.2f}x**",
-            f"{q['total_wall_with_spark_start']:.2f}x", f"{q['total_cpu']:.2f}x",
-            f"{s['phases']['session_start']['wall_s']:.1f}",
-            f"{max(s['phases'][k]['peak_rss_mb'] for k in ('ingest', 'features')):,.0f} / "
-            f"{max(r['duckdb']['phases'][k]['peak_rss_mb'] for k in ('ingest', 'features')):,.0f}",
-            "yes" if r["agreement"]["all_agree"] else "**NO**",
-        ])  # fmt: skip
-    lines.append(md_table(
-        ["events", "ingest wall", "features wall", "ingest+features wall", "incl. Spark start", "CPU seconds",
-         "Spark start s", "peak RSS MB Spark / DuckDB (ingest, features)", "outputs agree"], rows))  # fmt: skip
+        rows.append(
+            [
+                scale,
+                f"{q['ingest_wall']:.2f}x",
+                f"{q['features_wall']:.2f}x",
+                f"**{q['total_wall']:.2f}x**",
+                f"{q['total_wall_with_spark_start']:.2f}x",
+                f"{q['total_cpu']:.2f}x",
+                f"{s['phases']['session_start']['wall_s']:.1f}",
+                (
+                    f"{max(s['phases'][k]['peak_rss_mb'] for k in ('ingest', 'features')):,.0f} / "
+                    f"{max(r['duckdb']['phases'][k]['peak_rss_mb'] for k in ('ingest', 'features')):,.0f}"
+                ),
+                "yes" if r["agreement"]["all_agree"] else "**NO**",
+            ]
+        )
+    lines.append(
+        md_table(
+            [
+                "events",
+                "ingest wall",
+                "features wall",
+                "ingest+features wall",
+                "incl. Spark start",
+                "CPU seconds",
+                "Spark start s",
+                "peak RSS MB Spark / DuckDB (ingest, features)",
+                "outputs agree",
+            ],
+            rows,
+        )
+    )
     lines.append("")
     lines.append("Ratios are Spark / DuckDB (lower is better for Spark); target: ingest+features wall within 3x at 10M.")
     for scale, r in results["scales"].items():
@@ -508,12 +571,18 @@ def markdown(results: dict, quick: bool, info: dict) -> str:
         lines.append(
             f"Agreement at {scale}: {n_ok}/{len(a['stats'])} statistics identical ({shown}; row checksums of "
             "interactions and quarantine, last-50 lists and genre shares included)."
-            + ("" if a["all_agree"] else " Differences: " + "; ".join(
-                f"{x['stat']} spark={x['spark']} duckdb={x['duckdb']}" for x in a["stats"] if not x["agree"]))
-        )  # fmt: skip
+            + (
+                ""
+                if a["all_agree"]
+                else " Differences: "
+                + "; ".join(f"{x['stat']} spark={x['spark']} duckdb={x['duckdb']}" for x in a["stats"] if not x["agree"])
+            )
+        )
         if r["spark"].get("resumed") or r["duckdb"].get("resumed"):
             which = " and ".join(e for e, k in (("Spark", "spark"), ("DuckDB", "duckdb")) if r[k].get("resumed"))
-            lines.append(f"At {scale} the {which} figures come from an earlier, interrupted run on the same generated logs (`--resume`).")
+            lines.append(
+                f"At {scale} the {which} figures come from an earlier, interrupted run on the same generated logs (`--resume`)."
+            )
         if r["spark_attempts"] > 1 or r["duckdb_attempts"] > 1:
             lines.append(
                 f"At {scale} a disturbed run was repeated; total walls of the attempts: Spark {r['spark_attempt_walls']}, "
@@ -527,13 +596,26 @@ def markdown(results: dict, quick: bool, info: dict) -> str:
         rows = []
         for phase, info in stages.items():
             for st in info["longest"][:6]:
-                rows.append([phase, st["stage_id"], st["name"][:70], st["tasks"], f"{st['wall_s']:.1f}",
-                             f"{st['task_cpu_s']:.1f}", f"{st['shuffle_read_mb']:.0f}", f"{st['shuffle_write_mb']:.0f}"])  # fmt: skip
-        lines.append(md_table(["phase", "stage", "name", "tasks", "wall s", "task CPU s", "shuffle read MB",
-                               "shuffle write MB"], rows))  # fmt: skip
+                rows.append(
+                    [
+                        phase,
+                        st["stage_id"],
+                        st["name"][:70],
+                        st["tasks"],
+                        f"{st['wall_s']:.1f}",
+                        f"{st['task_cpu_s']:.1f}",
+                        f"{st['shuffle_read_mb']:.0f}",
+                        f"{st['shuffle_write_mb']:.0f}",
+                    ]
+                )
+        lines.append(
+            md_table(["phase", "stage", "name", "tasks", "wall s", "task CPU s", "shuffle read MB", "shuffle write MB"], rows)
+        )
         for phase, info in stages.items():
-            lines.append(f"- {phase}: {info['stages']} stages, {info['sum_stage_wall_s']}s summed stage wall, "
-                         f"{info['single_task_stage_wall_s']}s of it in single-task stages")  # fmt: skip
+            lines.append(
+                f"- {phase}: {info['stages']} stages, {info['sum_stage_wall_s']}s summed stage wall, "
+                f"{info['single_task_stage_wall_s']}s of it in single-task stages"
+            )
     lines.append("")
     lines.append(noise_note(all_phases))
     return "\n".join(lines)
@@ -544,20 +626,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="100k events only (smoke test)")
     parser.add_argument("--keep", action="store_true", help="keep benchmarks/work/features/ (generated logs and outputs)")
     parser.add_argument("--scales", default=None, help="comma-separated subset of " + ",".join(SCALES))
-    parser.add_argument("--retries", type=int, default=None,
-                        help="re-runs of a disturbed Spark measurement (default: 1 at 100k events, else 0; "
-                             "a disturbed DuckDB run is always re-run once)")
-    parser.add_argument("--resume", action="store_true",
-                        help="reuse the generated logs and worker results an interrupted run left in benchmarks/work/features/")
-    parser.add_argument("--spark-stages", action="store_true",
-                        help="diagnostics: enable Spark's event log and report the longest stages of each phase")
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=None,
+        help="re-runs of a disturbed Spark measurement (default: 1 at 100k events, else 0; "
+        "a disturbed DuckDB run is always re-run once)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the generated logs and worker results an interrupted run left in benchmarks/work/features/",
+    )
+    parser.add_argument(
+        "--spark-stages",
+        action="store_true",
+        help="diagnostics: enable Spark's event log and report the longest stages of each phase",
+    )
     parser.add_argument("--worker", choices=("spark", "duckdb"), help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--as-of", type=date.fromisoformat, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--text-embeddings", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--render-only", action="store_true",
-                        help="only rewrite results/features.md from results/features.json")
+    parser.add_argument("--render-only", action="store_true", help="only rewrite results/features.md from results/features.json")
     args = parser.parse_args(argv)
     bench_env()
     if args.render_only:

@@ -24,13 +24,12 @@ share of the CPUs other processes used (the machine may be shared).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import TreeSampler, bench_env, measure, noise_note, write_results  # noqa: E402
+from common import TreeSampler, bench_env, measure, noise_note, write_results
 
-from recsys_core.serving.score import score_top_k  # noqa: E402
+from recsys_core.serving.score import score_top_k
 
 QUICK = {"users": 5_000, "items": 5_000}
 
@@ -128,9 +127,7 @@ def spark_path(args, user_vectors, item_matrix, exclude):
     from recsys_core.serving.spark_score import rows_to_matrices, spark_top_k
 
     work = Path(tempfile.mkdtemp(prefix="bench-spark-"))  # nothing is written there: settings need a data root
-    settings = settings_for(
-        data_root=work, spark={"master": args.spark_master, "driver_memory": "6g", "shuffle_partitions": 4}
-    )
+    settings = settings_for(data_root=work, spark={"master": args.spark_master, "driver_memory": "6g", "shuffle_partitions": 4})
     started = time.perf_counter()
     spark = spark_session(settings, "bench-scoring")
     startup = time.perf_counter() - started
@@ -176,8 +173,11 @@ def main() -> int:
 
     user_vectors, item_matrix, exclude = make_inputs(args.users, args.items, args.dim, args.seen, args.seed)
     flops = 2.0 * args.users * args.items * args.dim
-    print(f"{args.users:,} users x {args.items:,} items, d={args.dim}, top-{args.k}, {exclude.nnz:,} seen entries; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)  # fmt: skip
+    print(
+        f"{args.users:,} users x {args.items:,} items, d={args.dim}, top-{args.k}, {exclude.nnz:,} seen entries; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
 
     gemm = {b: gemm_rate(b, args.items, args.dim) for b in sorted({256, 512, args.batch, 2048})}
     gemm_batch = gemm[args.batch]
@@ -208,9 +208,12 @@ def main() -> int:
         "fraction_of_best_gemm": flops / local_best / max(gemm_best, flops / min(gemm_times)),
     }
     gemm_after = flops / min(gemm_times)
-    print(f"(a) local: {local['users_per_s']:,.0f} users/s, {local['effective_flop_per_s'] / 1e9:.1f} GFLOP/s effective, "
-          f"{100 * local['fraction_of_gemm_same_batch']:.0f}% of GEMM (batch {args.batch}, median of interleaved rounds), "
-          f"{100 * local['fraction_of_best_gemm']:.0f}% of the best GEMM rate", flush=True)  # fmt: skip
+    print(
+        f"(a) local: {local['users_per_s']:,.0f} users/s, {local['effective_flop_per_s'] / 1e9:.1f} GFLOP/s effective, "
+        f"{100 * local['fraction_of_gemm_same_batch']:.0f}% of GEMM (batch {args.batch}, median of interleaved rounds), "
+        f"{100 * local['fraction_of_best_gemm']:.0f}% of the best GEMM rate",
+        flush=True,
+    )
 
     before = None
     if not args.skip_before:
@@ -228,8 +231,11 @@ def main() -> int:
             "fraction_of_gemm_same_batch": statistics.median([g / t for g, t in zip(b_gemm, b_times)]),
             "agreement_with_local": agreement(local_items, local_scores, b_items, b_scores),
         }
-        print(f"    before the optimisation: {before['users_per_s']:,.0f} users/s "
-              f"({100 * before['fraction_of_gemm_same_batch']:.0f}% of GEMM)", flush=True)  # fmt: skip
+        print(
+            f"    before the optimisation: {before['users_per_s']:,.0f} users/s "
+            f"({100 * before['fraction_of_gemm_same_batch']:.0f}% of GEMM)",
+            flush=True,
+        )
 
     spark = None
     if not args.skip_spark:
@@ -246,14 +252,24 @@ def main() -> int:
             "fraction_of_gemm_same_batch": flops / min(s_times) / max(gemm_batch, gemm_after),  # of the 2-thread GEMM
             "agreement_with_local": agreement(local_items, local_scores, s_items, s_scores),
         }
-        print(f"(b) spark {args.spark_master}: {spark['users_per_s']:,.0f} users/s end to end "
-              f"(session start {startup:.1f}s not counted); agreement {spark['agreement_with_local']}", flush=True)  # fmt: skip
+        print(
+            f"(b) spark {args.spark_master}: {spark['users_per_s']:,.0f} users/s end to end "
+            f"(session start {startup:.1f}s not counted); agreement {spark['agreement_with_local']}",
+            flush=True,
+        )
 
     sampler.stop()
     result = {
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch_threads": torch.get_num_threads(),
-        "shape": {"users": args.users, "items": args.items, "dim": args.dim, "k": args.k, "seen_entries": int(exclude.nnz), "batch_users": args.batch},
+        "shape": {
+            "users": args.users,
+            "items": args.items,
+            "dim": args.dim,
+            "k": args.k,
+            "seen_entries": int(exclude.nnz),
+            "batch_users": args.batch,
+        },
         "gemm_flop_per_s": {str(b): r for b, r in gemm.items()} | {f"{args.batch}_interleaved_pass": gemm_after},
         "local": local,
         "local_before_optimisation": before,
@@ -276,17 +292,25 @@ def markdown(r: dict) -> str:
     lines = [
         "# Nightly scoring benchmark",
         "",
-        f"{s['users']:,} users x {s['items']:,} items, d={s['dim']}, top-{s['k']}, {s['seen_entries']:,} seen items masked; "
-        f"{r['cpu_count']} CPUs, torch {torch.__version__} ({r['torch_threads']} threads); {r['created_at']}.",
+        (
+            f"{s['users']:,} users x {s['items']:,} items, d={s['dim']}, top-{s['k']}, {s['seen_entries']:,} seen items masked; "
+            f"{r['cpu_count']} CPUs, torch {torch.__version__} ({r['torch_threads']} threads); {r['created_at']}."
+        ),
         "",
         "| path | users/s | effective GFLOP/s | share of GEMM rate |",
         "| --- | ---: | ---: | ---: |",
-        f"| (a) local engine, `score_top_k` (batch {s['batch_users']}) | {loc['users_per_s']:,.0f} | {loc['effective_flop_per_s'] / 1e9:.1f} | "
-        f"{100 * loc['fraction_of_gemm_same_batch']:.0f}% (best-batch GEMM: {100 * loc['fraction_of_best_gemm']:.0f}%) |",
+        (
+            f"| (a) local engine, `score_top_k` (batch {s['batch_users']}) | {loc['users_per_s']:,.0f} | "
+            f"{loc['effective_flop_per_s'] / 1e9:.1f} | "
+            f"{100 * loc['fraction_of_gemm_same_batch']:.0f}% (best-batch GEMM: {100 * loc['fraction_of_best_gemm']:.0f}%) |"
+        ),
     ]
     if r["local_before_optimisation"]:
         b = r["local_before_optimisation"]
-        lines.append(f"| before the optimisation (COO mask, one topk) | {b['users_per_s']:,.0f} | | {100 * b['fraction_of_gemm_same_batch']:.0f}% |")
+        lines.append(
+            f"| before the optimisation (COO mask, one topk) | {b['users_per_s']:,.0f} | | "
+            f"{100 * b['fraction_of_gemm_same_batch']:.0f}% |"
+        )
     if r["spark"]:
         sp_ = r["spark"]
         lines.append(

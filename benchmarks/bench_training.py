@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (  # noqa: E402
+from common import (
     DOWNLOADS,
     REPO,
     WORK,
@@ -95,8 +95,12 @@ def prep_worker(root: Path, quick: bool) -> dict:
     days = landed_dates(lake)
     with measure(sampler, f"ingest ({len(days)} days)") as p:
         reports = run_ingest(settings, days, spark=spark)
-    phases["ingest"] = {**p.to_dict(), "days": len(days), "rows_in": sum(r.rows_in for r in reports),
-                        "accepted": sum(r.rows_accepted for r in reports)}  # fmt: skip
+    phases["ingest"] = {
+        **p.to_dict(),
+        "days": len(days),
+        "rows_in": sum(r.rows_in for r in reports),
+        "accepted": sum(r.rows_accepted for r in reports),
+    }
     with measure(sampler, "features (text embeddings on)") as p:
         feats = run_features(settings, AS_OF, spark=spark)
     phases["features"] = {**p.to_dict(), **feats}
@@ -146,7 +150,10 @@ def throughput_run(settings, ws: Path, nproc: int, epochs: int, windows: int) ->
         "training_windows": windows,
         "steady_sequences_per_s": round(windows / statistics.median(steady), 1) if steady else None,
         "loop_sequences_per_s_last_pure_epoch": round(
-            [h for h in history if "val_ndcg@10" not in h][-1]["sequences_per_second"], 1) if pure else None,  # fmt: skip
+            [h for h in history if "val_ndcg@10" not in h][-1]["sequences_per_second"], 1
+        )
+        if pure
+        else None,
         "loop_sequences_per_s_final": round(history[-1]["sequences_per_second"], 1),
         # Less sensitive to other processes on the machine than wall-clock rates: windows per CPU-second
         # of the whole torchrun tree (start-up, data loading and the final validation included).
@@ -194,21 +201,45 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
     rows = []
     for t in r["throughput"]:
         ph = t["torchrun"]
-        rows.append([
-            t["nproc"], t["epochs"], f"{t['steady_sequences_per_s']:,.0f}", f"{t['loop_sequences_per_s_final']:,.0f}",
-            " / ".join(f"{s:.1f}" for s in t["epoch_seconds"]), f"{ph['wall_s']:.1f}", f"{ph['cpu_s']:.1f}",
-            f"{t['windows_per_cpu_s']:,.0f}", f"{ph['peak_rss_mb']:,.0f}",
-            f"{ph['other_cpu_share']:.0%}" + (" *disturbed*" if ph["disturbed"] else ""),
-        ])  # fmt: skip
+        rows.append(
+            [
+                t["nproc"],
+                t["epochs"],
+                f"{t['steady_sequences_per_s']:,.0f}",
+                f"{t['loop_sequences_per_s_final']:,.0f}",
+                " / ".join(f"{s:.1f}" for s in t["epoch_seconds"]),
+                f"{ph['wall_s']:.1f}",
+                f"{ph['cpu_s']:.1f}",
+                f"{t['windows_per_cpu_s']:,.0f}",
+                f"{ph['peak_rss_mb']:,.0f}",
+                f"{ph['other_cpu_share']:.0%}" + (" *disturbed*" if ph["disturbed"] else ""),
+            ]
+        )
     lines.append("Throughput (leave-last-out model, validation only after the last epoch):")
     lines.append("")
-    lines.append(md_table(["processes", "epochs", "steady windows/s", "loop's windows/s (incl. validation)",
-                           "epoch seconds", "torchrun wall s", "torchrun CPU s", "windows per CPU-s (all epochs)",
-                           "peak RSS MB", "others' CPU"], rows))  # fmt: skip
+    lines.append(
+        md_table(
+            [
+                "processes",
+                "epochs",
+                "steady windows/s",
+                "loop's windows/s (incl. validation)",
+                "epoch seconds",
+                "torchrun wall s",
+                "torchrun CPU s",
+                "windows per CPU-s (all epochs)",
+                "peak RSS MB",
+                "others' CPU",
+            ],
+            rows,
+        )
+    )
     if len(r["throughput"]) == 2:
         a, b = r["throughput"]
         lines.append("")
-        lines.append(f"Speed-up 1 → 2 processes: {b['steady_sequences_per_s'] / a['steady_sequences_per_s']:.2f}x (steady state).")
+        lines.append(
+            f"Speed-up 1 → 2 processes: {b['steady_sequences_per_s'] / a['steady_sequences_per_s']:.2f}x (steady state)."
+        )
     lines.append("")
     full = r["full"]
     loo = full["loo"]
@@ -221,13 +252,33 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
     )
     lines.append("")
     rows = [
-        [protocol, f"{v['torchrun']['wall_s']:.1f}", v["epochs_run"], v["best_epoch"], f"{v['best_val_ndcg@10']:.4f}",
-         f"{v['loop_sequences_per_s_final']:,.0f}", f"{v['torchrun']['peak_rss_mb']:,.0f}",
-         f"{v['torchrun']['other_cpu_share']:.0%}" + (" *disturbed*" if v["torchrun"]["disturbed"] else "")]
+        [
+            protocol,
+            f"{v['torchrun']['wall_s']:.1f}",
+            v["epochs_run"],
+            v["best_epoch"],
+            f"{v['best_val_ndcg@10']:.4f}",
+            f"{v['loop_sequences_per_s_final']:,.0f}",
+            f"{v['torchrun']['peak_rss_mb']:,.0f}",
+            f"{v['torchrun']['other_cpu_share']:.0%}" + (" *disturbed*" if v["torchrun"]["disturbed"] else ""),
+        ]
         for protocol, v in full.items()
-    ]  # fmt: skip
-    lines.append(md_table(["model", "torchrun wall s", "epochs run", "best epoch", "best val NDCG@10",
-                           "windows/s (incl. validation)", "peak RSS MB", "others' CPU"], rows))  # fmt: skip
+    ]
+    lines.append(
+        md_table(
+            [
+                "model",
+                "torchrun wall s",
+                "epochs run",
+                "best epoch",
+                "best val NDCG@10",
+                "windows/s (incl. validation)",
+                "peak RSS MB",
+                "others' CPU",
+            ],
+            rows,
+        )
+    )
     lines.append("")
     seq, ease = m["seqrec"]["ndcg@10"], m.get("ease", {}).get("ndcg@10")
     pop = m.get("popularity", {}).get("ndcg@10")
@@ -243,7 +294,8 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
     if backtest:
         lines.append("")
         lines.append(
-            "Temporal backtest NDCG@10: " + ", ".join(f"{name} {v['ndcg@10']:.4f}" for name, v in backtest.items())
+            "Temporal backtest NDCG@10: "
+            + ", ".join(f"{name} {v['ndcg@10']:.4f}" for name, v in backtest.items())
             + f" ({backtest['seqrec']['users']:.0f} users)."
         )
     lines.append("")
@@ -258,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep benchmarks/work/training/ (lake, MLflow, checkpoints)")
     parser.add_argument("--worker", choices=("prep",), help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--render-only", action="store_true",
-                        help="only rewrite results/training.md from results/training.json")
+    parser.add_argument("--render-only", action="store_true", help="only rewrite results/training.md from results/training.json")
     args = parser.parse_args(argv)
     bench_env()
     if args.render_only:
@@ -303,17 +354,16 @@ def main(argv: list[str] | None = None) -> int:
     sampler.stop()
     results["prepare"] = p.to_dict()
     ws = workspace(settings, AS_OF)
-    import torch
 
     from recsys_core.stages.train import dataset_path
     from recsys_core.training.dataset import TrainingDataset
 
     dataset = TrainingDataset.load(dataset_path(ws, "loo"), mmap=True)
     results["data"] = {
-        "users": int(len(dataset.valid.targets)),
+        "users": len(dataset.valid.targets),
         "items": int(dataset.config.n_items),
         "interactions": int(results["prep"]["phases"]["features"]["interactions"]),
-        "training_windows": int(len(dataset.train.targets)),
+        "training_windows": len(dataset.train.targets),
         "max_len": dataset.config.max_len,
     }
     del dataset
@@ -325,8 +375,11 @@ def main(argv: list[str] | None = None) -> int:
     for t in results["throughput"]:
         print(f"  {t['nproc']} process(es): {t['steady_sequences_per_s']:,} windows/s steady", flush=True)
 
-    print(f"=== default training ({settings.train.epochs} epochs max, early stopping "
-          f"{settings.train.early_stopping_patience}), 2 processes", flush=True)  # fmt: skip
+    print(
+        f"=== default training ({settings.train.epochs} epochs max, early stopping "
+        f"{settings.train.early_stopping_patience}), 2 processes",
+        flush=True,
+    )
     t0 = time.perf_counter()
     results["full"] = full_training(settings, ws)
     sampler = TreeSampler().start()

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -106,7 +106,7 @@ def machine_info() -> dict:
     vm = psutil.virtual_memory()
     return {
         "code": code_version(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "platform": platform.platform(),
         "python": platform.python_version(),
@@ -166,7 +166,7 @@ class TreeSampler:
         self.peak_rss = 0
         self._thread = threading.Thread(target=self._run, name="tree-sampler", daemon=True)
 
-    def start(self) -> "TreeSampler":
+    def start(self) -> TreeSampler:
         self._sample()
         self._thread.start()
         return self

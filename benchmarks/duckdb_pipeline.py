@@ -44,7 +44,7 @@ from __future__ import annotations
 import gzip
 import os
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +119,7 @@ def _lit(value) -> str:
 
 def classify_sql(ingest) -> str:
     """SQL over table ``lines`` → one row per line with parsed fields, reason and detail."""
-    floor = datetime.combine(ingest.min_event_time, time(), tzinfo=timezone.utc).isoformat()
+    floor = datetime.combine(ingest.min_event_time, time(), tzinfo=UTC).isoformat()
     types = ", ".join(_lit(t) for t in ingest.event_types)
     max_line, max_field = ingest.max_line_bytes, ingest.max_field_chars
     paths = ", ".join(_lit(f"$.{f}") for f in KNOWN_FIELDS)
@@ -153,8 +153,8 @@ def classify_sql(ingest) -> str:
         -- commas, NaN / Infinity literals and duplicate keys. Those lines are malformed for Spark, so here too.
         SELECT *,
                CASE WHEN json_type(j) = 'OBJECT'
-                     AND NOT regexp_matches(text, ',\s*[}}\]]')
-                     AND NOT regexp_matches(text, '[:,\[]\s*[-+]?(?i:nan|inf|infinity)\s*[,}}\]]')
+                     AND NOT regexp_matches(text, ',\\s*[}}\\]]')
+                     AND NOT regexp_matches(text, '[:,\\[]\\s*[-+]?(?i:nan|inf|infinity)\\s*[,}}\\]]')
                      AND len(json_keys(j)) = len(list_distinct(json_keys(j)))
                     THEN json_extract_string(j, [{paths}]) END AS f
         FROM parsed
@@ -248,9 +248,19 @@ def run_ingest_duckdb(con, lake_root: Path, out: Path, ingest) -> dict:
         "WHERE reason IS NOT NULL GROUP BY ALL"
     ).fetchall()
     reports: dict[date, dict] = {}
-    for (day, _path) in files:
-        reports.setdefault(day, {"files": 0, "rows_in": rows_in.get(day, 0), "accepted": 0, "quarantined": 0,
-                                 "reasons": {}, "event_dates": {}, "examples": {}})  # fmt: skip
+    for day, _path in files:
+        reports.setdefault(
+            day,
+            {
+                "files": 0,
+                "rows_in": rows_in.get(day, 0),
+                "accepted": 0,
+                "quarantined": 0,
+                "reasons": {},
+                "event_dates": {},
+                "examples": {},
+            },
+        )
         reports[day]["files"] += 1
     for day, reason, event_dt, n in grouped:
         r = reports[day]
@@ -298,7 +308,7 @@ def _snapshot(lake_root: Path, name: str, as_of: date) -> str:
 
 def run_features_duckdb(con, lake_root: Path, out: Path, as_of: date, features, lateness_days: int) -> dict:
     """Written interactions (as of) + snapshots → user_profiles.parquet and item_features.parquet."""
-    end = datetime.combine(as_of + timedelta(days=1), time(), tzinfo=timezone.utc).isoformat()
+    end = datetime.combine(as_of + timedelta(days=1), time(), tzinfo=UTC).isoformat()
     bound = as_of + timedelta(days=lateness_days)
     users = _snapshot(lake_root, "users", as_of)
     items = _snapshot(lake_root, "items", as_of)
@@ -358,8 +368,7 @@ def run_features_duckdb(con, lake_root: Path, out: Path, as_of: date, features, 
     )
     windows = sorted(set(features.popularity_windows_days))  # the trend windows are among them (config checks)
     pops = ",\n".join(
-        f"CAST(sum(CASE WHEN event_ts >= {end_ts} - INTERVAL {d} DAY THEN 1 ELSE 0 END) AS BIGINT) AS pop_{d}d"
-        for d in windows
+        f"CAST(sum(CASE WHEN event_ts >= {end_ts} - INTERVAL {d} DAY THEN 1 ELSE 0 END) AS BIGINT) AS pop_{d}d" for d in windows
     )
     short, long_ = features.trend_short_days, features.trend_long_days
     item_out = out / "item_features.parquet"

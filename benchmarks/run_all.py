@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_DIR, REPO, RESULTS, WORK, machine_info, machine_line, result_name  # noqa: E402
+from common import BENCH_DIR, REPO, RESULTS, WORK, machine_info, machine_line, result_name
 
 TAIL_LINES = 25
 
@@ -53,8 +53,15 @@ def run_one(script: Path, quick: bool, log_dir: Path) -> dict:
         code = proc.wait()
     wall = time.perf_counter() - started
     print(f"##### {name}: exit code {code} after {wall:.0f}s (log: {log_path.relative_to(REPO)})", flush=True)
-    return {"name": name, "script": script.name, "exit_code": code, "wall_s": round(wall, 1), "tail": list(tail),
-            "log": str(log_path.relative_to(REPO)), "started_at": started_at}  # fmt: skip
+    return {
+        "name": name,
+        "script": script.name,
+        "exit_code": code,
+        "wall_s": round(wall, 1),
+        "tail": list(tail),
+        "log": str(log_path.relative_to(REPO)),
+        "started_at": started_at,
+    }
 
 
 def write_summary(runs: list[dict], quick: bool) -> Path:
@@ -118,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = write_summary(runs, args.quick)
     print(f"\nran {len(runs)} benchmark(s) in {time.perf_counter() - started:.0f}s; wrote {summary.relative_to(REPO)}")
     for r in runs:
-        print(f"  {r['name']}: {'ok' if r['exit_code'] == 0 else 'FAILED (exit code %d)' % r['exit_code']} ({r['wall_s']:.0f}s)")
+        outcome = "ok" if r["exit_code"] == 0 else f"FAILED (exit code {r['exit_code']:d})"
+        print(f"  {r['name']}: {outcome} ({r['wall_s']:.0f}s)")
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1
 
 

@@ -161,7 +161,9 @@ class DayInputSensor(BaseSensorOperator):
 
 
 def wait_for(input_name: str, doc_md: str) -> DayInputSensor:
-    return DayInputSensor(input_name=input_name, run_date=RUN_DATE, doc_md=doc_md, **timeout(f"wait_for_{input_name.replace(' ', '_')}"))
+    return DayInputSensor(
+        input_name=input_name, run_date=RUN_DATE, doc_md=doc_md, **timeout(f"wait_for_{input_name.replace(' ', '_')}")
+    )
 
 
 # Asset events ------------------------------------------------------------------------------
@@ -224,11 +226,16 @@ def log_failure_summary(context) -> None:
     ti = context["ti"]
     try:
         run_date = ti.xcom_pull(task_ids="resolve_run_date") or "unresolved"
-    except Exception:  # the summary must never hide the original failure
+    except Exception:  # noqa: BLE001 - the summary must never hide the original failure
         run_date = "unresolved"
     log_file = task_log_path(ti)
     log.error(
         "recsys task failed: DAG %s, task %s, run %s (run date %s), try %s. First error: %s. Full log: %s",
-        ti.dag_id, ti.task_id, ti.run_id, run_date, ti.try_number,
-        first_error_line(log_file, context.get("exception")), log_file,
+        ti.dag_id,
+        ti.task_id,
+        ti.run_id,
+        run_date,
+        ti.try_number,
+        first_error_line(log_file, context.get("exception")),
+        log_file,
     )

@@ -18,7 +18,18 @@ embedded default, a cluster master in production). On success the `recsys://lake
 from __future__ import annotations
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from recsys_common import FEATURES_ASSET, JOBS, RUN_DATE, daily, emit, recsys_dag, resolve_run_date, spark_job_conf, timeout, wait_for
+from recsys_common import (
+    FEATURES_ASSET,
+    JOBS,
+    RUN_DATE,
+    daily,
+    emit,
+    recsys_dag,
+    resolve_run_date,
+    spark_job_conf,
+    timeout,
+    wait_for,
+)
 
 with recsys_dag(
     "recsys_features",

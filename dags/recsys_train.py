@@ -17,7 +17,18 @@ from __future__ import annotations
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import task
-from recsys_common import FEATURES_ASSET, JOBS, MODEL_ASSET, PYTHON, RUN_DATE, emit, recsys_dag, resolve_run_date, run_type, timeout
+from recsys_common import (
+    FEATURES_ASSET,
+    JOBS,
+    MODEL_ASSET,
+    PYTHON,
+    RUN_DATE,
+    emit,
+    recsys_dag,
+    resolve_run_date,
+    run_type,
+    timeout,
+)
 
 from recsys_core.config import get_settings
 

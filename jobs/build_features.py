@@ -1,6 +1,6 @@
 """spark-submit entry point: user profiles and item features as of a date.
 
-    spark-submit jobs/build_features.py --date 1998-03-31
+spark-submit jobs/build_features.py --date 1998-03-31
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """spark-submit entry point: validate landed raw events into interactions + quarantine.
 
-    spark-submit jobs/ingest_events.py --date 1998-03-31 [--catch-up]
+spark-submit jobs/ingest_events.py --date 1998-03-31 [--catch-up]
 """
 
 import argparse

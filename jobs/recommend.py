@@ -1,6 +1,6 @@
 """Nightly entry point: score every known user with the champion and publish the top-K.
 
-    python jobs/recommend.py --date 1998-03-31
+python jobs/recommend.py --date 1998-03-31
 """
 
 import argparse

@@ -1,8 +1,8 @@
 """Entry point for one step of training (what the recsys_train DAG runs per task).
 
-    python jobs/train_step.py prepare  --date D   # dataset + MLflow parent run
-    python jobs/train_step.py torchrun --date D   # torchrun jobs/train.py (DDP)
-    python jobs/train_step.py evaluate --date D   # baselines, evaluation, registry gate
+python jobs/train_step.py prepare  --date D   # dataset + MLflow parent run
+python jobs/train_step.py torchrun --date D   # torchrun jobs/train.py (DDP)
+python jobs/train_step.py evaluate --date D   # baselines, evaluation, registry gate
 """
 
 import argparse
@@ -25,7 +25,10 @@ def main() -> None:
     if args.step == "prepare":
         result = stage.prepare_training(settings, args.date)
     elif args.step == "torchrun":
-        result = {protocol: {k: v for k, v in r.items() if k != "history"} for protocol, r in stage.run_torchrun(settings, args.date, args.nproc).items()}
+        result = {
+            protocol: {k: v for k, v in r.items() if k != "history"}
+            for protocol, r in stage.run_torchrun(settings, args.date, args.nproc).items()
+        }
     else:
         result = stage.evaluate_and_register(settings, args.date)
     print(json.dumps(result, indent=2, default=str))

@@ -72,9 +72,14 @@ def cmd_generate_logs(args, settings: Settings) -> None:
     from recsys_core.io.lake import Lake
 
     spec = SyntheticSpec(
-        events=args.events, users=args.users, items=args.items, days=args.days,
-        seed=args.seed, bad_fraction=args.bad_fraction, start=args.start,
-    )  # fmt: skip
+        events=args.events,
+        users=args.users,
+        items=args.items,
+        days=args.days,
+        seed=args.seed,
+        bad_fraction=args.bad_fraction,
+        start=args.start,
+    )
     summary = generate_logs(spec, Lake(args.out or settings.lake))
     console.print_json(json.dumps(summary, default=str))
 
@@ -130,9 +135,13 @@ def cmd_recs_show(args, settings: Settings) -> None:
         table.add_column(column)
     for row in rows[: args.limit]:
         table.add_row(
-            str(row["rank"]), row["item_id"], row.get("title") or "", f"{row['score']:.4f}", row["source"],
+            str(row["rank"]),
+            row["item_id"],
+            row.get("title") or "",
+            f"{row['score']:.4f}",
+            row["source"],
             f"{row['model_name']} v{row['model_version']}",
-        )  # fmt: skip
+        )
     console.print(table)
 
 

@@ -212,8 +212,7 @@ def conform(table: pa.Table, contract: Table, *, where: str = "") -> pa.Table:
     missing = [f.name for f in target if f.name not in table.column_names]
     if missing:
         raise ContractViolation(
-            f"{contract.name}{' at ' + where if where else ''}: missing columns {missing}; "
-            f"got {table.column_names}"
+            f"{contract.name}{' at ' + where if where else ''}: missing columns {missing}; got {table.column_names}"
         )
     columns = []
     for field in target:
@@ -248,6 +247,4 @@ def spark_conform(df, contract: Table):
     missing = [f.name for f in schema.fields if f.name != contract.partition and f.name not in df.columns]
     if missing:
         raise ContractViolation(f"{contract.name}: missing columns {missing}; got {df.columns}")
-    return df.select(
-        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields if f.name != contract.partition]
-    )
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields if f.name != contract.partition])

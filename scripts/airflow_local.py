@@ -21,6 +21,7 @@ Airflow's environment comes from scripts/airflow_env.sh, the one place that defi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -33,7 +34,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -53,9 +54,7 @@ def airflow_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """base (default: os.environ) with scripts/airflow_env.sh applied; the venv's bin first on PATH."""
     base = dict(os.environ if base is None else base)
     base["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{base.get('PATH', '')}"
-    out = subprocess.run(
-        ["bash", "-c", 'source "$0" && env -0', str(ENV_SCRIPT)], capture_output=True, check=True, env=base
-    )
+    out = subprocess.run(["bash", "-c", 'source "$0" && env -0', str(ENV_SCRIPT)], capture_output=True, check=True, env=base)
     return dict(item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
 
 
@@ -106,7 +105,7 @@ class State:
             "port": self.port,
             "url": self.url,
             "started_at": self.started_at,
-            "started_at_iso": datetime.fromtimestamp(self.started_at, timezone.utc).isoformat(timespec="seconds"),
+            "started_at_iso": datetime.fromtimestamp(self.started_at, UTC).isoformat(timespec="seconds"),
             "stopping": stopping,
             "components": [vars(c) for c in self.components],
         }
@@ -212,10 +211,8 @@ def stop_session(state: State, grace_s: float) -> None:
 
 
 def _signal(proc: psutil.Process, signum: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess):
         proc.send_signal(signum)
-    except psutil.NoSuchProcess:
-        pass
 
 
 # start --------------------------------------------------------------------------
@@ -299,8 +296,8 @@ def launch(env: dict[str, str], port: int, logs: Path) -> dict[str, subprocess.P
     children: dict[str, subprocess.Popen] = {}
     pgid = 0  # the first child leads a new group; the others join it
     for name, command in component_commands(port).items():
-        log = open(logs / f"{name}.log", "a")
-        log.write(f"\n=== {datetime.now(timezone.utc).isoformat(timespec='seconds')} {' '.join(command)}\n")
+        log = open(logs / f"{name}.log", "a")  # noqa: SIM115 - handed to the child, closed below
+        log.write(f"\n=== {datetime.now(UTC).isoformat(timespec='seconds')} {' '.join(command)}\n")
         log.flush()
         children[name] = subprocess.Popen(
             command,

@@ -111,7 +111,7 @@ def test_invalid_environment_value_is_rejected(monkeypatch):
 def test_recsys_config_pointing_to_missing_file_raises(monkeypatch, tmp_path):
     missing = tmp_path / "nope.yaml"
     monkeypatch.setenv("RECSYS_CONFIG", str(missing))
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         Settings()
 
 

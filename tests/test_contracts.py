@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pytest
@@ -16,7 +16,7 @@ from recsys_core.contracts import (
     conform,
 )
 
-NOW = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 
 
 def loose_recommendations() -> pa.Table:
@@ -74,7 +74,7 @@ def test_recommendations_contract_columns_and_types():
     assert schema.field("model_version").type == pa.string()
     assert schema.field("generated_at").type == pa.timestamp("us", tz="UTC")
     assert schema.field("source").type == pa.string()
-    assert TS == pa.timestamp("us", tz="UTC")
+    assert pa.timestamp("us", tz="UTC") == TS
 
 
 def test_all_tables_are_registered_by_name():

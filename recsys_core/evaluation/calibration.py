@@ -34,8 +34,8 @@ class TrendCalibration:
     users: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def none(cls) -> "TrendCalibration":
-        return cls({group: 0.0 for group in GROUPS})
+    def none(cls) -> TrendCalibration:
+        return cls(dict.fromkeys(GROUPS, 0.0))
 
     def to_dict(self) -> dict:
         return {"offsets": self.offsets, "curves": self.curves, "users": self.users}
@@ -69,7 +69,7 @@ def fit_trend_offsets(
     result = TrendCalibration.none()
     for group, mask in recency_groups(query_buckets, returning_bucket).items():
         rows = np.flatnonzero(mask)
-        result.users[group] = int(len(rows))
+        result.users[group] = len(rows)
         if len(rows) < min_users:
             continue
         targets, scores, excluded = [relevant[r] for r in rows], base_scores[rows], seen[rows]

@@ -84,3 +84,8 @@ def reported_metric_names(ks: Iterable[int], metrics: Iterable[str] = METRICS) -
 def gate_metric_names(ks: Iterable[int]) -> list[str]:
     """The reported names the promotion gate can compare (higher is better)."""
     return reported_metric_names(ks, [m for m, info in METRICS.items() if info.higher_is_better])
+
+
+def metric_key(name: str) -> str:
+    """MLflow metric names allow no '@': ``ndcg@10`` is logged as ``ndcg_at_10``."""
+    return name.replace("@", "_at_")

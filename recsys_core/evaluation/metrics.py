@@ -34,24 +34,24 @@ from recsys_core.errors import ModelError
 from recsys_core.evaluation.metric_names import DEFAULT_KS, metric_name
 
 __all__ = [
-    "PAD",
     "ACCURACY_AT_K",
+    "PAD",
     "NonFiniteScores",
     "assert_finite",
-    "top_k",
-    "target_ranks",
-    "per_user_ranking_metrics",
-    "ranking_metrics",
-    "per_user_metrics_from_ranks",
-    "metrics_from_ranks",
     "catalog_coverage",
-    "novelty",
-    "intra_list_diversity",
-    "head_items",
     "gini_index",
+    "head_items",
+    "intra_list_diversity",
+    "metrics_from_ranks",
+    "novelty",
+    "per_user_metrics_from_ranks",
+    "per_user_ranking_metrics",
     "popularity_bias",
+    "ranking_metrics",
     "segment_metrics",
     "split_by_target",
+    "target_ranks",
+    "top_k",
 ]
 
 PAD = -1
@@ -345,9 +345,7 @@ def _summarize(per_user: Mapping[str, Any], mask: BoolArray | None = None) -> di
     if mask is not None:
         defined &= mask
     users = int(defined.sum())
-    out: dict[str, float] = {
-        name: float(a[defined].mean()) if users else float("nan") for name, a in arrays.items()
-    }
+    out: dict[str, float] = {name: float(a[defined].mean()) if users else float("nan") for name, a in arrays.items()}
     out["users"] = users
     return out
 
@@ -359,9 +357,7 @@ def _common_length(arrays: Mapping[str, np.ndarray]) -> int:
     return next(iter(lengths.values()))
 
 
-def per_user_ranking_metrics(
-    recommended: Any, relevant: Sequence[Any], ks: Iterable[int] = DEFAULT_KS
-) -> dict[str, FloatArray]:
+def per_user_ranking_metrics(recommended: Any, relevant: Sequence[Any], ks: Iterable[int] = DEFAULT_KS) -> dict[str, FloatArray]:
     """Per-user recall/ndcg/hitrate/precision@k and mrr; NaN for users with no relevant item.
 
     See :func:`ranking_metrics` for the definitions. Each array has n_users entries.
@@ -409,9 +405,7 @@ def per_user_ranking_metrics(
     return out
 
 
-def ranking_metrics(
-    recommended: Any, relevant: Sequence[Any], ks: Iterable[int] = DEFAULT_KS
-) -> dict[str, float]:
+def ranking_metrics(recommended: Any, relevant: Sequence[Any], ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
     """Top-k accuracy averaged over the users with at least one relevant item.
 
     ``recommended``: (n_users, K) item indices, best first (``PAD`` slots never
@@ -491,9 +485,7 @@ def _as_popularity(item_popularity: Any) -> FloatArray:
 
 def _check_items(items: np.ndarray, n_items: int) -> None:
     if items.size and (items.min() < 0 or items.max() >= n_items):
-        raise ValueError(
-            f"item indices span [{int(items.min())}, {int(items.max())}], outside the catalogue of {n_items} items"
-        )
+        raise ValueError(f"item indices span [{int(items.min())}, {int(items.max())}], outside the catalogue of {n_items} items")
 
 
 def catalog_coverage(recommended: Any, n_items: int, k: int) -> float:
@@ -569,7 +561,7 @@ def head_items(item_popularity: Any, head_fraction: float = 0.2) -> BoolArray:
     if not 0.0 <= head_fraction <= 1.0:
         raise ValueError(f"head_fraction must be in [0, 1], got {head_fraction}")
     pop = _as_popularity(item_popularity)
-    n_head = int(round(head_fraction * pop.size))
+    n_head = round(head_fraction * pop.size)
     mask = np.zeros(pop.size, dtype=bool)
     mask[np.argsort(-pop, kind="stable")[:n_head]] = True
     return mask
@@ -589,9 +581,7 @@ def gini_index(values: Any) -> float:
     return float(((2.0 * i - n - 1.0) * x).sum() / (n * total))
 
 
-def popularity_bias(
-    recommended: Any, item_popularity: Any, k: int, head_fraction: float = 0.2
-) -> dict[str, float]:
+def popularity_bias(recommended: Any, item_popularity: Any, k: int, head_fraction: float = 0.2) -> dict[str, float]:
     """How much the top-k lists lean on popular items.
 
     * ``arp``: average recommendation popularity, the mean interaction count of
@@ -620,9 +610,7 @@ def popularity_bias(
 # ---------------------------------------------------------------------------
 
 
-def segment_metrics(
-    per_user: Mapping[str, Any], segments: Mapping[str, Any]
-) -> dict[str, dict[str, float]]:
+def segment_metrics(per_user: Mapping[str, Any], segments: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """Average per-user metric arrays within each boolean user mask.
 
     ``per_user``: name -> (n_users,) array, e.g. from :func:`per_user_metrics_from_ranks`
@@ -645,9 +633,7 @@ def segment_metrics(
     return out
 
 
-def split_by_target(
-    per_user: Mapping[str, Any], targets: Any, head_mask: Any
-) -> dict[str, dict[str, float]]:
+def split_by_target(per_user: Mapping[str, Any], targets: Any, head_mask: Any) -> dict[str, dict[str, float]]:
     """Segment the per-user metrics by whether the user's target item is a head item.
 
     Returns ``{"head_targets": {...}, "tail_targets": {...}}``: a model that only

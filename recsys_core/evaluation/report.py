@@ -24,10 +24,10 @@ from recsys_core.evaluation.metric_names import DEFAULT_KS, metric_name
 from recsys_core.evaluation.metrics import _as_popularity, _slots, catalog_coverage
 
 __all__ = [
-    "metric_at_k_figure",
-    "training_curves_figure",
-    "popularity_bias_figure",
     "coverage_figure",
+    "metric_at_k_figure",
+    "popularity_bias_figure",
+    "training_curves_figure",
 ]
 
 METRIC_LABELS = {
@@ -131,9 +131,7 @@ def _popularity_deciles(pop: np.ndarray) -> np.ndarray:
     return decile
 
 
-def popularity_bias_figure(
-    recommended_by_model: Mapping[str, Any], item_popularity: Any, k: int = 10
-) -> Figure:
+def popularity_bias_figure(recommended_by_model: Mapping[str, Any], item_popularity: Any, k: int = 10) -> Figure:
     """Where the top-k slots go on the popularity scale, per model.
 
     Left: share of each model's filled top-k slots per catalogue popularity
@@ -183,9 +181,7 @@ def popularity_bias_figure(
     return fig
 
 
-def coverage_figure(
-    recommended_by_model: Mapping[str, Any], n_items: int, ks: Iterable[int] = DEFAULT_KS
-) -> Figure:
+def coverage_figure(recommended_by_model: Mapping[str, Any], n_items: int, ks: Iterable[int] = DEFAULT_KS) -> Figure:
     """Catalogue coverage over K, one line per model (K beyond a model's lists is skipped)."""
     ks = sorted({int(k) for k in ks})
     fig, (ax,) = _new_figure(1)

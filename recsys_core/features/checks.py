@@ -21,9 +21,10 @@ pandera has no map dtype.
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -71,7 +72,7 @@ def _duplicated(table: pa.Table, keys: list[str]) -> pa.Array:
 def _chain_le(table: pa.Table, columns: list[str]) -> pa.Array:
     """Row-wise ``columns[0] <= columns[1] <= ...``."""
     ok = pa.array(np.ones(table.num_rows, dtype=bool))
-    for low, high in zip(columns, columns[1:]):
+    for low, high in itertools.pairwise(columns):
         ok = pc.and_kleene(ok, pc.less_equal(table[low], table[high]))
     return pc.fill_null(ok, False)
 
@@ -120,7 +121,7 @@ class InteractionsCheck(pdx.DataFrameModel):
         name = "interactions"
         strict = True
         # An event id is accepted at most once per arrival day.
-        unique = ["ingest_dt", "event_id"]
+        unique = ["ingest_dt", "event_id"]  # noqa: RUF012 - pandera reads Config as class attributes
 
     @pdx.dataframe_check
     def dt_is_event_date(cls, data) -> pa.Array:
@@ -147,7 +148,7 @@ class QuarantineCheck(pdx.DataFrameModel):
     class Config:
         name = "quarantine"
         strict = True
-        unique = ["source_file", "line_no"]
+        unique = ["source_file", "line_no"]  # noqa: RUF012 - pandera reads Config as class attributes
 
 
 class UserProfilesCheck(pdx.DataFrameModel):
@@ -320,8 +321,10 @@ def _message(contract: Table, where: str, table: pa.Table, failures: pa.Table) -
     for row in rows:
         groups.setdefault((str(row["column"]), str(row["check"])), []).append(row)
     lines = [
-        f"data check failed for table {contract.name} ({where}, {table.num_rows} rows): "
-        f"{len(groups)} check(s) failed; nothing was published."
+        (
+            f"data check failed for table {contract.name} ({where}, {table.num_rows} rows): "
+            f"{len(groups)} check(s) failed; nothing was published."
+        )
     ]
     for (column, check), cases in list(groups.items())[:MAX_FAILURES]:
         target = "" if column == contract.name else f"column {column!r}: "
@@ -359,7 +362,7 @@ def _examples(contract: Table, table: pa.Table, column: str, check: str, cases: 
                 parsed = None
             if not isinstance(parsed, dict) or not all(k in table.column_names for k in parsed):
                 continue
-            columns = [k for k in parsed]
+            columns = list(parsed)
             match = None
             for key, v in parsed.items():
                 m = _matching_values(table[key], [v])

@@ -18,10 +18,11 @@ import gzip
 import json
 import math
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -163,10 +164,7 @@ def parquet_rows(path: str, content: bytes, max_line_bytes: int) -> Iterator[tup
         for batch in batches:
             names = batch.schema.names
             text = [_text_like(f.type) for f in batch.schema]
-            columns = [
-                batch.column(i).cast(pa.binary()) if text[i] else batch.column(i)
-                for i in range(batch.num_columns)
-            ]
+            columns = [batch.column(i).cast(pa.binary()) if text[i] else batch.column(i) for i in range(batch.num_columns)]
             values = [c.to_pylist() for c in columns]
             for row in zip(*values):
                 line_no += 1
@@ -209,9 +207,7 @@ def file_rows(path: str, content: bytes, max_line_bytes: int) -> Iterator[tuple]
 
 def _batch(rows: list[tuple]) -> pa.RecordBatch:
     columns = list(zip(*rows))
-    return pa.RecordBatch.from_arrays(
-        [pa.array(c, type=f.type) for c, f in zip(columns, LINES_SCHEMA)], schema=LINES_SCHEMA
-    )
+    return pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, LINES_SCHEMA)], schema=LINES_SCHEMA)
 
 
 def lines_from_files(batches, max_line_bytes: int, batch_rows: int = BATCH_ROWS):
@@ -228,11 +224,6 @@ def lines_from_files(batches, max_line_bytes: int, batch_rows: int = BATCH_ROWS)
                     rows = []
             if rows:
                 yield _batch(rows)
-
-
-def end_of_day(day: date) -> datetime:
-    """The exclusive upper bound of a UTC day: events strictly before it belong to it or earlier."""
-    return datetime.combine(day + timedelta(days=1), time(), tzinfo=timezone.utc)
 
 
 @dataclass
@@ -268,8 +259,7 @@ class IngestReport:
         ]
         raise RejectRateExceeded(
             f"ingest {self.run_date}: {self.rows_quarantined} of {self.rows_in} rows "
-            f"({self.reject_rate:.1%}) quarantined, above the limit of {max_rate:.1%}. Top reasons:\n"
-            + "\n".join(lines)
+            f"({self.reject_rate:.1%}) quarantined, above the limit of {max_rate:.1%}. Top reasons:\n" + "\n".join(lines)
         )
 
     def to_dict(self) -> dict:
@@ -304,7 +294,7 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    floor = datetime.combine(settings.min_event_time, time(), tzinfo=timezone.utc)
+    floor = datetime.combine(settings.min_event_time, time(), tzinfo=UTC)
     earliest = F.to_timestamp(F.date_sub("ingest_dt", settings.lateness_days))
     latest = F.to_timestamp(F.date_add("ingest_dt", 1)) + F.expr(f"INTERVAL {settings.clock_skew_minutes} MINUTES")
 
@@ -340,9 +330,7 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
     event_ts = F.when(
         numeric_ts,
         # Epoch numbers above 1e11 are milliseconds.
-        F.timestamp_micros(
-            F.when(epoch > 1e11, epoch * 1000).otherwise(epoch * 1_000_000).cast("long")
-        ),
+        F.timestamp_micros(F.when(epoch > 1e11, epoch * 1000).otherwise(epoch * 1_000_000).cast("long")),
     ).when(iso_with_offset, F.expr("try_to_timestamp(f_ts)"))
     df = df.withColumn("event_ts", event_ts)
     value = F.expr("try_cast(f_value AS DOUBLE)")
@@ -355,9 +343,7 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
         return F.coalesce(*[F.when(structured(n), F.lit(n)) for n in ID_FIELDS])
 
     def first_oversized():
-        return F.coalesce(
-            *[F.when(F.length(f"f_{n}") > settings.max_field_chars, F.lit(n)) for n in ID_FIELDS]
-        )
+        return F.coalesce(*[F.when(F.length(f"f_{n}") > settings.max_field_chars, F.lit(n)) for n in ID_FIELDS])
 
     is_nan = F.isnan(F.col("value")) | F.col("value").isin(float("inf"), float("-inf"))
     checks = [
@@ -365,13 +351,37 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
         ("malformed_json", F.col("m").isNull(), F.lit("not a JSON object")),
         ("missing_field", first_missing().isNotNull(), F.concat(F.lit("missing or empty: "), first_missing())),
         ("bad_type", first_structured().isNotNull(), F.concat(F.lit("not a scalar: "), first_structured())),
-        ("oversized_field", first_oversized().isNotNull(), F.concat(F.lit(f"longer than {settings.max_field_chars} chars: "), first_oversized())),
-        ("unknown_event_type", ~F.col("f_event_type").isin(*settings.event_types), F.concat(F.lit("event_type="), F.col("f_event_type"))),
-        ("bad_timestamp", F.col("event_ts").isNull(), F.concat(F.lit("not ISO-8601 with offset nor epoch seconds: ts="), F.col("f_ts"))),
-        ("ts_out_of_range", F.col("event_ts") < F.lit(floor), F.concat(F.lit(f"before {settings.min_event_time}: "), F.col("f_ts"))),
+        (
+            "oversized_field",
+            first_oversized().isNotNull(),
+            F.concat(F.lit(f"longer than {settings.max_field_chars} chars: "), first_oversized()),
+        ),
+        (
+            "unknown_event_type",
+            ~F.col("f_event_type").isin(*settings.event_types),
+            F.concat(F.lit("event_type="), F.col("f_event_type")),
+        ),
+        (
+            "bad_timestamp",
+            F.col("event_ts").isNull(),
+            F.concat(F.lit("not ISO-8601 with offset nor epoch seconds: ts="), F.col("f_ts")),
+        ),
+        (
+            "ts_out_of_range",
+            F.col("event_ts") < F.lit(floor),
+            F.concat(F.lit(f"before {settings.min_event_time}: "), F.col("f_ts")),
+        ),
         ("ts_in_future", F.col("event_ts") >= latest, F.concat(F.lit("after the arrival day plus clock skew: "), F.col("f_ts"))),
-        ("late_event", F.col("event_ts") < earliest, F.concat(F.lit(f"more than {settings.lateness_days} days before arrival: "), F.col("f_ts"))),
-        ("bad_value", F.col("f_value").isNotNull() & (F.col("value").isNull() | is_nan), F.concat(F.lit("value="), F.col("f_value"))),
+        (
+            "late_event",
+            F.col("event_ts") < earliest,
+            F.concat(F.lit(f"more than {settings.lateness_days} days before arrival: "), F.col("f_ts")),
+        ),
+        (
+            "bad_value",
+            F.col("f_value").isNotNull() & (F.col("value").isNull() | is_nan),
+            F.concat(F.lit("value="), F.col("f_value")),
+        ),
         ("negative_value", F.col("value") < 0, F.concat(F.lit("value="), F.col("f_value"))),
     ]
     reason = F.when(F.col("pre_reason").isNotNull(), F.col("pre_reason"))
@@ -388,20 +398,23 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
         "first_seen", F.first(F.concat_ws(":", "source_file", "line_no")).over(occurrence)
     )
     repeated = valid & (F.col("dup_rank") > 1)
-    df = df.withColumn("detail", F.when(repeated, F.concat(F.lit("first seen at "), F.col("first_seen"))).otherwise(F.col("detail")))
+    df = df.withColumn(
+        "detail", F.when(repeated, F.concat(F.lit("first seen at "), F.col("first_seen"))).otherwise(F.col("detail"))
+    )
     df = df.withColumn("reason", F.when(repeated, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
     if known_event_ids is not None:
         known = known_event_ids.select(F.col("event_id").alias("f_event_id"), F.col("ingest_dt").alias("_known_dt"))
         df = df.join(known, on="f_event_id", how="left")
         seen_before = F.col("reason").isNull() & F.col("_known_dt").isNotNull()
         df = df.withColumn(
-            "detail", F.when(seen_before, F.concat(F.lit("already ingested on "), F.col("_known_dt").cast("string"))).otherwise(F.col("detail"))
+            "detail",
+            F.when(seen_before, F.concat(F.lit("already ingested on "), F.col("_known_dt").cast("string"))).otherwise(
+                F.col("detail")
+            ),
         ).withColumn("reason", F.when(seen_before, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
 
     extra_keys = F.map_filter("m", lambda k, v: ~k.isin(*KNOWN_FIELDS))
-    return df.withColumn(
-        "extra", F.when(F.size(extra_keys) > 0, F.to_json(extra_keys))
-    ).select(
+    return df.withColumn("extra", F.when(F.size(extra_keys) > 0, F.to_json(extra_keys))).select(
         "ingest_dt",
         "source_file",
         "line_no",

@@ -30,27 +30,35 @@ def user_profiles(interactions, users, items, as_of_end: datetime, settings: Fea
             .cast("long")
             .alias(activity_column(days))
         )
-    activity = interactions.groupBy("user_id").agg(
-        *counts,
-        F.countDistinct(F.to_date("event_ts")).alias("active_days"),
-        F.min("event_ts").alias("first_event_ts"),
-        F.max("event_ts").alias("last_event_ts"),
-        # The values are summed in sorted order, so the mean does not depend on how the
-        # rows happen to be partitioned (a float sum does): reruns give identical bits.
-        F.try_divide(
-            F.aggregate(F.array_sort(F.collect_list("value")), F.lit(0.0).cast("double"), lambda acc, x: acc + x),
-            F.count("value"),
-        ).alias("mean_value"),
-    ).withColumn(
-        "days_since_last_event",
-        (F.unix_micros(end) - F.unix_micros("last_event_ts")) / F.lit(86_400_000_000.0),
+    activity = (
+        interactions.groupBy("user_id")
+        .agg(
+            *counts,
+            F.countDistinct(F.to_date("event_ts")).alias("active_days"),
+            F.min("event_ts").alias("first_event_ts"),
+            F.max("event_ts").alias("last_event_ts"),
+            # The values are summed in sorted order, so the mean does not depend on how the
+            # rows happen to be partitioned (a float sum does): reruns give identical bits.
+            F.try_divide(
+                F.aggregate(F.array_sort(F.collect_list("value")), F.lit(0.0).cast("double"), lambda acc, x: acc + x),
+                F.count("value"),
+            ).alias("mean_value"),
+        )
+        .withColumn(
+            "days_since_last_event",
+            (F.unix_micros(end) - F.unix_micros("last_event_ts")) / F.lit(86_400_000_000.0),
+        )
     )
     by_type = (
         interactions.groupBy("user_id", "event_type")
         .count()
         .groupBy("user_id")
         # Entries sorted by type: the map's order does not depend on the shuffle.
-        .agg(F.map_from_entries(F.array_sort(F.collect_list(F.struct("event_type", F.col("count").cast("long"))))).alias("events_by_type"))
+        .agg(
+            F.map_from_entries(F.array_sort(F.collect_list(F.struct("event_type", F.col("count").cast("long"))))).alias(
+                "events_by_type"
+            )
+        )
     )
     genre_counts = (
         interactions.join(items.select("item_id", F.explode("genres").alias("genre")), "item_id")
@@ -87,4 +95,3 @@ def user_profiles(interactions, users, items, as_of_end: datetime, settings: Fea
         .withColumn("genre_affinity", F.coalesce("genre_affinity", F.create_map().cast("map<string,double>")))
         .withColumn("recent_items", F.coalesce("recent_items", F.array().cast("array<string>")))
     )
-

@@ -13,11 +13,12 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from functools import cached_property
-from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -96,9 +97,7 @@ class Lake:
             values.append(name[len(key) :])
         return sorted(values)
 
-    def latest_partition(
-        self, table: Table, *, on_or_before: date | None = None, complete_only: bool = True
-    ) -> str | None:
+    def latest_partition(self, table: Table, *, on_or_before: date | None = None, complete_only: bool = True) -> str | None:
         values = self.partitions(table, complete_only=complete_only)
         if on_or_before is not None:
             values = [v for v in values if v <= on_or_before.isoformat()]
@@ -191,7 +190,7 @@ class Lake:
             "rows": rows,
             "files": [p.rsplit("/", 1)[-1] for p in self.data_files(staged_path)],
             "checksum_sha256": self.checksum(staged_path),
-            "created_at": datetime.now(timezone.utc).isoformat(),
+            "created_at": datetime.now(UTC).isoformat(),
             **manifest,
         }
         self.write_json(f"{staged_path}/{MANIFEST}", full_manifest)

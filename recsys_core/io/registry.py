@@ -10,6 +10,7 @@ from pathlib import Path
 
 from recsys_core.config import Settings
 from recsys_core.evaluation.gate import GateDecision
+from recsys_core.evaluation.metric_names import metric_key
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,6 @@ def _model_development_experiment(settings: Settings) -> str:
     if EXPERIMENT_KIND not in experiment.tags:  # a store from before the tag; a kind chosen in the UI stays
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
     return experiment.experiment_id
-
-
-def metric_key(name: str) -> str:
-    """MLflow metric names allow no '@': ``ndcg@10`` is logged as ``ndcg_at_10``."""
-    return name.replace("@", "_at_")
 
 
 def log_metrics(metrics: dict[str, float], prefix: str = "", step: int | None = None, model_id: str | None = None) -> None:
@@ -131,7 +127,7 @@ def _version(package: str) -> str:
 class Champion:
     name: str
     version: str
-    run_id: str
+    run_id: str | None  # MLflow allows a model version without a run
     bundle_dir: Path
 
 
@@ -173,8 +169,16 @@ def apply_gate(settings: Settings, version: str, decision: GateDecision) -> None
 def mlflow_server_command(settings: Settings, host: str, port: int) -> list[str]:
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     return [
-        sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", settings.tracking_uri,
-        "--default-artifact-root", settings.artifact_location,
-        "--host", host, "--port", str(port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        settings.tracking_uri,
+        "--default-artifact-root",
+        settings.artifact_location,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]

@@ -22,9 +22,7 @@ def spark_session(settings: Settings, app: str):
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(f"{settings.spark.app_name_prefix}-{app}")
     if not launched_by_spark_submit():
-        builder = builder.master(settings.spark.master).config(
-            "spark.driver.memory", settings.spark.driver_memory
-        )
+        builder = builder.master(settings.spark.master).config("spark.driver.memory", settings.spark.driver_memory)
     conf = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),

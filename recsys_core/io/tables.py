@@ -16,8 +16,8 @@ import pyarrow.fs as pafs
 
 from recsys_core.contracts import INTERACTIONS, Table
 from recsys_core.errors import MissingInput
-from recsys_core.features.ingest import end_of_day
 from recsys_core.io.lake import Lake, partition_name
+from recsys_core.timeutil import end_of_day
 
 INGESTS = "_ingests"
 
@@ -84,9 +84,7 @@ def read_interactions(lake: Lake, as_of: date, lateness_days: int, columns: list
         lake.table_path(INTERACTIONS),
         filesystem=lake.fs,
         format="parquet",
-        partitioning=ds.partitioning(
-            pa.schema([("dt", pa.date32()), ("ingest_dt", pa.date32())]), flavor="hive"
-        ),
+        partitioning=ds.partitioning(pa.schema([("dt", pa.date32()), ("ingest_dt", pa.date32())]), flavor="hive"),
         schema=schema,
     )
     flt = (

@@ -19,18 +19,19 @@ class ALSFactors:
         return self.user_factors[rows] @ self.item_factors.T
 
 
-def fit_als(settings: Settings, history: sp.csr_matrix, spark=None) -> ALSFactors:
-    """Fit ALS (implicit preferences) on a binary users x items matrix; users/items without factors score 0."""
-    from pyspark.ml.recommendation import ALS
+def fit_als(settings: Settings, history: sp.csr_matrix, spark) -> ALSFactors:
+    """Fit ALS (implicit preferences) on a binary users x items matrix; users/items without factors score 0.
 
-    from recsys_core.io.spark import spark_session
-
-    spark = spark or spark_session(settings, "als")
+    ``spark`` is the caller's session: the model starts no Spark of its own.
+    """
     import pandas as pd
+    from pyspark.ml.recommendation import ALS
 
     coo = history.tocoo()
     # Through Arrow from pandas: no Python worker processes, one batch to the JVM.
-    pairs = pd.DataFrame({"user": coo.row.astype("int32"), "item": coo.col.astype("int32"), "rating": np.ones(coo.nnz, dtype="float32")})
+    pairs = pd.DataFrame(
+        {"user": coo.row.astype("int32"), "item": coo.col.astype("int32"), "rating": np.ones(coo.nnz, dtype="float32")}
+    )
     frame = spark.createDataFrame(pairs)
     train = settings.train
     model = ALS(

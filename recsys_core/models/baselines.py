@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from recsys_core.timeutil import SECONDS_PER_DAY
+
 
 def history_matrix(histories: list[np.ndarray], n_items: int) -> sp.csr_matrix:
     """Binary users x items matrix from 1-based item index histories."""
@@ -28,13 +30,14 @@ class Popularity:
     window_days: int
     counts: np.ndarray | None = None
 
-    def fit(self, item_idx: np.ndarray, times: np.ndarray, n_items: int, cutoff_ts: int) -> "Popularity":
-        recent = times >= cutoff_ts - self.window_days * 86_400
+    def fit(self, item_idx: np.ndarray, times: np.ndarray, n_items: int, cutoff_ts: int) -> Popularity:
+        recent = times >= cutoff_ts - self.window_days * SECONDS_PER_DAY
         chosen = item_idx[recent] if recent.any() else item_idx
         self.counts = np.bincount(chosen - 1, minlength=n_items).astype(np.float32)
         return self
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:
+        assert self.counts is not None, "fit() first"
         return np.broadcast_to(self.counts, (history.shape[0], len(self.counts))).copy()
 
 
@@ -45,7 +48,7 @@ class EASE:
     l2: float
     weights: np.ndarray | None = None
 
-    def fit(self, history: sp.csr_matrix) -> "EASE":
+    def fit(self, history: sp.csr_matrix) -> EASE:
         gram = (history.T @ history).toarray().astype(np.float64)
         gram[np.diag_indices_from(gram)] += self.l2
         precision = np.linalg.inv(gram)

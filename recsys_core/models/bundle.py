@@ -58,7 +58,7 @@ class ModelBundle:
         return directory
 
     @classmethod
-    def load(cls, directory: Path) -> "ModelBundle":
+    def load(cls, directory: Path) -> ModelBundle:
         meta = bundle_metadata(directory)
         config = SeqRecConfig.from_dict(meta["config"])
         state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 
 
-class SeqRecPyfunc(mlflow.pyfunc.PythonModel):
+class SeqRecPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]  # mlflow loads pyfunc lazily
     top_k = 10
 
     def load_context(self, context):

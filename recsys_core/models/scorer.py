@@ -73,6 +73,7 @@ class Scorer:
         """The popularity each user's prediction sees: [m, k] shared, or [n, m, k] per user."""
         if self.trend is None or self.trend.dim() == 2:
             return self.trend
+        assert self.trend_rows is not None  # the constructor requires it for a table of several snapshots
         return self.trend[self.trend_rows[torch.as_tensor(rows)].to(self.trend.device)]
 
     @torch.no_grad()

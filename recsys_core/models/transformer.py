@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -105,6 +106,8 @@ def gap_buckets(gaps_seconds: torch.Tensor, items: torch.Tensor | None = None) -
 
 
 class SeqRec(nn.Module):
+    causal_mask: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, config: SeqRecConfig, item_content: torch.Tensor | None = None):
         super().__init__()
         self.config = config
@@ -122,16 +125,25 @@ class SeqRec(nn.Module):
         self.query_gap_embedding = nn.Embedding(GAP_BUCKETS, d) if config.use_query_gap else None
         # Per recency bucket, an offset to the trend weights (bucket 0: no event yet).
         self.trend_by_gap = (
-            nn.Parameter(torch.zeros(GAP_BUCKETS, len(config.trend_windows))) if config.use_query_gap and config.trend_windows else None
+            nn.Parameter(torch.zeros(GAP_BUCKETS, len(config.trend_windows)))
+            if config.use_query_gap and config.trend_windows
+            else None
         )
         layer = nn.TransformerEncoderLayer(
-            d, config.n_heads, dim_feedforward=d * 4, dropout=config.dropout, batch_first=True, norm_first=True,
+            d,
+            config.n_heads,
+            dim_feedforward=d * 4,
+            dropout=config.dropout,
+            batch_first=True,
+            norm_first=True,
             activation="gelu",
-        )  # fmt: skip
+        )
         self.encoder = nn.TransformerEncoder(layer, config.n_layers, enable_nested_tensor=False)
         self.input_dropout = nn.Dropout(config.dropout)
         self.final_norm = nn.LayerNorm(d)
-        self.register_buffer("causal_mask", torch.triu(torch.ones(config.max_len, config.max_len, dtype=torch.bool), 1), persistent=False)
+        self.register_buffer(
+            "causal_mask", torch.triu(torch.ones(config.max_len, config.max_len, dtype=torch.bool), 1), persistent=False
+        )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -139,8 +151,8 @@ class SeqRec(nn.Module):
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
         nn.init.normal_(self.position_embedding.weight, std=0.02)
-        for emb in self.user_embeddings:
-            nn.init.normal_(emb.weight, std=0.02)
+        for user_emb in self.user_embeddings:
+            nn.init.normal_(cast(nn.Embedding, user_emb).weight, std=0.02)
         for emb in (self.gap_embedding, self.query_gap_embedding):
             if emb is not None:
                 nn.init.normal_(emb.weight, std=0.02)
@@ -183,7 +195,9 @@ class SeqRec(nn.Module):
         h = self.encoder(x, mask=mask, is_causal=True)
         return self.final_norm(h)
 
-    def scores(self, hidden: torch.Tensor, trend: torch.Tensor | None = None, query_gaps: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(
+        self, hidden: torch.Tensor, trend: torch.Tensor | None = None, query_gaps: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """hidden [..., d] → scores over the catalogue [..., n_items + 1] (index 0 is padding).
 
         ``trend`` [..., n_items + 1, len(trend_windows)]: the items' log1p recent popularity at
@@ -305,4 +319,3 @@ class SeqRec(nn.Module):
     ) -> torch.Tensor:
         """The representation used to score the next item: the last position's hidden state."""
         return self.encode(items, gaps, user_feats, query_gaps)[:, -1]
-

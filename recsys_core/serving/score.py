@@ -25,6 +25,7 @@ shapes (a single ``torch.topk`` over 20K columns costs about as much as the GEMM
 
 from __future__ import annotations
 
+import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -117,7 +118,7 @@ class _Selector:
 
     def __init__(self, n_items: int, k: int):
         self.k = k
-        group = int(round(math.sqrt(n_items / max(k, 1))))  # balances block maxima vs candidates
+        group = round(math.sqrt(n_items / max(k, 1)))  # balances block maxima vs candidates
         self.two_stage = group >= 4 and n_items >= _TWO_STAGE_MIN_RATIO * k * group
         if self.two_stage:
             self.group = group
@@ -144,7 +145,9 @@ class _Selector:
             work(chunks[0])
         return torch.from_numpy(values), torch.from_numpy(columns)
 
-    def _select(self, scores: torch.Tensor, block_max: np.ndarray, values: np.ndarray, columns: np.ndarray, lo: int, hi: int) -> None:
+    def _select(
+        self, scores: torch.Tensor, block_max: np.ndarray, values: np.ndarray, columns: np.ndarray, lo: int, hi: int
+    ) -> None:
         k = self.k
         blocks = np.argpartition(-block_max[lo:hi], k - 1, axis=1)[:, :k]
         candidates = (blocks[:, :, None] + self.offsets).reshape(hi - lo, -1)
@@ -167,7 +170,7 @@ _MIN_CHUNK_ROWS = 64
 def _row_chunks(rows: int) -> list[tuple[int, int]]:
     parts = max(1, min(torch.get_num_threads(), rows // _MIN_CHUNK_ROWS))
     bounds = np.linspace(0, rows, parts + 1).astype(int)
-    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -210,9 +213,7 @@ def recommend_top_k(
     if categories is None:
         raise ValueError("MMR re-ranking needs the item categories")
     pool = min(max(pool_factor, 1) * k, item_matrix.shape[0])
-    pool_items, pool_scores = score_top_k(
-        user_vectors, item_matrix, pool, exclude=exclude, batch_users=batch_users, min_valid=k
-    )
+    pool_items, pool_scores = score_top_k(user_vectors, item_matrix, pool, exclude=exclude, batch_users=batch_users, min_valid=k)
     return mmr_rerank(pool_items, pool_scores, categories, k, mmr_lambda)
 
 

@@ -15,15 +15,15 @@ single-threaded task per core instead of oversubscribing the cores.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
 OUTPUT_SCHEMA = "user_id string, rank int, item_id string, score float"
-_ARROW_OUTPUT = pa.schema(
-    [("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())]
-)
+_ARROW_OUTPUT = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())])
 
 
 def user_batch_table(user_ids: list[str], user_vectors: np.ndarray, exclude: sp.csr_matrix | None) -> pa.Table:
@@ -34,9 +34,7 @@ def user_batch_table(user_ids: list[str], user_vectors: np.ndarray, exclude: sp.
     if exclude is None:
         exclude = sp.csr_matrix((n, 0), dtype=np.float32)
     exclude = exclude.tocsr()
-    seen = pa.ListArray.from_arrays(
-        pa.array(exclude.indptr.astype(np.int32)), pa.array(exclude.indices.astype(np.int32))
-    )
+    seen = pa.ListArray.from_arrays(pa.array(exclude.indptr.astype(np.int32)), pa.array(exclude.indices.astype(np.int32)))
     return pa.table({"user_id": pa.array(user_ids, pa.string()), "vector": vectors, "seen": seen})
 
 
@@ -120,7 +118,7 @@ def spark_top_k(
     b_items = sc.broadcast(matrix)
     b_ids = sc.broadcast(np.asarray(item_ids, dtype=object))
     b_cats = sc.broadcast(np.asarray(categories, dtype=bool)) if categories is not None else None
-    options = {"batch_users": batch_users, "mmr_lambda": mmr_lambda, "pool_factor": pool_factor}
+    options: dict[str, Any] = {"batch_users": batch_users, "mmr_lambda": mmr_lambda, "pool_factor": pool_factor}
 
     def score_partition(batches):
         import torch
@@ -147,9 +145,7 @@ def spark_top_k(
     return rows.sort_by([("user_id", "ascending"), ("rank", "ascending")])
 
 
-def rows_to_matrices(
-    rows: pa.Table, user_ids: list[str], item_ids: list[str], k: int
-) -> tuple[np.ndarray, np.ndarray]:
+def rows_to_matrices(rows: pa.Table, user_ids: list[str], item_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     """(user_id, rank, item_id, score) rows → ([users, k] item columns, [users, k] scores) in ``user_ids`` order."""
     user_pos = pc.index_in(rows["user_id"], value_set=pa.array(user_ids, pa.string()))
     item_pos = pc.index_in(rows["item_id"], value_set=pa.array(item_ids, pa.string()))

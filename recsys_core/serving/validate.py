@@ -9,7 +9,6 @@ import pyarrow.compute as pc
 from recsys_core.contracts import RECOMMENDATIONS
 from recsys_core.errors import PublishError
 
-
 SOURCES = ("model", "fallback")
 
 

@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 from recsys_core.config import Settings
 from recsys_core.contracts import ITEM_FEATURES, RAW_ITEMS, RAW_USERS, USER_PROFILES, spark_conform
 from recsys_core.features.checks import check_table
-from recsys_core.features.ingest import end_of_day
 from recsys_core.features.items import item_features
 from recsys_core.features.profiles import user_profiles
 from recsys_core.features.text import EMBEDDINGS_SCHEMA, embed_batches
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import required_ingests, snapshot_path, spark_interactions
+from recsys_core.timeutil import end_of_day
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,13 @@ def run_features(settings: Settings, as_of: date, spark=None) -> dict:
     }
     log.info(
         "features as of %s: %d interactions -> %d user profiles, %d item features (%d texts embedded) in %.1fs",
-        as_of, n_interactions, n_users, n_items, embedded, summary["seconds"],
-    )  # fmt: skip
+        as_of,
+        n_interactions,
+        n_users,
+        n_items,
+        embedded,
+        summary["seconds"],
+    )
     return summary
 
 
@@ -96,7 +101,11 @@ def _stage(lake: Lake, contract, as_of: date, df) -> str:
 def _check_staged(lake: Lake, contract, as_of: date, staged: str) -> int:
     """The data checks of a staged features partition (with its dt), before it is published."""
     files = lake.data_files(staged)
-    table = pq.read_table(files, filesystem=lake.fs, partitioning=None) if files else contract.schema.empty_table().drop_columns(["dt"])
+    table = (
+        pq.read_table(files, filesystem=lake.fs, partitioning=None)
+        if files
+        else contract.schema.empty_table().drop_columns(["dt"])
+    )
     table = table.append_column("dt", pa.array([as_of] * table.num_rows, pa.date32()))
     return check_table(table, contract, where=f"dt={as_of}, staged")
 
@@ -140,7 +149,9 @@ def _with_text_embeddings(spark, lake: Lake, features, settings: Settings):
         for path in lake.data_files(staged):
             lake.fs.copy_file(path, f"{cache_dir}/{int(time.time() * 1000)}-{path.rsplit('/', 1)[-1]}")
         lake.fs.delete_dir(staged)
-        log.info("embedded %d new item texts with %s in %.1fs (cache: %s)", n_missing, model, time.monotonic() - started, cache_dir)
+        log.info(
+            "embedded %d new item texts with %s in %.1fs (cache: %s)", n_missing, model, time.monotonic() - started, cache_dir
+        )
         cached = spark.read.schema(schema).parquet(lake.spark_uri(cache_dir))
     else:
         log.info("all item texts found in the embedding cache (%s)", cache_dir)

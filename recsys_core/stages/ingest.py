@@ -64,7 +64,8 @@ def input_files(lake: Lake, run_date: date) -> list[str]:
     unsupported = [f for f in files if not f.endswith(INPUT_SUFFIXES)]
     if unsupported:
         raise UnreadableInput(
-            f"unsupported input files in {folder}: {unsupported[:5]}; expected JSON Lines or Parquet ({', '.join(INPUT_SUFFIXES)})"
+            f"unsupported input files in {folder}: {unsupported[:5]}; "
+            f"expected JSON Lines or Parquet ({', '.join(INPUT_SUFFIXES)})"
         )
     for path in files:
         try:
@@ -98,9 +99,7 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
         )
     else:
         lines = spark.createDataFrame([], lines_schema)
-    lines = lines.withColumn(
-        "ingest_dt", F.to_date(F.regexp_extract("source_file", r"/dt=(\d{4}-\d{2}-\d{2})/", 1))
-    ).persist()
+    lines = lines.withColumn("ingest_dt", F.to_date(F.regexp_extract("source_file", r"/dt=(\d{4}-\d{2}-\d{2})/", 1))).persist()
 
     lookback = timedelta(days=settings.ingest.lateness_days + settings.ingest.dedup_lookback_days)
     earlier = [d for d in completed_ingests(lake) if dates[0] - lookback <= d < dates[-1] and d not in dates]
@@ -166,17 +165,27 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
         log.log(
             logging.INFO if report.rows_quarantined or len(reports) == 1 else logging.DEBUG,
             "ingest %s: %d files, %d rows in, %d accepted, %d quarantined (%.2f%%) %s",
-            day, report.files, report.rows_in, report.rows_accepted, report.rows_quarantined,
-            100 * report.reject_rate, report.reasons,
-        )  # fmt: skip
+            day,
+            report.files,
+            report.rows_in,
+            report.rows_accepted,
+            report.rows_quarantined,
+            100 * report.reject_rate,
+            report.reasons,
+        )
     lake.fs.delete_dir(staged_interactions)
     lake.fs.delete_dir(staged_quarantine)
     total_in = sum(r.rows_in for r in reports)
     log.info(
         "ingested %d day(s) %s..%s: %d rows in, %d accepted, %d quarantined in %.1fs",
-        len(reports), dates[0], dates[-1], total_in, sum(r.rows_accepted for r in reports),
-        sum(r.rows_quarantined for r in reports), time.monotonic() - started,
-    )  # fmt: skip
+        len(reports),
+        dates[0],
+        dates[-1],
+        total_in,
+        sum(r.rows_accepted for r in reports),
+        sum(r.rows_quarantined for r in reports),
+        time.monotonic() - started,
+    )
     return reports
 
 
@@ -221,7 +230,10 @@ def _check_staged(lake: Lake, report: IngestReport, staged_interactions: str, st
 def _reports(classified, dates: list[date], files: dict, rows_in: dict) -> list[IngestReport]:
     from pyspark.sql import functions as F
 
-    reports = {d: IngestReport(run_date=d, files=len(files[d]), rows_in=rows_in.get(d, 0), rows_accepted=0, rows_quarantined=0) for d in dates}
+    reports = {
+        d: IngestReport(run_date=d, files=len(files[d]), rows_in=rows_in.get(d, 0), rows_accepted=0, rows_quarantined=0)
+        for d in dates
+    }
     grouped = classified.groupBy("ingest_dt", "reason", F.to_date("event_ts").alias("event_dt")).agg(F.count("*").alias("n"))
     for row in grouped.collect():
         report = reports[row["ingest_dt"]]
@@ -241,7 +253,9 @@ def _reports(classified, dates: list[date], files: dict, rows_in: dict) -> list[
     for row in examples:
         ex = row["ex"]
         reports[row["ingest_dt"]].examples[row["reason"]] = {
-            "source_file": ex["source_file"], "line_no": ex["line_no"], "raw": ex["raw"][:300], "detail": ex["detail"],
-        }  # fmt: skip
+            "source_file": ex["source_file"],
+            "line_no": ex["line_no"],
+            "raw": ex["raw"][:300],
+            "detail": ex["detail"],
+        }
     return [reports[d] for d in dates]
-

@@ -79,9 +79,12 @@ def training_decision(settings: Settings, run_date: date, *, requested: bool) ->
     if age < 0:
         return TrainingDecision(False, f"champion v{version} was trained as of {as_of}, after this run date {run_date}")
     if age >= every:
-        return TrainingDecision(True, f"champion v{version} was trained as of {as_of}, {age} days before {run_date} (every {every} days)")
+        return TrainingDecision(
+            True, f"champion v{version} was trained as of {as_of}, {age} days before {run_date} (every {every} days)"
+        )
     return TrainingDecision(
-        False, f"champion v{version} was trained as of {as_of}, {age} days before {run_date}; next due {as_of + timedelta(days=every)}"
+        False,
+        f"champion v{version} was trained as of {as_of}, {age} days before {run_date}; next due {as_of + timedelta(days=every)}",
     )
 
 

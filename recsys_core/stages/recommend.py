@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +35,6 @@ from recsys_core.config import ServeSettings, Settings
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.errors import RegistryError
 from recsys_core.evaluation import metrics as M
-from recsys_core.features.ingest import end_of_day
 from recsys_core.io.lake import STAGING, TRASH, Lake, partition_name
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.bundle import ModelBundle, bundle_metadata
@@ -43,6 +43,7 @@ from recsys_core.serving.reader import LATEST
 from recsys_core.serving.rerank import category_matrix
 from recsys_core.serving.score import recommend_top_k, score_top_k, seen_matrix
 from recsys_core.serving.validate import InvalidRecommendations, validate_recommendations
+from recsys_core.timeutil import end_of_day
 from recsys_core.windows import popularity_column
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,14 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         log.warning(
             "%s v%s was trained on events up to the end of %s, after this run date %s: "
             "this night is scored by a model that saw later data (a backfill with today's champion)",
-            current.name, current.version, trained_as_of, run_date,
+            current.name,
+            current.version,
+            trained_as_of,
+            run_date,
         )
-    interactions = read_interactions(lake, run_date, settings.ingest.lateness_days, columns=["user_id", "item_id", "event_ts", "source_file", "line_no"])
+    interactions = read_interactions(
+        lake, run_date, settings.ingest.lateness_days, columns=["user_id", "item_id", "event_ts", "source_file", "line_no"]
+    )
     profiles = lake.read_partition(USER_PROFILES, run_date).sort_by("user_id")
     items = lake.read_partition(ITEM_FEATURES, run_date)
     catalogue, excluded = available_catalogue(items, serve)
@@ -84,9 +90,16 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     log.info(
         "scoring %d users (%d with history, %d profile only, %d fallback) over %d items (%d unavailable excluded) "
         "with %s v%s on the %s engine",
-        len(user_ids), int(has_history.sum()), int((~has_history & has_profile).sum()), int((~use_model).sum()),
-        len(catalogue_ids), len(excluded), current.name, current.version, serve.engine,
-    )  # fmt: skip
+        len(user_ids),
+        int(has_history.sum()),
+        int((~has_history & has_profile).sum()),
+        int((~use_model).sum()),
+        len(catalogue_ids),
+        len(excluded),
+        current.name,
+        current.version,
+        serve.engine,
+    )
 
     top_items = np.empty((len(user_ids), k), dtype=np.int64)
     top_scores = np.empty((len(user_ids), k), dtype=np.float32)
@@ -96,9 +109,16 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         vectors = scorer.user_vectors(model_rows)
         categories = category_matrix(catalogue["genres"].to_pylist()) if serve.mmr_lambda is not None else None
         top_items[model_rows], top_scores[model_rows] = score_users(
-            settings, run_date, [user_ids[i] for i in model_rows], vectors, catalogue_ids, scorer.item_matrix(),
-            seen[model_rows], categories, spark=spark,
-        )  # fmt: skip
+            settings,
+            run_date,
+            [user_ids[i] for i in model_rows],
+            vectors,
+            catalogue_ids,
+            scorer.item_matrix(),
+            seen[model_rows],
+            categories,
+            spark=spark,
+        )
     fallback_rows = np.flatnonzero(~use_model)
     if len(fallback_rows):
         trending = catalogue[popularity_column(settings.train.trending_window_days)].to_numpy().astype(np.float32)
@@ -109,9 +129,15 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     scoring_seconds = time.monotonic() - scoring_started
 
     table = build_table(
-        user_ids, catalogue_ids, top_items, top_scores, np.where(use_model, "model", "fallback"),
-        current.name, current.version, datetime.now(timezone.utc).replace(microsecond=0),
-    )  # fmt: skip
+        user_ids,
+        catalogue_ids,
+        top_items,
+        top_scores,
+        np.where(use_model, "model", "fallback"),
+        current.name,
+        current.version,
+        datetime.now(UTC).replace(microsecond=0),
+    )
     seen_sets = _seen_sets(interactions)
     validate_recommendations(table, k=k, users=user_ids, catalogue=set(catalogue_ids), seen=seen_sets)
     digest = content_digest(table)
@@ -120,8 +146,13 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     target = lake.partition_path(RECOMMENDATIONS, run_date)
     previous = lake.read_manifest(target) if lake.is_complete(RECOMMENDATIONS, run_date) else None
     unchanged = previous is not None and previous.get("content_digest") == digest
-    if unchanged:
-        log.info("unchanged: %s already holds these rows (content_digest %s); left as published at %s", target, digest[:12], previous.get("created_at"))
+    if unchanged and previous is not None:
+        log.info(
+            "unchanged: %s already holds these rows (content_digest %s); left as published at %s",
+            target,
+            digest[:12],
+            previous.get("created_at"),
+        )
         rows = previous["rows"]
     else:
         staged = lake.new_staging_path(RECOMMENDATIONS, partition_name("dt", run_date))
@@ -150,7 +181,9 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     moved = _update_latest(lake, run_date, target)
     dropped = lake.drop_partitions_older_than(RECOMMENDATIONS, serve.keep_days)
     seconds = round(time.monotonic() - started, 1)
-    log.info("%s", format_report(report, title=f"nightly report {run_date} ({current.name} v{current.version}, {serve.engine} engine)"))
+    log.info(
+        "%s", format_report(report, title=f"nightly report {run_date} ({current.name} v{current.version}, {serve.engine} engine)")
+    )
     _log_nightly(settings, run_date, report, top_items, catalogue, current, seconds, unchanged=unchanged)
     summary = {
         "dt": run_date.isoformat(),
@@ -170,9 +203,14 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     }
     log.info(
         "%s %d rows for %d users to %s (catalogue coverage %.1f%%, fallback users %d) in %.1fs",
-        "kept" if unchanged else "published", rows, len(user_ids), target, 100 * report["catalogue_coverage"],
-        report["fallback_users"], seconds,
-    )  # fmt: skip
+        "kept" if unchanged else "published",
+        rows,
+        len(user_ids),
+        target,
+        100 * report["catalogue_coverage"],
+        report["fallback_users"],
+        seconds,
+    )
     return summary
 
 
@@ -190,7 +228,7 @@ def score_users(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-K item columns and scores for model users on the configured engine."""
     serve = settings.serve
-    options = {"mmr_lambda": serve.mmr_lambda, "categories": categories, "pool_factor": serve.mmr_pool_factor}
+    options: dict[str, Any] = {"mmr_lambda": serve.mmr_lambda, "categories": categories, "pool_factor": serve.mmr_pool_factor}
     if serve.engine == "local":
         return recommend_top_k(vectors, item_matrix, serve.top_k, exclude=exclude, batch_users=serve.score_batch_users, **options)
     from recsys_core.serving.spark_score import rows_to_matrices, spark_top_k
@@ -205,9 +243,16 @@ def score_users(
         session = spark_session(settings, f"recommend-{run_date}")
     try:
         rows = spark_top_k(
-            session, user_ids, vectors.numpy(), item_ids, item_matrix.detach().numpy(), serve.top_k, exclude,
-            batch_users=serve.score_batch_users, **options,
-        )  # fmt: skip
+            session,
+            user_ids,
+            vectors.numpy(),
+            item_ids,
+            item_matrix.detach().numpy(),
+            serve.top_k,
+            exclude,
+            batch_users=serve.score_batch_users,
+            **options,
+        )
     finally:
         if owned:
             session.stop()
@@ -225,7 +270,9 @@ def available_catalogue(items: pa.Table, serve: ServeSettings) -> tuple[pa.Table
         if pa.types.is_boolean(status.type):
             ok = pc.fill_null(status, True)
         else:
-            ok = pc.or_(pc.is_null(status), pc.is_in(pc.cast(status, pa.string()), pa.array(serve.available_statuses, pa.string())))
+            ok = pc.or_(
+                pc.is_null(status), pc.is_in(pc.cast(status, pa.string()), pa.array(serve.available_statuses, pa.string()))
+            )
         keep = pc.and_(keep, ok)
     excluded = sorted(items.filter(pc.invert(keep))["item_id"].to_pylist())
     return items.filter(keep).sort_by("item_id"), excluded
@@ -267,7 +314,9 @@ def _check_staged(lake: Lake, staged: str, rows: int, digest: str) -> None:
     files = lake.data_files(staged)
     back = pq.read_table(files, filesystem=lake.fs, partitioning=None) if files else RECOMMENDATIONS.schema.empty_table()
     if back.num_rows != rows or content_digest(back) != digest:
-        raise InvalidRecommendations(f"staged table {staged} does not read back as written ({back.num_rows} rows, expected {rows})")
+        raise InvalidRecommendations(
+            f"staged table {staged} does not read back as written ({back.num_rows} rows, expected {rows})"
+        )
 
 
 def _update_latest(lake: Lake, run_date: date, target: str) -> bool:
@@ -278,7 +327,7 @@ def _update_latest(lake: Lake, run_date: date, target: str) -> bool:
         newer = lake.is_complete(RECOMMENDATIONS, current) if current else False
         if current == run_date.isoformat() or (newer and current > run_date.isoformat()):
             return False
-    lake.write_json(pointer, {"dt": run_date.isoformat(), "path": target, "updated_at": datetime.now(timezone.utc).isoformat()})
+    lake.write_json(pointer, {"dt": run_date.isoformat(), "path": target, "updated_at": datetime.now(UTC).isoformat()})
     return True
 
 
@@ -300,7 +349,7 @@ def nightly_report(
         "head_share": round(float(bias["head_share"]), 6),
         "fallback_users": int((~use_model).sum()),
         "fallback_share": round(float((~use_model).mean()) if len(use_model) else 0.0, 6),
-        "users": int(len(use_model)),
+        "users": len(use_model),
         "users_source_model": int(use_model.sum()),
         "users_source_fallback": int((~use_model).sum()),
         "catalogue_items": int(catalogue.num_rows),
@@ -311,7 +360,9 @@ def nightly_report(
     return report
 
 
-def _log_nightly(settings: Settings, run_date: date, report: dict, top_items, catalogue, current, seconds: float, unchanged: bool = False) -> None:
+def _log_nightly(
+    settings: Settings, run_date: date, report: dict, top_items, catalogue, current, seconds: float, unchanged: bool = False
+) -> None:
     import mlflow
 
     from recsys_core.evaluation.report import popularity_bias_figure
@@ -321,11 +372,14 @@ def _log_nightly(settings: Settings, run_date: date, report: dict, top_items, ca
     with mlflow.start_run(run_name=f"nightly-{run_date}"):
         mlflow.set_tags(
             {
-                "stage": "nightly", "dt": run_date.isoformat(), "model_name": current.name,
-                "model_version": current.version, "engine": settings.serve.engine,
+                "stage": "nightly",
+                "dt": run_date.isoformat(),
+                "model_name": current.name,
+                "model_version": current.version,
+                "engine": settings.serve.engine,
                 "publish": "unchanged" if unchanged else "published",
             }
-        )  # fmt: skip
+        )
         log_metrics({**report, "seconds": seconds})
         popularity = catalogue["pop_all"].to_numpy().astype(np.float64)
         mlflow.log_figure(

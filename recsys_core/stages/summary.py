@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from typing import Any
 
 import pyarrow.compute as pc
 from rich.console import Console
@@ -18,7 +19,7 @@ from recsys_core.stages.train import workspace
 
 def chain_summary(settings: Settings, run_date: date) -> dict:
     lake = Lake(settings.lake)
-    ingest = {"days": 0, "rows_in": 0, "rows_accepted": 0, "rows_quarantined": 0, "reasons": {}}
+    ingest: dict[str, Any] = {"days": 0, "rows_in": 0, "rows_accepted": 0, "rows_quarantined": 0, "reasons": {}}
     for value in lake.partitions(QUARANTINE):
         if value > run_date.isoformat():
             continue
@@ -49,21 +50,35 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
     for column in ("stage", "in", "out", "rejected / note"):
         stages.add_column(column)
     stages.add_row(
-        "ingest (raw → interactions)", f"{ingest['rows_in']:,}", f"{ingest['rows_accepted']:,}",
+        "ingest (raw → interactions)",
+        f"{ingest['rows_in']:,}",
+        f"{ingest['rows_accepted']:,}",
         f"{ingest['rows_quarantined']:,} quarantined {ingest['reasons'] or ''} over {ingest['days']} days",
-    )  # fmt: skip
+    )
     for name, rows in s["features"].items():
         stages.add_row(f"features: {name}", "", f"{rows:,}", f"as of {run_date}")
     recs = s["recommendations"]
     if recs:
-        stages.add_row("nightly: recommendations", f"{recs['users']:,} users", f"{recs['rows']:,}", f"K={recs['k']}, {recs['model_name']} v{recs['model_version']}")
+        stages.add_row(
+            "nightly: recommendations",
+            f"{recs['users']:,} users",
+            f"{recs['rows']:,}",
+            f"K={recs['k']}, {recs['model_name']} v{recs['model_version']}",
+        )
     console.print(stages)
 
     training = s["training"]
     if training:
-        console.print(_metrics_table(f"Leave-last-out, full ranking (model v{training['model_version']}; promoted: {training['promoted']})", training["metrics"]))
+        console.print(
+            _metrics_table(
+                f"Leave-last-out, full ranking (model v{training['model_version']}; promoted: {training['promoted']})",
+                training["metrics"],
+            )
+        )
         if training["backtest"]:
-            console.print(_metrics_table("Temporal backtest: trained up to the cut, new items of the following days", training["backtest"]))
+            console.print(
+                _metrics_table("Temporal backtest: trained up to the cut, new items of the following days", training["backtest"])
+            )
         calibration = training.get("calibration")
         if calibration:
             offsets = ", ".join(f"{group} users +{offset:g}" for group, offset in calibration["offsets"].items())

@@ -77,10 +77,10 @@ from recsys_core.stages.training.workspace import (
     backtest_cut,
     checkpoint_dir,
     dataset_path,
-    epoch_day,
     train_cutoff,
     workspace,
 )
+from recsys_core.timeutil import epoch_day
 from recsys_core.training.loop import BEST, RESULT
 
 __all__ = [

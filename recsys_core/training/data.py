@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from recsys_core.timeutil import SECONDS_PER_DAY
+
 AGE_BUCKETS = (0, 18, 25, 35, 45, 50, 56)
 USER_FEATURES = ("age_bucket", "gender", "occupation")
 
@@ -63,11 +65,11 @@ class Preprocessing:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Preprocessing":
+    def from_dict(cls, data: dict) -> Preprocessing:
         return cls(**data)
 
     @classmethod
-    def fit(cls, item_features: pa.Table, user_profiles: pa.Table) -> "Preprocessing":
+    def fit(cls, item_features: pa.Table, user_profiles: pa.Table) -> Preprocessing:
         items = item_features.sort_by("item_id")
         genres = sorted({g for gs in items["genres"].to_pylist() for g in (gs or [])})
         embeddings = [e for e in items["text_embedding"].to_pylist() if e]
@@ -120,9 +122,6 @@ class Preprocessing:
         return user_profiles["user_id"].to_pylist(), feats
 
 
-SECONDS_PER_DAY = 86_400
-
-
 @dataclass
 class TrendTable:
     """Each item's recent popularity as of the start of every day: the model's time-aware prior.
@@ -141,7 +140,7 @@ class TrendTable:
         return np.clip(np.asarray(day) - self.first_day, 0, len(self.values) - 1)
 
     @classmethod
-    def build(cls, interactions: pa.Table, prep: "Preprocessing", windows: tuple[int, ...], until_day: int) -> "TrendTable":
+    def build(cls, interactions: pa.Table, prep: Preprocessing, windows: tuple[int, ...], until_day: int) -> TrendTable:
         """From every event (repeats included, like item_features) up to the start of ``until_day``."""
         items = np.array([prep.item_index.get(i, 0) for i in interactions["item_id"].to_pylist()], dtype=np.int64)
         days = pc.cast(interactions["event_ts"], pa.int64()).to_numpy() // (1_000_000 * SECONDS_PER_DAY)
@@ -153,7 +152,10 @@ class TrendTable:
         # before[d] = events strictly before day first + d
         before = np.concatenate([np.zeros((1, prep.n_items + 1)), np.cumsum(counts, axis=0)])[:n_days]
         values = np.stack(
-            [np.log1p(before - before[np.maximum(np.arange(n_days) - w, 0)] * (np.arange(n_days) >= w)[:, None]) for w in windows],
+            [
+                np.log1p(before - before[np.maximum(np.arange(n_days) - w, 0)] * (np.arange(n_days) >= w)[:, None])
+                for w in windows
+            ],
             axis=-1,
         ).astype(np.float32)
         return cls(first, tuple(windows), values)
@@ -256,7 +258,7 @@ class LeaveLastOut:
     test_target: np.ndarray
 
     @classmethod
-    def split(cls, seqs: Sequences, min_events: int = 3) -> "LeaveLastOut":
+    def split(cls, seqs: Sequences, min_events: int = 3) -> LeaveLastOut:
         n = len(seqs.items)
         valid_target = np.zeros(n, dtype=np.int64)
         test_target = np.zeros(n, dtype=np.int64)

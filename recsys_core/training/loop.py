@@ -17,7 +17,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from recsys_core.config import TrainSettings
 from recsys_core.errors import ConfigError
+from recsys_core.evaluation.metric_names import metric_key
 from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec
@@ -126,17 +127,21 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
             f"({ctx.world_size} x {settings.grad_accum_steps})",
             hint="raise train.batch_size, or start fewer processes (--nproc)",
         )
-    sampler = torch.utils.data.DistributedSampler(
-        train_rows, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=settings.seed, drop_last=False
+    # A tensor of row numbers serves as the dataset: it has len() and indexing, which is all the sampler and loader use.
+    rows_dataset = cast("torch.utils.data.Dataset[torch.Tensor]", train_rows)
+    sampler: torch.utils.data.DistributedSampler[torch.Tensor] = torch.utils.data.DistributedSampler(
+        rows_dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=settings.seed, drop_last=False
     )
-    loader = torch.utils.data.DataLoader(train_rows, batch_size=per_rank, sampler=sampler)
+    loader: torch.utils.data.DataLoader[torch.Tensor] = torch.utils.data.DataLoader(
+        rows_dataset, batch_size=per_rank, sampler=sampler
+    )
     ks = (10, 20, 50)
     all_rows = np.arange(len(data.valid.targets))
     my_rows = all_rows[ctx.rank :: ctx.world_size]
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = config_fingerprint(settings, {"dataset": data.fingerprint})
 
-    state = {"epoch": 0, "best_metric": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    state: dict[str, Any] = {"epoch": 0, "best_metric": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     checkpoint = load_checkpoint(out_dir / LAST)
     if checkpoint is not None and checkpoint.get("fingerprint") == fingerprint:
         model.load_state_dict(checkpoint["model"])
@@ -160,7 +165,7 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
         optimizer.zero_grad(set_to_none=True)
         for step, rows in enumerate(loader):
             last_micro = (step + 1) % settings.grad_accum_steps == 0 or step + 1 == len(loader)
-            sync = nullcontext() if last_micro or ctx.world_size == 1 else ddp.no_sync()
+            sync = nullcontext() if last_micro or ctx.world_size == 1 else cast(DDP, ddp).no_sync()
             with sync, scaler_ctx():
                 loss = _forward_loss(ddp, data.train, rows, ctx.device, trend_table, settings.recency_half_life_days)
                 (loss / settings.grad_accum_steps).backward()
@@ -196,12 +201,16 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
                 out_dir / LAST,
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "fingerprint": fingerprint, **state},
             )
-            tracker.log(record, step=epoch + 1)
+            if tracker is not None:
+                tracker.log(record, step=epoch + 1)
             log.info(
                 "epoch %d/%d loss %.4f%s (%.1fs)",
-                epoch + 1, settings.epochs, record["train_loss"],
-                f" val ndcg@10 {record['val_ndcg@10']:.4f}" if evaluate_now else "", record["epoch_seconds"],
-            )  # fmt: skip
+                epoch + 1,
+                settings.epochs,
+                record["train_loss"],
+                f" val ndcg@10 {record['val_ndcg@10']:.4f}" if evaluate_now else "",
+                record["epoch_seconds"],
+            )
         if state["bad_epochs"] >= settings.early_stopping_patience:
             if ctx.is_main:
                 log.info("early stopping at epoch %d: no improvement for %d epochs", epoch + 1, state["bad_epochs"])
@@ -262,11 +271,9 @@ class _Tracker:
             self.client = MlflowClient()
 
     def log(self, record: dict, step: int) -> None:
-        if self.client is None:
+        if self.client is None or self.run_id is None:
             return
         from mlflow.entities import Metric
-
-        from recsys_core.io.registry import metric_key
 
         now = int(time.time() * 1000)
         metrics = [

@@ -118,9 +118,7 @@ def test_schedules_match_daily_operations(dagbag):
 
 
 def test_assets_are_produced_where_consumed(dagbag):
-    produced = {
-        dag_id: {a.uri for t in dagbag.dags[dag_id].tasks for a in t.outlets} for dag_id in DAG_IDS
-    }
+    produced = {dag_id: {a.uri for t in dagbag.dags[dag_id].tasks for a in t.outlets} for dag_id in DAG_IDS}
     assert produced["recsys_features"] == {"recsys://lake/features"}
     assert produced["recsys_train"] == {"recsys://registry/champion"}
     assert produced["recsys_nightly"] == {"recsys://lake/recommendations"}
@@ -147,7 +145,7 @@ def test_failure_summary_finds_the_first_error_line(dagbag, tmp_path):
     events = [
         "Running command: python jobs/train_step.py evaluate --date 2024-03-06",
         "Traceback (most recent call last):",
-        'recsys_core.errors.MissingInput: no trained model at /x/best.pt\nhint: run the torchrun step first',
+        "recsys_core.errors.MissingInput: no trained model at /x/best.pt\nhint: run the torchrun step first",
         "airflow.sdk.exceptions.AirflowException: Bash command failed. The command returned a non-zero exit code 1.",
     ]
     log_file.write_text("\n".join(json.dumps({"event": e}) for e in events))

@@ -117,9 +117,7 @@ def run_state_shown(page, base_url: str, dag_id: str, run_id: str, shots: Path) 
 
 def compare_runs_url(mlflow_url: str, run_ids: list[str], experiment_ids: list[str]) -> str:
     # The route MLflow's own "Compare" button opens: JSON arrays in the hash's query.
-    return (
-        f"{mlflow_url}/#/compare-runs?runs={json.dumps(run_ids)}&experiments={json.dumps(sorted(set(experiment_ids)))}"
-    )
+    return f"{mlflow_url}/#/compare-runs?runs={json.dumps(run_ids)}&experiments={json.dumps(sorted(set(experiment_ids)))}"
 
 
 def mlflow_compare(page, mlflow_url: str, run_ids: list[str], shots: Path) -> dict[str, list[str]]:
@@ -156,9 +154,7 @@ def mlflow_compare(page, mlflow_url: str, run_ids: list[str], shots: Path) -> di
         for grid in grids:
             grid.evaluate("g => { g.scrollTop += g.clientHeight / 2; }")
         page.wait_for_timeout(300)  # let both grids render the rows now in view
-    rows = {
-        name: [values.get(top, {})[left] for left in sorted(values.get(top, {}))] for top, name in sorted(names.items())
-    }
+    rows = {name: [values.get(top, {})[left] for left in sorted(values.get(top, {}))] for top, name in sorted(names.items())}
     incomplete = {name: row for name, row in rows.items() if len(row) != len(run_ids)}
     assert not incomplete, f"metric rows not read in full: {incomplete}"
     return rows

@@ -121,9 +121,7 @@ class AirflowClient:
 
     def wait_for(self, dag_id: str, predicate: Callable[[list[dict]], bool], timeout: float, interval: float = 2):
         """The DAG's runs (newest first) once predicate(runs) holds; fails after timeout seconds."""
-        return poll(
-            lambda: runs if predicate(runs := self.dag_runs(dag_id)) else None, f"{dag_id} runs", timeout, interval
-        )
+        return poll(lambda: runs if predicate(runs := self.dag_runs(dag_id)) else None, f"{dag_id} runs", timeout, interval)
 
 
 def poll(probe: Callable[[], object], what: str, timeout: float, interval: float = 2):

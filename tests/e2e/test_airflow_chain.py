@@ -25,8 +25,12 @@ RUN_DATE = date(2024, 3, 6)
 
 
 def airflow_env(tmp_path: Path, config_file: Path) -> dict[str, str]:
-    base = {**os.environ, "RECSYS_DATA_ROOT": str(tmp_path / "data"), "AIRFLOW_HOME": str(tmp_path / "airflow"),
-            "RECSYS_CONFIG": str(config_file)}
+    base = {
+        **os.environ,
+        "RECSYS_DATA_ROOT": str(tmp_path / "data"),
+        "AIRFLOW_HOME": str(tmp_path / "airflow"),
+        "RECSYS_CONFIG": str(config_file),
+    }
     return airflow_local.airflow_env(base)
 
 

@@ -88,7 +88,7 @@ class ListenerWatch:
             for pid, name, address, port in listening_sockets(processes):
                 try:
                     command = " ".join(processes[pid].cmdline())
-                except Exception:
+                except Exception:  # noqa: BLE001 - the process may exit or deny access while we look
                     command = name
                 self.seen[(name, address, port)] = command
 
@@ -147,7 +147,10 @@ def nightly_published(airflow, run_date: date) -> list[dict]:
     """Waits until run_date's partition is published and every recsys_nightly run has settled in success."""
     settled_nightly = settled("recsys_nightly")
     return airflow.client.wait_for(
-        "recsys_nightly", lambda runs: settled_nightly(runs) and published(airflow.settings, run_date), CHAIN_TIMEOUT_S, interval=5
+        "recsys_nightly",
+        lambda runs: settled_nightly(runs) and published(airflow.settings, run_date),
+        CHAIN_TIMEOUT_S,
+        interval=5,
     )
 
 
@@ -232,8 +235,19 @@ def test_backfill_of_three_nights(live, spark):
     # The features of each date, built as recsys_features would; the backfill then scores each night from them.
     for day in BACKFILL:
         run_features(live.settings, day, spark=spark)
-    command = ["airflow", "backfill", "create", "--dag-id", "recsys_nightly",
-               "--from-date", BACKFILL[0].isoformat(), "--to-date", BACKFILL[-1].isoformat(), "--max-active-runs", "1"]
+    command = [
+        "airflow",
+        "backfill",
+        "create",
+        "--dag-id",
+        "recsys_nightly",
+        "--from-date",
+        BACKFILL[0].isoformat(),
+        "--to-date",
+        BACKFILL[-1].isoformat(),
+        "--max-active-runs",
+        "1",
+    ]
     result = subprocess.run(command, env=live.env, cwd=PROJECT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -263,7 +277,10 @@ class mlflow_ui:
         port = free_port()
         self.process = subprocess.Popen(
             ["recsys", "mlflow-ui", "--host", "127.0.0.1", "--port", str(port)],
-            env=self.airflow.env, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            env=self.airflow.env,
+            cwd=PROJECT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
@@ -280,4 +297,3 @@ class mlflow_ui:
     def __exit__(self, *exc):
         os.killpg(self.process.pid, 15)
         self.process.wait(timeout=60)
-

@@ -29,7 +29,9 @@ def test_offsets_follow_what_each_group_takes_up():
     base = np.tile(np.array([3.0, 2.0, 1.5, 1.0, 0.5, 0.0]), (n, 1))
     popularity = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
     relevant = [np.array([5])] * 10 + [np.array([0])] * 10 + [np.array([5])] * 10
-    fitted = fit_trend_offsets(base, popularity, buckets, nothing_seen(n), relevant, grid=GRID, returning_bucket=11, k=3, min_users=5)
+    fitted = fit_trend_offsets(
+        base, popularity, buckets, nothing_seen(n), relevant, grid=GRID, returning_bucket=11, k=3, min_users=5
+    )
     # New users: offset 10 lifts item 5 to the top (offset 1 leaves it fourth, out of the top 3).
     assert fitted.offsets == {"new": 10.0, "returning": 0.0}  # returning: every offset ties, the smallest wins
     assert fitted.users == {"new": 10, "returning": 10}
@@ -44,15 +46,28 @@ def test_seen_items_are_excluded_before_ranking():
     base = np.array([[5.0, 4.0, 0.0]])
     popularity = np.array([1.0, 0.0, 0.0])
     seen = sp.csr_matrix(np.array([[1.0, 0.0, 0.0]], dtype=np.float32))  # the trending item was seen
-    fitted = fit_trend_offsets(base, popularity, np.array([0]), seen, [np.array([1])], grid=GRID, returning_bucket=11, k=1, min_users=1)
+    fitted = fit_trend_offsets(
+        base, popularity, np.array([0]), seen, [np.array([1])], grid=GRID, returning_bucket=11, k=1, min_users=1
+    )
     assert fitted.offsets["new"] == 0.0
     assert all(value == pytest.approx(1.0) for _, value in fitted.curves["new"])
 
 
 def test_small_groups_keep_zero_and_the_grid_needs_zero():
     base, popularity = np.zeros((3, 4)), np.arange(4.0)
-    fitted = fit_trend_offsets(base, popularity, np.array([0, 0, 12]), nothing_seen(3, 4), [np.array([3])] * 3, grid=GRID, returning_bucket=11, min_users=5)
+    fitted = fit_trend_offsets(
+        base,
+        popularity,
+        np.array([0, 0, 12]),
+        nothing_seen(3, 4),
+        [np.array([3])] * 3,
+        grid=GRID,
+        returning_bucket=11,
+        min_users=5,
+    )
     assert fitted.offsets == TrendCalibration.none().offsets
     assert fitted.curves == {} and fitted.users == {"new": 2, "returning": 1}
     with pytest.raises(ValueError, match="must contain 0"):
-        fit_trend_offsets(base, popularity, np.array([0, 0, 12]), nothing_seen(3, 4), [np.array([3])] * 3, grid=(1.0, 2.0), returning_bucket=11)
+        fit_trend_offsets(
+            base, popularity, np.array([0, 0, 12]), nothing_seen(3, 4), [np.array([3])] * 3, grid=(1.0, 2.0), returning_bucket=11
+        )

@@ -38,9 +38,13 @@ def small_case(single_target: bool) -> tuple[EvalCase, np.ndarray]:
 def test_evaluate_reports_exactly_the_registered_names(single_target):
     case, scores = small_case(single_target)
     result = evaluate(
-        lambda rows: scores[rows], case, ks=KS, item_popularity=np.arange(40, dtype=np.float64),
-        item_categories=sp.csr_matrix(np.eye(40, 4, dtype=np.float32)), cold_user_max_events=20,
-    )  # fmt: skip
+        lambda rows: scores[rows],
+        case,
+        ks=KS,
+        item_popularity=np.arange(40, dtype=np.float64),
+        item_categories=sp.csr_matrix(np.eye(40, 4, dtype=np.float32)),
+        cold_user_max_events=20,
+    )
     overall = {name for name in result.metrics if "/" not in name} - {"users"}
     assert overall == set(reported_metric_names(KS))
     segments = {name.split("/", 1)[1] for name in result.metrics if "/" in name}

@@ -8,13 +8,13 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: tests must not need a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
 
-from recsys_core.evaluation.metrics import top_k  # noqa: E402
-from recsys_core.evaluation.report import (  # noqa: E402
+from recsys_core.evaluation.metrics import top_k
+from recsys_core.evaluation.report import (
     calibration_figure,
     coverage_figure,
     metric_at_k_figure,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -10,53 +10,103 @@ import pytest
 from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, QUARANTINE, USER_PROFILES
 from recsys_core.features.checks import MODELS, DataCheckFailed, check_table
 
-UTC = timezone.utc
+UTC = UTC
 DAY = date(2024, 5, 1)
 CONTRACTS = (INTERACTIONS, QUARANTINE, USER_PROFILES, ITEM_FEATURES)
 
 
 def interaction(**kw) -> dict:
     row = {
-        "event_id": "e1", "user_id": "u1", "item_id": "i1", "event_type": "view",
-        "event_ts": datetime(2024, 5, 1, 12, tzinfo=UTC), "value": 1.0, "source_file": "f.jsonl", "line_no": 1,
-        "ingest_dt": DAY, "extra": None, "dt": DAY,
-    }  # fmt: skip
+        "event_id": "e1",
+        "user_id": "u1",
+        "item_id": "i1",
+        "event_type": "view",
+        "event_ts": datetime(2024, 5, 1, 12, tzinfo=UTC),
+        "value": 1.0,
+        "source_file": "f.jsonl",
+        "line_no": 1,
+        "ingest_dt": DAY,
+        "extra": None,
+        "dt": DAY,
+    }
     row.update(kw)
     return row
 
 
 def profile(**kw) -> dict:
     row = {
-        "user_id": "u1", "n_events": 3, "n_events_1d": 1, "n_events_7d": 2, "n_events_30d": 3,
-        "events_by_type": [("click", 1), ("view", 2)], "active_days": 2,
-        "first_event_ts": datetime(2024, 4, 20, tzinfo=UTC), "last_event_ts": datetime(2024, 5, 1, tzinfo=UTC),
-        "days_since_last_event": 1.0, "mean_value": 2.0, "genre_affinity": [("Drama", 1.0)], "recent_items": ["i1"],
-        "age": 30, "gender": "F", "occupation": "writer", "dt": DAY,
-    }  # fmt: skip
+        "user_id": "u1",
+        "n_events": 3,
+        "n_events_1d": 1,
+        "n_events_7d": 2,
+        "n_events_30d": 3,
+        "events_by_type": [("click", 1), ("view", 2)],
+        "active_days": 2,
+        "first_event_ts": datetime(2024, 4, 20, tzinfo=UTC),
+        "last_event_ts": datetime(2024, 5, 1, tzinfo=UTC),
+        "days_since_last_event": 1.0,
+        "mean_value": 2.0,
+        "genre_affinity": [("Drama", 1.0)],
+        "recent_items": ["i1"],
+        "age": 30,
+        "gender": "F",
+        "occupation": "writer",
+        "dt": DAY,
+    }
     row.update(kw)
     return row
 
 
 def no_events(user: str) -> dict:
     return profile(
-        user_id=user, n_events=0, n_events_1d=0, n_events_7d=0, n_events_30d=0, events_by_type=[], active_days=0,
-        first_event_ts=None, last_event_ts=None, days_since_last_event=None, mean_value=None, genre_affinity=[],
-        recent_items=[], age=None, gender=None, occupation=None,
-    )  # fmt: skip
+        user_id=user,
+        n_events=0,
+        n_events_1d=0,
+        n_events_7d=0,
+        n_events_30d=0,
+        events_by_type=[],
+        active_days=0,
+        first_event_ts=None,
+        last_event_ts=None,
+        days_since_last_event=None,
+        mean_value=None,
+        genre_affinity=[],
+        recent_items=[],
+        age=None,
+        gender=None,
+        occupation=None,
+    )
 
 
 def item(**kw) -> dict:
     row = {
-        "item_id": "i1", "title": "Heat (1995)", "genres": ["Crime"], "release_year": 1995, "pop_1d": 1, "pop_7d": 2,
-        "pop_30d": 3, "pop_all": 4, "trend": 1.5, "first_seen_ts": datetime(2024, 1, 1, tzinfo=UTC),
-        "days_since_first_seen": 120.0, "text_embedding": [0.6, 0.8], "dt": DAY,
-    }  # fmt: skip
+        "item_id": "i1",
+        "title": "Heat (1995)",
+        "genres": ["Crime"],
+        "release_year": 1995,
+        "pop_1d": 1,
+        "pop_7d": 2,
+        "pop_30d": 3,
+        "pop_all": 4,
+        "trend": 1.5,
+        "first_seen_ts": datetime(2024, 1, 1, tzinfo=UTC),
+        "days_since_first_seen": 120.0,
+        "text_embedding": [0.6, 0.8],
+        "dt": DAY,
+    }
     row.update(kw)
     return row
 
 
 def quarantined(**kw) -> dict:
-    row = {"source_file": "f.jsonl", "line_no": 2, "reason": "malformed_json", "detail": "not a JSON object", "raw": "{", "dt": DAY}
+    row = {
+        "source_file": "f.jsonl",
+        "line_no": 2,
+        "reason": "malformed_json",
+        "detail": "not a JSON object",
+        "raw": "{",
+        "dt": DAY,
+    }
     row.update(kw)
     return row
 
@@ -82,12 +132,39 @@ def test_each_model_mirrors_its_contract(contract):
 
 
 def test_valid_tables_pass():
-    assert check_table(table(INTERACTIONS, [interaction(), interaction(event_id="e2", line_no=2, value=None)]), INTERACTIONS, where="t") == 2
+    assert (
+        check_table(
+            table(INTERACTIONS, [interaction(), interaction(event_id="e2", line_no=2, value=None)]), INTERACTIONS, where="t"
+        )
+        == 2
+    )
     # The same event id may come again on another arrival day (it is then a separate ingest's row).
     other_day = interaction(ingest_dt=DAY + timedelta(days=1), source_file="g.jsonl")
     assert check_table(table(INTERACTIONS, [interaction(), other_day]), INTERACTIONS, where="t") == 2
     assert check_table(table(USER_PROFILES, [profile(), no_events("u2")]), USER_PROFILES, where="t") == 2
-    assert check_table(table(ITEM_FEATURES, [item(), item(item_id="i2", text_embedding=None, first_seen_ts=None, days_since_first_seen=None, pop_1d=0, pop_7d=0, pop_30d=0, pop_all=0)]), ITEM_FEATURES, where="t") == 2
+    assert (
+        check_table(
+            table(
+                ITEM_FEATURES,
+                [
+                    item(),
+                    item(
+                        item_id="i2",
+                        text_embedding=None,
+                        first_seen_ts=None,
+                        days_since_first_seen=None,
+                        pop_1d=0,
+                        pop_7d=0,
+                        pop_30d=0,
+                        pop_all=0,
+                    ),
+                ],
+            ),
+            ITEM_FEATURES,
+            where="t",
+        )
+        == 2
+    )
     assert check_table(table(QUARANTINE, [quarantined()]), QUARANTINE, where="t") == 1
 
 
@@ -148,7 +225,13 @@ def test_user_profile_counts_are_non_negative_and_windows_monotone():
 
 
 def test_user_profile_consistency_checks():
-    message = failure(USER_PROFILES, [profile(events_by_type=[("view", 1)], active_days=4), no_events("u2") | {"last_event_ts": datetime(2024, 5, 1, tzinfo=UTC)}])
+    message = failure(
+        USER_PROFILES,
+        [
+            profile(events_by_type=[("view", 1)], active_days=4),
+            no_events("u2") | {"last_event_ts": datetime(2024, 5, 1, tzinfo=UTC)},
+        ],
+    )
     assert "events_by_type_sum_to_n_events: 1 failure case(s)" in message
     assert '"events_by_type": {"view": 1}' in message
     assert "active_days_within_events" in message
@@ -183,9 +266,8 @@ def test_quarantine_checks():
 def test_checks_cannot_be_switched_off_by_pandera_config():
     from pandera.config import config_context
 
-    with config_context(validation_enabled=False):
-        with pytest.raises(DataCheckFailed):
-            check_table(table(USER_PROFILES, [profile(), profile()]), USER_PROFILES, where="t")
+    with config_context(validation_enabled=False), pytest.raises(DataCheckFailed):
+        check_table(table(USER_PROFILES, [profile(), profile()]), USER_PROFILES, where="t")
 
 
 def test_message_lists_at_most_three_examples_per_check():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import pyarrow as pa
 import pytest
@@ -15,10 +15,10 @@ from recsys_core.features.ingest import (
     RejectRateExceeded,
     UnreadableInput,
     decompress,
-    end_of_day,
     lines_from_files,
     split_lines,
 )
+from recsys_core.timeutil import end_of_day
 
 MAX = 65536
 
@@ -150,7 +150,7 @@ def test_lines_from_files_produces_line_batches():
 
 
 def report(**kw) -> IngestReport:
-    base = dict(run_date=date(2024, 5, 1), files=2, rows_in=100, rows_accepted=90, rows_quarantined=10)
+    base = {"run_date": date(2024, 5, 1), "files": 2, "rows_in": 100, "rows_accepted": 90, "rows_quarantined": 10}
     base.update(kw)
     return IngestReport(**base)
 
@@ -201,13 +201,13 @@ def test_report_to_dict():
 @pytest.mark.parametrize(
     "day,expected",
     [
-        (date(2024, 5, 1), datetime(2024, 5, 2, tzinfo=timezone.utc)),
-        (date(2024, 2, 28), datetime(2024, 2, 29, tzinfo=timezone.utc)),
-        (date(2023, 12, 31), datetime(2024, 1, 1, tzinfo=timezone.utc)),
+        (date(2024, 5, 1), datetime(2024, 5, 2, tzinfo=UTC)),
+        (date(2024, 2, 28), datetime(2024, 2, 29, tzinfo=UTC)),
+        (date(2023, 12, 31), datetime(2024, 1, 1, tzinfo=UTC)),
     ],
 )
 def test_end_of_day_is_exclusive_utc_midnight(day, expected):
     got = end_of_day(day)
     assert got == expected
     assert got.utcoffset().total_seconds() == 0
-    assert datetime(day.year, day.month, day.day, 23, 59, 59, 999999, tzinfo=timezone.utc) < got
+    assert datetime(day.year, day.month, day.day, 23, 59, 59, 999999, tzinfo=UTC) < got

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pyarrow as pa
@@ -44,7 +44,7 @@ def test_each_row_becomes_a_json_line_numbered_from_one():
 
 
 def test_types_become_what_the_json_rules_expect():
-    ts = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
+    ts = datetime(2024, 5, 1, 12, 30, tzinfo=UTC)
     table = pa.table(
         {
             "event_id": pa.array([17], pa.int64()),
@@ -58,7 +58,7 @@ def test_types_become_what_the_json_rules_expect():
             "inf": [float("-inf")],
         }
     )
-    (_, _, raw, reason, _), = rows(table)
+    ((_, _, raw, reason, _),) = rows(table)
     assert reason is None
     assert json.loads(raw) == {
         "event_id": 17,  # a number, coerced to the string "17" by the JVM like a JSON number
@@ -80,7 +80,9 @@ def test_null_unknown_columns_are_left_out_but_null_known_fields_stay():
 
 
 def test_invalid_utf8_in_a_text_column_flags_the_row():
-    bad = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(b"\x00\x00\x00\x00\x02\x00\x00\x00\x04\x00\x00\x00"), pa.py_buffer(b"okx\xff")])
+    bad = pa.Array.from_buffers(
+        pa.string(), 2, [None, pa.py_buffer(b"\x00\x00\x00\x00\x02\x00\x00\x00\x04\x00\x00\x00"), pa.py_buffer(b"okx\xff")]
+    )
     out = rows(pa.table({"event_id": ["a", "b"], "user_id": bad}))
     assert [(n, reason) for _, n, _, reason, _ in out] == [(1, None), (2, "invalid_utf8")]
     assert json.loads(out[1][2])["user_id"] == "x\\xff"
@@ -98,7 +100,9 @@ def test_row_numbers_run_across_row_groups_and_batches():
     data = parquet_bytes(table, row_group_size=1000)
     out = list(parquet_rows("x.parquet", data, MAX))
     assert [n for _, n, _, _, _ in out] == list(range(1, 2501))
-    batches = list(lines_from_files([pa.RecordBatch.from_pydict({"path": ["x.parquet"], "content": [data]})], MAX, batch_rows=1000))
+    batches = list(
+        lines_from_files([pa.RecordBatch.from_pydict({"path": ["x.parquet"], "content": [data]})], MAX, batch_rows=1000)
+    )
     assert [b.num_rows for b in batches] == [1000, 1000, 500]
     assert all(b.schema.equals(LINES_SCHEMA) for b in batches)
 
@@ -124,5 +128,5 @@ def test_corrupt_parquet_raises_naming_the_file(damage):
 
 def test_file_rows_picks_the_reader_by_name():
     data = parquet_bytes(pa.table({"event_id": ["a"]}))
-    assert json.loads(list(file_rows("a.parquet", data, MAX))[0][2]) == {"event_id": "a"}
+    assert json.loads(next(iter(file_rows("a.parquet", data, MAX)))[2]) == {"event_id": "a"}
     assert list(file_rows("a.jsonl", b'{"a":1}\n', MAX)) == [("a.jsonl", 1, '{"a":1}', None, None)]

@@ -14,7 +14,7 @@ N_ITEMS, L, D = 20, 8, 16
 
 
 def config(trend_windows: tuple[int, ...] = (), **settings) -> SeqRecConfig:
-    base = dict(max_len=L, d_model=D, n_heads=2, n_layers=2, dropout=0.0, use_query_gap=False, n_negatives=8)
+    base = {"max_len": L, "d_model": D, "n_heads": 2, "n_layers": 2, "dropout": 0.0, "use_query_gap": False, "n_negatives": 8}
     model = ModelSettings(**{**base, **settings})
     return SeqRecConfig.from_settings(model, N_ITEMS, content_dim=3, user_cardinalities=(4, 3), trend_windows=trend_windows)
 
@@ -249,7 +249,9 @@ def test_recency_is_embedded_and_scales_the_trend_prior(no_fastpath):
     torch.testing.assert_close(model.trend_bias(trend, later[:, -1]), trend @ torch.tensor([1.5, 2.25]))
     # Without recency the model ignores query gaps entirely.
     plain = model_for(config(trend_windows=(7, 30))).eval()
-    torch.testing.assert_close(plain.last_hidden(items, gaps, user_feats, soon), plain.last_hidden(items, gaps, user_feats, later))
+    torch.testing.assert_close(
+        plain.last_hidden(items, gaps, user_feats, soon), plain.last_hidden(items, gaps, user_feats, later)
+    )
     torch.testing.assert_close(plain.trend_bias(trend, soon[:, -1]), plain.trend_bias(trend, later[:, -1]))
 
 
@@ -264,4 +266,6 @@ def test_step_weights_weigh_each_position_loss():
     expected = (nll * weights[valid]).sum() / weights[valid].sum()
     torch.testing.assert_close(model(items, gaps, user_feats, targets, step_weights=weights), expected)
     ones = torch.ones(items.shape)
-    torch.testing.assert_close(model(items, gaps, user_feats, targets, step_weights=ones), model(items, gaps, user_feats, targets))
+    torch.testing.assert_close(
+        model(items, gaps, user_feats, targets, step_weights=ones), model(items, gaps, user_feats, targets)
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
@@ -11,8 +11,8 @@ import pytest
 from recsys_core.contracts import RECOMMENDATIONS
 from recsys_core.serving.output import build_table, content_digest, format_report
 
-T0 = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
-T1 = datetime(2024, 5, 2, 3, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
+T1 = datetime(2024, 5, 2, 3, 0, tzinfo=UTC)
 
 
 def sample(generated_at=T0, scores=None) -> pa.Table:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
@@ -13,14 +13,20 @@ from recsys_core.io.lake import MANIFEST, Lake
 from recsys_core.serving.output import build_table
 from recsys_core.serving.reader import LATEST, RecommendationReader
 
-NOW = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 
 
 def night(score: float = 1.0):
     return build_table(
-        ["u1", "u2"], ["a", "b", "c"], np.array([[0, 1], [2, 0]]), np.array([[score, 0.5], [0.7, 0.1]], np.float32),
-        np.array(["model", "model"]), "m", "1", NOW,
-    )  # fmt: skip
+        ["u1", "u2"],
+        ["a", "b", "c"],
+        np.array([[0, 1], [2, 0]]),
+        np.array([[score, 0.5], [0.7, 0.1]], np.float32),
+        np.array(["model", "model"]),
+        "m",
+        "1",
+        NOW,
+    )
 
 
 def publish(lake: Lake, dt: str, score: float = 1.0) -> str:

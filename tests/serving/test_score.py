@@ -21,7 +21,7 @@ def vectors():
 
 
 def brute_force(users: torch.Tensor, items: torch.Tensor, k: int, exclude: np.ndarray | None = None):
-    scores = (users.numpy().astype(np.float64) @ items.numpy().astype(np.float64).T)
+    scores = users.numpy().astype(np.float64) @ items.numpy().astype(np.float64).T
     if exclude is not None:
         scores = np.where(exclude, -np.inf, scores)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]

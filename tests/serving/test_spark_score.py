@@ -62,7 +62,14 @@ def test_arrow_batch_rejects_wrong_vector_width():
 
 
 def test_rows_to_matrices_rejects_incomplete_rows():
-    rows = pa.table({"user_id": ["a", "a"], "rank": pa.array([1, 1], pa.int32()), "item_id": ["x", "y"], "score": pa.array([1.0, 0.5], pa.float32())})
+    rows = pa.table(
+        {
+            "user_id": ["a", "a"],
+            "rank": pa.array([1, 1], pa.int32()),
+            "item_id": ["x", "y"],
+            "score": pa.array([1.0, 0.5], pa.float32()),
+        }
+    )
     with pytest.raises(ValueError, match="duplicate"):
         rows_to_matrices(rows, ["a"], ["x", "y"], 2)
     with pytest.raises(ValueError, match="exactly K"):

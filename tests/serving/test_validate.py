@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
@@ -15,7 +15,7 @@ K = 3
 USERS = ["u1", "u2", "u3"]
 CATALOGUE = {f"i{j}" for j in range(1, 9)}
 SEEN = {"u1": {"i8"}, "u2": {"i7"}}
-NOW = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 GOOD_ITEMS = {"u1": ["i1", "i2", "i3"], "u2": ["i3", "i1", "i8"], "u3": ["i7", "i8", "i1"]}
 
 

@@ -13,7 +13,7 @@ import json
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,11 @@ import pytest
 from recsys_core.config import settings_for
 from recsys_core.contracts import ITEM_FEATURES, RAW_ITEMS, RAW_USERS, USER_PROFILES, conform
 from recsys_core.features.checks import DataCheckFailed
-from recsys_core.features.ingest import end_of_day
 from recsys_core.features.text import item_text
 from recsys_core.io.lake import Lake
 from recsys_core.stages.features import run_features
 from recsys_core.stages.ingest import run_ingest
+from recsys_core.timeutil import end_of_day
 
 pytestmark = pytest.mark.spark
 
@@ -36,7 +36,7 @@ END = end_of_day(AS_OF)
 SNAPSHOT = date(2024, 3, 1)
 RECENT = 4
 SPARK = {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "2g"}
-UTC = timezone.utc
+UTC = UTC
 
 ITEMS = [
     # item_id, title, description, release_date, genres
@@ -100,13 +100,19 @@ def land(settings, events: list[Ev], first_id: int) -> dict[Ev, tuple[str, int]]
     where = {}
     for n, e in enumerate(events, start=first_id):
         path = Path(settings.lake) / "raw" / "events" / f"dt={e.folder}" / e.file
-        obj = {"event_id": f"ev-{n}", "user_id": e.user, "item_id": e.item, "event_type": e.type,
-               "ts": e.ts.isoformat().replace("+00:00", "Z"), "value": e.value}  # fmt: skip
+        obj = {
+            "event_id": f"ev-{n}",
+            "user_id": e.user,
+            "item_id": e.item,
+            "event_type": e.type,
+            "ts": e.ts.isoformat().replace("+00:00", "Z"),
+            "value": e.value,
+        }
         files[path].append(json.dumps(obj).encode())
         where[e] = (str(path), len(files[path]))
     for path, lines in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"".join(l + b"\n" for l in lines))
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
     return where
 
 
@@ -114,9 +120,7 @@ def land(settings, events: list[Ev], first_id: int) -> dict[Ev, tuple[str, int]]
 def lake_as_of(tmp_path_factory, spark):
     """Features as of AS_OF, then the same after later events were ingested."""
     root = tmp_path_factory.mktemp("features")
-    settings = settings_for(
-        data_root=root, spark=SPARK, ingest={"max_reject_rate": 0.0}, features={"recent_items": RECENT}
-    )
+    settings = settings_for(data_root=root, spark=SPARK, ingest={"max_reject_rate": 0.0}, features={"recent_items": RECENT})
     lake = Lake(settings.lake)
     items = pa.table({k: list(v) for k, v in zip(RAW_ITEMS.schema.names, zip(*ITEMS))})
     lake.write_parquet(conform(items, RAW_ITEMS), lake.partition_path(RAW_ITEMS, SNAPSHOT), "items.parquet")
@@ -260,7 +264,7 @@ def test_similar_titles_are_closer_than_unrelated_ones(lake_as_of):
 
 
 def test_embeddings_are_cached_by_content(lake_as_of):
-    settings, lake, _, (first, _), (second, _) = lake_as_of
+    _settings, lake, _, (first, _), (second, _) = lake_as_of
     assert first["embedded_new_texts"] == len(ITEMS)
     assert second["embedded_new_texts"] == 0
     cache = Path(lake.path("embeddings_cache"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,8 +74,24 @@ def cases(day: date, tag: str) -> dict[str, list[tuple[bytes, str | None]]]:
         "extra_fields": [(line(event(e("extra"), day, app_version="4.2.0", device={"os": "ios"})), None)],
         "no_value": [(line(event(e("noval"), day, value=DROP)), None)],
         "null_value": [(line(event(e("nullval"), day, value=None)), None)],
-        "epoch_seconds": [(line(event(e("epoch"), day, ts=int(datetime(day.year, day.month, day.day, 8, tzinfo=timezone.utc).timestamp()))), None)],
-        "epoch_millis": [(line(event(e("millis"), day, ts=int(datetime(day.year, day.month, day.day, 9, tzinfo=timezone.utc).timestamp()) * 1000)), None)],
+        "epoch_seconds": [
+            (
+                line(event(e("epoch"), day, ts=int(datetime(day.year, day.month, day.day, 8, tzinfo=UTC).timestamp()))),
+                None,
+            )
+        ],
+        "epoch_millis": [
+            (
+                line(
+                    event(
+                        e("millis"),
+                        day,
+                        ts=int(datetime(day.year, day.month, day.day, 9, tzinfo=UTC).timestamp()) * 1000,
+                    )
+                ),
+                None,
+            )
+        ],
         "ts_offset": [(line(event(e("offset"), day, ts=f"{day.isoformat()}T10:00:00+02:00")), None)],
         "late_within_window": [(line(event(e("late-ok"), day, ts=iso(day - timedelta(days=3), 0, 0, 0))), None)],
         "within_clock_skew": [(line(event(e("skew-ok"), day, ts=iso(day + timedelta(days=1), 0, 59, 59))), None)],
@@ -133,16 +149,18 @@ def cases(day: date, tag: str) -> dict[str, list[tuple[bytes, str | None]]]:
 
 def write(path: Path, lines: list[bytes]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = b"".join(l + b"\n" for l in lines)
+    data = b"".join(line + b"\n" for line in lines)
     path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
     return path
 
 
 def parquet_file(path: Path, day: date) -> tuple[Path, list[str | None]]:
     """A Parquet export: typed columns, an extra column, and rows good and bad."""
-    utc = timezone.utc
+    utc = UTC
     ts = lambda h: datetime(day.year, day.month, day.day, h, tzinfo=utc)  # noqa: E731
-    bad_utf8 = pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(b"\x00\x00\x00\x00\x03\x00\x00\x00"), pa.py_buffer(b"u\xff\xfe")])
+    bad_utf8 = pa.Array.from_buffers(
+        pa.string(), 1, [None, pa.py_buffer(b"\x00\x00\x00\x00\x03\x00\x00\x00"), pa.py_buffer(b"u\xff\xfe")]
+    )
     user = pa.concat_arrays([pa.array(["u1", "u2", None, "u3", "u4", "u5", "u6"]), bad_utf8])
     table = pa.table(
         {
@@ -150,14 +168,25 @@ def parquet_file(path: Path, day: date) -> tuple[Path, list[str | None]]:
             "user_id": user,
             "item_id": ["i1", "i2", "i3", "i4", "i5", "i6", "i7", "i8"],
             "event_type": ["view", "click", "view", "view", "purchase", "view", "view", "view"],
-            "ts": pa.array([ts(1), ts(2), ts(3), datetime(1990, 1, 1, tzinfo=utc), ts(5), ts(6), ts(7), ts(8)], pa.timestamp("us", tz="UTC")),
+            "ts": pa.array(
+                [ts(1), ts(2), ts(3), datetime(1990, 1, 1, tzinfo=utc), ts(5), ts(6), ts(7), ts(8)], pa.timestamp("us", tz="UTC")
+            ),
             "value": [1.0, None, 1.0, 1.0, float("nan"), -2.0, 1.0, 1.0],
             "platform": ["ios", None, "web", None, None, None, None, None],
         }
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
-    reasons = [None, None, "missing_field", "ts_out_of_range", "bad_value", "negative_value", "duplicate_event_id", "invalid_utf8"]
+    reasons = [
+        None,
+        None,
+        "missing_field",
+        "ts_out_of_range",
+        "bad_value",
+        "negative_value",
+        "duplicate_event_id",
+        "invalid_utf8",
+    ]
     return path, reasons
 
 
@@ -214,12 +243,15 @@ def ingested(tmp_path_factory, spark):
     reports = run_ingest(settings, [DAY_A, DAY_B], spark=spark)
 
     # Day C, a later run: repeats of ids accepted by the first run are found in the lake.
-    add(raw / f"dt={DAY_C}" / "later.jsonl", [
-        (line(event("a-good", DAY_C)), "duplicate_event_id"),
-        (line(event("c-new", DAY_C)), None),
-        (line(event("b-good", DAY_C)), "duplicate_event_id"),
-        (line(event("pq-2", DAY_C)), "duplicate_event_id"),
-    ])  # fmt: skip
+    add(
+        raw / f"dt={DAY_C}" / "later.jsonl",
+        [
+            (line(event("a-good", DAY_C)), "duplicate_event_id"),
+            (line(event("c-new", DAY_C)), None),
+            (line(event("b-good", DAY_C)), "duplicate_event_id"),
+            (line(event("pq-2", DAY_C)), "duplicate_event_id"),
+        ],
+    )
     reports += run_ingest(settings, [DAY_C], spark=spark)
     return settings, lake, reports, expected
 
@@ -295,9 +327,9 @@ def test_accepted_rows_are_typed_and_keep_unknown_fields(ingested):
     assert json.loads(rows["a-extra"]["extra"]) == {"app_version": "4.2.0", "device": '{"os":"ios"}'}
     assert rows["a-good"]["extra"] is None
     assert rows["a-noval"]["value"] is None and rows["a-nullval"]["value"] is None
-    assert rows["a-epoch"]["event_ts"] == datetime(2024, 3, 10, 8, tzinfo=timezone.utc)
-    assert rows["a-millis"]["event_ts"] == datetime(2024, 3, 10, 9, tzinfo=timezone.utc)
-    assert rows["a-offset"]["event_ts"] == datetime(2024, 3, 10, 8, tzinfo=timezone.utc)
+    assert rows["a-epoch"]["event_ts"] == datetime(2024, 3, 10, 8, tzinfo=UTC)
+    assert rows["a-millis"]["event_ts"] == datetime(2024, 3, 10, 9, tzinfo=UTC)
+    assert rows["a-offset"]["event_ts"] == datetime(2024, 3, 10, 8, tzinfo=UTC)
     # Late but within the window: under its event date, from this arrival day.
     assert (rows["a-late-ok"]["dt"], rows["a-late-ok"]["ingest_dt"]) == (DAY_A - timedelta(days=3), DAY_A)
     # Within the clock skew: accepted under the next day, still from this arrival day.
@@ -313,7 +345,7 @@ def test_parquet_rows_are_input_rows(ingested):
     rows = accepted_rows(lake)
     first = rows["pq-1"]
     assert first["source_file"].endswith("export.parquet") and first["line_no"] == 1
-    assert first["event_ts"] == datetime(2024, 3, 10, 1, tzinfo=timezone.utc)
+    assert first["event_ts"] == datetime(2024, 3, 10, 1, tzinfo=UTC)
     assert json.loads(first["extra"]) == {"platform": "ios"}
     assert rows["pq-2"]["value"] is None and rows["pq-2"]["extra"] is None
     assert (rows["1001"]["user_id"], rows["1001"]["value"]) == ("7", 4.0)
@@ -327,7 +359,11 @@ def test_parquet_rows_are_input_rows(ingested):
 def test_duplicates_across_days_name_the_first_occurrence(ingested):
     _, lake, _, _ = ingested
     quarantined = ds.dataset(lake.table_path(QUARANTINE), format="parquet", partitioning="hive").to_table()
-    dups = {(uri_path(r["source_file"]).rsplit("/", 1)[-1], r["line_no"]): r["detail"] for r in quarantined.to_pylist() if r["reason"] == "duplicate_event_id"}
+    dups = {
+        (uri_path(r["source_file"]).rsplit("/", 1)[-1], r["line_no"]): r["detail"]
+        for r in quarantined.to_pylist()
+        if r["reason"] == "duplicate_event_id"
+    }
     assert dups[("mixed.jsonl.gz", 4)].startswith("first seen at ") and "good.jsonl:1" in dups[("mixed.jsonl.gz", 4)]
     assert dups[("later.jsonl", 1)] == f"already ingested on {DAY_A}"
     assert dups[("later.jsonl", 3)] == f"already ingested on {DAY_B}"

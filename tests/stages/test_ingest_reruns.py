@@ -41,7 +41,7 @@ def ev(eid: str, ts: str, user: str = "u1", item: str = "i1", **extra) -> bytes:
 
 def write(folder: Path, name: str, lines: list[bytes]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / name).write_bytes(b"".join(l + b"\n" for l in lines))
+    (folder / name).write_bytes(b"".join(line + b"\n" for line in lines))
 
 
 def landing(settings, day: date) -> Path:
@@ -80,20 +80,28 @@ def lake_state(lake: Lake) -> dict:
 def lake_after_two_days(tmp_path_factory, spark):
     root = tmp_path_factory.mktemp("reruns")
     settings = make_settings(root)
-    write(landing(settings, D1), "events.jsonl", [
-        ev("e1", f"{D1}T08:00:00Z"),
-        ev("e2", f"{D1}T09:00:00Z", user="u2"),
-        ev("e3", f"{D1}T23:30:00Z", item="i2"),
-        b"{broken",
-    ])  # fmt: skip
+    write(
+        landing(settings, D1),
+        "events.jsonl",
+        [
+            ev("e1", f"{D1}T08:00:00Z"),
+            ev("e2", f"{D1}T09:00:00Z", user="u2"),
+            ev("e3", f"{D1}T23:30:00Z", item="i2"),
+            b"{broken",
+        ],
+    )
     # Day 2 brings its own events and late ones of day 1 (and one of the day before, within the window).
-    write(landing(settings, D2), "events.jsonl", [
-        ev("e4", f"{D2}T10:00:00Z"),
-        ev("late1", f"{D1}T22:00:00Z", user="u3"),
-        ev("late2", f"{D1 - timedelta(days=1)}T12:00:00Z", user="u3", item="i3"),
-        ev("too-late", f"{D2 - timedelta(days=4)}T12:00:00Z"),
-        ev("e1", f"{D1}T08:00:00Z"),
-    ])  # fmt: skip
+    write(
+        landing(settings, D2),
+        "events.jsonl",
+        [
+            ev("e4", f"{D2}T10:00:00Z"),
+            ev("late1", f"{D1}T22:00:00Z", user="u3"),
+            ev("late2", f"{D1 - timedelta(days=1)}T12:00:00Z", user="u3", item="i3"),
+            ev("too-late", f"{D2 - timedelta(days=4)}T12:00:00Z"),
+            ev("e1", f"{D1}T08:00:00Z"),
+        ],
+    )
     write(landing(settings, D2), "more.jsonl", [ev("e5", f"{D2}T11:00:00Z", user="u2")])
     reports = run_ingest(settings, [D1], spark=spark) + run_ingest(settings, [D2], spark=spark)
     return settings, Lake(settings.lake), reports
@@ -121,7 +129,7 @@ def test_rerun_of_a_day_gives_identical_output(lake_after_two_days, spark):
     assert again[0].to_dict() == reports[1].to_dict()
     assert lake_state(lake) == before
     # Nothing is left behind in staging.
-    assert not [p for p in Path(lake.root).glob("*/_staging/*")]
+    assert not list(Path(lake.root).glob("*/_staging/*"))
 
 
 def test_failed_run_keeps_the_previous_good_output(lake_after_two_days, spark):
@@ -136,7 +144,7 @@ def test_failed_run_keeps_the_previous_good_output(lake_after_two_days, spark):
     assert f"ingest {D2}: 10 of 14 rows (71.4%) quarantined, above the limit of 5.0%" in message
     assert "malformed_json: 8 rows, e.g. " in message and "more.jsonl:1 'not json'" in message
     assert lake_state(lake) == before
-    assert not [p for p in Path(lake.root).glob("*/_staging/*")]
+    assert not list(Path(lake.root).glob("*/_staging/*"))
 
 
 def test_failed_data_check_keeps_the_previous_good_output(lake_after_two_days, spark, monkeypatch):
@@ -153,4 +161,4 @@ def test_failed_data_check_keeps_the_previous_good_output(lake_after_two_days, s
     with pytest.raises(DataCheckFailed, match="interactions"):
         run_ingest(settings, [D2], spark=spark)
     assert lake_state(lake) == before
-    assert not [p for p in Path(lake.root).glob("*/_staging/*")]
+    assert not list(Path(lake.root).glob("*/_staging/*"))

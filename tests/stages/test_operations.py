@@ -10,7 +10,6 @@ from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.lake import Lake
 from recsys_core.stages import operations
 
-
 pytestmark = [pytest.mark.spark, pytest.mark.torchrun, pytest.mark.mlflow, pytest.mark.slow]
 
 

@@ -7,9 +7,9 @@ import pyarrow.compute as pc
 import pytest
 
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
-from recsys_core.features.ingest import end_of_day
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import read_interactions
+from recsys_core.timeutil import end_of_day
 
 pytestmark = [pytest.mark.spark, pytest.mark.torchrun, pytest.mark.mlflow, pytest.mark.slow]
 
@@ -63,8 +63,13 @@ def test_training_logged_and_registered(pipeline):
     history = client.get_metric_history(seqrec.info.run_id, "train_loss")
     assert len(history) == summary["train"]["loo"]["epochs_run"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/loo_metrics_at_k.png", "plots/backtest_metrics_at_k.png", "plots/popularity_bias.png", "plots/coverage.png",
-            "plots/trend_calibration.png"} <= artifacts  # fmt: skip
+    assert {
+        "plots/loo_metrics_at_k.png",
+        "plots/backtest_metrics_at_k.png",
+        "plots/popularity_bias.png",
+        "plots/coverage.png",
+        "plots/trend_calibration.png",
+    } <= artifacts
     assert set(summary["train"]) == {"loo", "backtest", "calibration"}
 
 
@@ -137,7 +142,7 @@ def test_nightly_scores_equal_training_scores(pipeline):
     from recsys_core.io.registry import champion
     from recsys_core.models.bundle import ModelBundle
     from recsys_core.stages.train import apply_calibration, load_inputs, load_trained, prepared_protocols
-    from recsys_core.training.data import SECONDS_PER_DAY
+    from recsys_core.timeutil import SECONDS_PER_DAY
 
     settings = pipeline.settings
     interactions, profiles, items = load_inputs(settings, pipeline.run_date)
@@ -151,8 +156,11 @@ def test_nightly_scores_equal_training_scores(pipeline):
     nightly = served.scorer(inputs, items, catalogue=data.prep.item_ids)
     rows = np.arange(len(data.sequences.user_ids))
     offline = trained.scorer(
-        trained.encode_inputs(data.sequences, data.user_feats, now), items, catalogue=data.prep.item_ids,
-        trend=data.trend, trend_days=np.full(len(rows), data.until_day),
+        trained.encode_inputs(data.sequences, data.user_feats, now),
+        items,
+        catalogue=data.prep.item_ids,
+        trend=data.trend,
+        trend_days=np.full(len(rows), data.until_day),
     )
     nightly_scores = (nightly.user_vectors(rows) @ nightly.item_matrix().T).numpy()
     np.testing.assert_allclose(nightly_scores, offline(rows), rtol=1e-4, atol=1e-4)

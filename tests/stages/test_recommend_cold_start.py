@@ -54,10 +54,19 @@ def cold_lake(pipeline, tmp_path_factory):
     lake = Lake(str(root / "lake"))
     dt = pipeline.run_date
     profiles = lake.read_partition(USER_PROFILES, dt)
-    template = profiles.filter(pc.and_(pc.is_valid(profiles["gender"]), pc.is_valid(profiles["occupation"]))).slice(0, 1).to_pylist()[0]
+    template = (
+        profiles.filter(pc.and_(pc.is_valid(profiles["gender"]), pc.is_valid(profiles["occupation"]))).slice(0, 1).to_pylist()[0]
+    )
     empty = {f.name: None if f.nullable else _zero(f.type) for f in profiles.schema}
     new_rows = [
-        {**empty, "user_id": NEW_USER, "n_events": 0, "age": template["age"], "gender": template["gender"], "occupation": template["occupation"]},
+        {
+            **empty,
+            "user_id": NEW_USER,
+            "n_events": 0,
+            "age": template["age"],
+            "gender": template["gender"],
+            "occupation": template["occupation"],
+        },
         {**empty, "user_id": BARE_USER, "n_events": 0},
     ]
     republish(lake, USER_PROFILES, dt, pa.concat_tables([profiles, pa.Table.from_pylist(new_rows, schema=profiles.schema)]))
@@ -66,11 +75,20 @@ def cold_lake(pipeline, tmp_path_factory):
     popular = items.sort_by([("pop_all", "descending")]).slice(0, 1).to_pylist()[0]
     zero = {c: 0 for c in items.column_names if c.startswith("pop_")}
     new_items = [
-        {**popular, **zero, "item_id": NEW_ITEM, "title": "Brand new (content of the most popular item)", "trend": 0.0, "first_seen_ts": None},
+        {
+            **popular,
+            **zero,
+            "item_id": NEW_ITEM,
+            "title": "Brand new (content of the most popular item)",
+            "trend": 0.0,
+            "first_seen_ts": None,
+        },
         {**popular, "item_id": WITHDRAWN, "title": "Withdrawn"},
     ]
     items = pa.concat_tables([items, pa.Table.from_pylist(new_items, schema=items.schema)])
-    status = ["withdrawn" if i == WITHDRAWN else ("available" if n % 3 else None) for n, i in enumerate(items["item_id"].to_pylist())]
+    status = [
+        "withdrawn" if i == WITHDRAWN else ("available" if n % 3 else None) for n, i in enumerate(items["item_id"].to_pylist())
+    ]
     republish(lake, ITEM_FEATURES, dt, items.append_column("status", pa.array(status, pa.string())))
     return root, popular["item_id"]
 
@@ -83,7 +101,7 @@ def settings_for_copy(pipeline, root, **serve):
 def test_new_users_new_items_and_exclusions(pipeline, cold_lake):
     from recsys_core.stages.recommend import run_recommend
 
-    root, popular = cold_lake
+    root, _popular = cold_lake
     dt = pipeline.run_date
     unavailable = sorted(set(Lake(pipeline.settings.lake).read_partition(RECOMMENDATIONS, dt)["item_id"].to_pylist()))[:1]
     settings = settings_for_copy(pipeline, root, unavailable_items=unavailable)
@@ -125,7 +143,9 @@ def test_an_item_without_interactions_is_ranked_through_its_content(pipeline, co
     interactions = read_interactions(lake, dt, pipeline.settings.ingest.lateness_days)
     assert NEW_ITEM not in set(interactions["item_id"].to_pylist())
     catalogue = lake.read_partition(ITEM_FEATURES, dt).num_rows - 1  # the withdrawn item never counts
-    most_seen = max(interactions.group_by("user_id").aggregate([("item_id", "count_distinct")])["item_id_count_distinct"].to_pylist())
+    most_seen = max(
+        interactions.group_by("user_id").aggregate([("item_id", "count_distinct")])["item_id_count_distinct"].to_pylist()
+    )
     full = catalogue - most_seen  # every user's whole list of unseen items fits in K
     settings = settings_for_copy(pipeline, root, top_k=full)
     run_recommend(settings, dt)

@@ -72,7 +72,7 @@ def appeared(folder: Path, leaf: str | None = None):
 
 
 def elapsed_at(seconds: float):
-    return lambda: (lambda elapsed: elapsed >= seconds)
+    return lambda: lambda elapsed: elapsed >= seconds
 
 
 class Runner:
@@ -91,12 +91,15 @@ class Runner:
 
     def run(self, kill_when=None, extra_env: dict | None = None) -> dict:
         self.runs += 1
-        log = open(self.log_dir / f"run-{self.runs}.log", "wb")
+        log = open(self.log_dir / f"run-{self.runs}.log", "wb")  # noqa: SIM115 - the child writes to it
         started, wall = time.monotonic(), time.time()
         proc = subprocess.Popen(
             [*cli(), "recommend", "--date", self.date.isoformat()],
-            env={**self.env, **(extra_env or {})}, cwd=self.log_dir, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env={**self.env, **(extra_env or {})},
+            cwd=self.log_dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         killed, staged_at = False, None
         staging = self.staging()
         kill_when = kill_when() if kill_when is not None else None

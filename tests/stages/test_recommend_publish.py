@@ -4,7 +4,7 @@ leftovers of killed runs are cleaned, ``latest`` never moves backwards."""
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -14,11 +14,13 @@ from recsys_core.io.lake import MANIFEST, STAGING, TRASH, Lake
 from recsys_core.serving.output import build_table, content_digest
 from recsys_core.serving.reader import LATEST, RecommendationReader
 
-NOW = datetime(2024, 5, 1, 3, 0, tzinfo=timezone.utc)
+NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 
 
 def small_night():
-    return build_table(["u1"], ["a", "b"], np.array([[1, 0]]), np.array([[0.5, 0.1]], np.float32), np.array(["model"]), "m", "1", NOW)
+    return build_table(
+        ["u1"], ["a", "b"], np.array([[1, 0]]), np.array([[0.5, 0.1]], np.float32), np.array(["model"]), "m", "1", NOW
+    )
 
 
 def publish(lake: Lake, dt: str) -> str:
@@ -159,7 +161,7 @@ def test_a_failed_validation_publishes_nothing(pipeline, tmp_path, monkeypatch):
     monkeypatch.undo()
     # A real failure: K larger than what some user has left.
     too_big = settings.model_copy(update={"serve": settings.serve.model_copy(update={"top_k": 10_000})})
-    with pytest.raises(ValueError, match="larger than the catalogue|fewer than K"):
+    with pytest.raises(ValueError, match=r"larger than the catalogue|fewer than K"):
         stage.run_recommend(too_big, pipeline.run_date)
     assert lake.checksum(path) == checksum and RecommendationReader(settings).dates() == [pipeline.run_date.isoformat()]
 

@@ -32,9 +32,20 @@ def torchrun(settings: Settings, dataset: Path, out: Path, nproc: int) -> list[s
     settings_file.parent.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(settings.model_dump_json())
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={nproc}",
-        str(JOB), "--dataset", str(dataset), "--out", str(out), "--settings", str(settings_file),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nnodes=1",
+        f"--nproc-per-node={nproc}",
+        str(JOB),
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--settings",
+        str(settings_file),
+    ]
 
 
 def run(command: list[str], log: Path) -> subprocess.CompletedProcess:
@@ -117,9 +128,9 @@ def test_runs_line_up_in_mlflow_compare_view(pipeline):
     name), every run is a training run with a description, and every artifact root is the project's."""
     import mlflow
 
-    from recsys_core.features.ingest import end_of_day
     from recsys_core.io.registry import EXPERIMENT_KIND, MODEL_DEVELOPMENT
     from recsys_core.stages.train import train_cutoff
+    from recsys_core.timeutil import end_of_day
 
     settings, run_date, training = pipeline.settings, pipeline.run_date, pipeline.training
     client = mlflow.MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
@@ -172,4 +183,7 @@ def test_runs_line_up_in_mlflow_compare_view(pipeline):
     assert "plots/loo_metrics_at_k.png" in note and "plots/coverage.png" in note
 
     for experiment in client.search_experiments(view_type=mlflow.entities.ViewType.ALL):
-        assert experiment.artifact_location.startswith(settings.artifact_location), (experiment.name, experiment.artifact_location)
+        assert experiment.artifact_location.startswith(settings.artifact_location), (
+            experiment.name,
+            experiment.artifact_location,
+        )

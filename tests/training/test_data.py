@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +13,7 @@ import torch
 
 from recsys_core.config import ModelSettings
 from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, USER_PROFILES
+from recsys_core.errors import DataError
 from recsys_core.training.data import (
     AGE_BUCKETS,
     LeaveLastOut,
@@ -23,7 +24,6 @@ from recsys_core.training.data import (
     left_pad,
     query_gaps_of,
 )
-from recsys_core.errors import DataError
 from recsys_core.training.dataset import (
     DATASET_VERSION,
     TrainingDataset,
@@ -35,20 +35,20 @@ from recsys_core.training.dataset import (
     training_windows,
 )
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 SEQ_COLUMNS = ["user_id", "item_id", "event_ts", "source_file", "line_no"]
 
 
 def prep(**kw) -> Preprocessing:
-    base = dict(
-        item_ids=["A", "B", "C", "D", "E"],
-        genres=["Action", "Comedy", "Drama"],
-        gender_vocab=["F", "M"],
-        occupation_vocab=["artist", "engineer"],
-        text_dim=2,
-        release_year_mean=1990.0,
-        release_year_std=10.0,
-    )
+    base = {
+        "item_ids": ["A", "B", "C", "D", "E"],
+        "genres": ["Action", "Comedy", "Drama"],
+        "gender_vocab": ["F", "M"],
+        "occupation_vocab": ["artist", "engineer"],
+        "text_dim": 2,
+        "release_year_mean": 1990.0,
+        "release_year_std": 10.0,
+    }
     base.update(kw)
     return Preprocessing(**base)
 
@@ -66,9 +66,7 @@ def events(rows: list[tuple]) -> pa.Table:
 
 
 def item_features(rows: list[dict]) -> pa.Table:
-    full = [
-        {"item_id": None, "title": None, "genres": None, "release_year": None, "text_embedding": None, **r} for r in rows
-    ]
+    full = [{"item_id": None, "title": None, "genres": None, "release_year": None, "text_embedding": None, **r} for r in rows]
     schema = pa.schema([ITEM_FEATURES.schema.field(c) for c in ("item_id", "title", "genres", "release_year", "text_embedding")])
     return pa.Table.from_pylist(full, schema=schema)
 
@@ -103,7 +101,9 @@ def test_build_sequences_orders_by_time_then_file_then_line():
 def test_build_sequences_skips_unknown_items_and_keeps_requested_user_order():
     p = prep()
     seqs = build_sequences(
-        events([("u1", "A", 1, "f", 1), ("u1", "NOT-IN-CATALOGUE", 2, "f", 2), ("u1", "C", 3, "f", 3), ("u3", "nope", 1, "f", 4)]),
+        events(
+            [("u1", "A", 1, "f", 1), ("u1", "NOT-IN-CATALOGUE", 2, "f", 2), ("u1", "C", 3, "f", 3), ("u3", "nope", 1, "f", 4)]
+        ),
         p,
         ["ghost", "u3", "u1"],
     )
@@ -169,7 +169,7 @@ def test_leave_last_out_never_trains_on_targets():
     rng = np.random.default_rng(0)
     items = [rng.permutation(np.arange(1, 30))[: rng.integers(0, 29)] for _ in range(20)]
     s = LeaveLastOut.split(Sequences([str(i) for i in range(20)], items, [np.arange(len(x)) for x in items]))
-    for u, seq in enumerate(items):
+    for u in range(len(items)):
         if s.test_target[u]:
             assert s.test_target[u] not in s.train[u] and s.valid_target[u] not in s.train[u]
             assert s.valid_target[u] not in s.valid_input[u]
@@ -191,7 +191,11 @@ def test_training_windows_cover_every_step_exactly_once():
     n, length = 25, 5
     seq = np.arange(1, n + 1)  # distinct items: a step is identified by its (input, target) pair
     times = np.cumsum(np.arange(1, n + 1)) * 60
-    seqs = Sequences(["long", "tiny", "empty"], [seq, np.array([7]), np.zeros(0, dtype=np.int64)], [times, np.array([1]), np.zeros(0, dtype=np.int64)])
+    seqs = Sequences(
+        ["long", "tiny", "empty"],
+        [seq, np.array([7]), np.zeros(0, dtype=np.int64)],
+        [times, np.array([1]), np.zeros(0, dtype=np.int64)],
+    )
     split = LeaveLastOut.split(seqs)
     train = split.train[0]
     assert len(train) == n - 2
@@ -343,7 +347,7 @@ def test_user_features_encoding_and_unknown_categories():
 
 
 def test_user_features_without_missing_ages():
-    ids, feats = prep().user_features(user_profiles([{"user_id": "u", "age": 35, "gender": "M", "occupation": "x"}]))
+    _ids, feats = prep().user_features(user_profiles([{"user_id": "u", "age": 35, "gender": "M", "occupation": "x"}]))
     np.testing.assert_array_equal(feats, [[4, 2, 0]])
 
 
@@ -359,7 +363,15 @@ def test_seen_csr():
 
 def small_world():
     items = item_features(
-        [{"item_id": f"i{j}", "genres": ["Drama"] if j % 2 else ["Comedy"], "release_year": 1980 + j, "text_embedding": [float(j), 1.0]} for j in range(6)]
+        [
+            {
+                "item_id": f"i{j}",
+                "genres": ["Drama"] if j % 2 else ["Comedy"],
+                "release_year": 1980 + j,
+                "text_embedding": [float(j), 1.0],
+            }
+            for j in range(6)
+        ]
     )
     users = user_profiles(
         [
@@ -368,7 +380,10 @@ def small_world():
             {"user_id": "u3", "age": None, "gender": None, "occupation": None},
         ]
     )
-    rows = [("u1", f"i{j % 6}", 60 * j, "f.gz", j) for j in range(9)] + [("u2", "i3", 5, "f.gz", 100), ("u2", "i4", 900, "f.gz", 101)]
+    rows = [("u1", f"i{j % 6}", 60 * j, "f.gz", j) for j in range(9)] + [
+        ("u2", "i3", 5, "f.gz", 100),
+        ("u2", "i4", 900, "f.gz", 101),
+    ]
     return events(rows), users, items
 
 
@@ -449,7 +464,8 @@ def test_trend_table_counts_each_window_before_the_start_of_each_day():
     trend = TrendTable.build(table, prep(), windows=(1, 3), until_day=first + 6)
     a = prep().item_index["A"]
     got = np.expm1(trend.values[:, a, :])  # back to counts
-    # start of day: 0 -> nothing yet; 1 -> day0 (2); 2 -> day1 (1) | days0-1 (3); 4 -> day3 (0) | days1-3 (1); 6 -> day5 (1) | days3-5 (1)
+    # start of day: 0 -> nothing yet; 1 -> day0 (2); 2 -> day1 (1) | days0-1 (3); 4 -> day3 (0) | days1-3 (1);
+    # 6 -> day5 (1) | days3-5 (1)
     np.testing.assert_allclose(got[0], [0, 0], atol=1e-5)
     np.testing.assert_allclose(got[1], [2, 2], atol=1e-5)
     np.testing.assert_allclose(got[2], [1, 3], atol=1e-5)

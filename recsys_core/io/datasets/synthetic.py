@@ -37,12 +37,12 @@ from recsys_core.config import IngestSettings
 from recsys_core.contracts import RAW_EVENTS, RAW_ITEMS, RAW_USERS, conform
 from recsys_core.errors import ConfigError
 from recsys_core.io.lake import Lake
+from recsys_core.timeutil import SECONDS_PER_DAY
 
 log = logging.getLogger(__name__)
 
 GZIP_LEVEL = 1  # level 1 compresses ~7x at several hundred MB/s; 6 is 3x slower for ~20% smaller files
 CHUNK_ROWS = 500_000  # good lines formatted at once (bounds the memory of one arrival day)
-SECONDS_PER_DAY = 86_400
 EPOCH = date(1970, 1, 1)
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
@@ -56,9 +56,7 @@ P_REPEAT_ITEM = 0.25  # share of events on the previous event's item
 TASTE_SPREAD = 2.0  # std of a user's genre logits
 TASTE_KEPT = 0.2  # correlation of a user's genre logits on the first and the last day
 # Relative activity per UTC hour (night low, evening peak).
-HOUR_WEIGHTS = np.array(
-    [3, 2, 1.5, 1, 1, 1.5, 2.5, 4, 5, 5, 5, 5.5, 6, 5.5, 5, 5, 5.5, 6.5, 8, 9, 9.5, 8.5, 6.5, 4.5]
-)
+HOUR_WEIGHTS = np.array([3, 2, 1.5, 1, 1, 1.5, 2.5, 4, 5, 5, 5, 5.5, 6, 5.5, 5, 5, 5.5, 6.5, 8, 9, 9.5, 8.5, 6.5, 4.5])
 P_EXTRA_FIELD = 0.05  # good lines with unknown fields (must be accepted and kept in `extra`)
 P_NUMERIC_USER = 0.002  # good lines whose user_id is a JSON number (coerced to a string)
 EXTRA_TOKENS = (
@@ -75,7 +73,18 @@ GENRE_WORDS: dict[str, tuple[str, ...]] = {
     "Animation": ("cartoon", "animated", "colorful", "talking", "puppet", "whimsical", "creature", "sketch", "toon", "doodle"),
     "Comedy": ("funny", "hilarious", "prank", "awkward", "joke", "laughter", "silly", "wedding", "roommate", "mishap"),
     "Crime": ("heist", "detective", "gangster", "robbery", "police", "murder", "mob", "smuggler", "corrupt", "alibi"),
-    "Documentary": ("real", "archive", "interview", "nature", "investigation", "footage", "true", "society", "portrait", "witness"),
+    "Documentary": (
+        "real",
+        "archive",
+        "interview",
+        "nature",
+        "investigation",
+        "footage",
+        "true",
+        "society",
+        "portrait",
+        "witness",
+    ),
     "Drama": ("family", "loss", "struggle", "betrayal", "redemption", "grief", "relationship", "secret", "dignity", "choice"),
     "Fantasy": ("dragon", "wizard", "kingdom", "spell", "elf", "prophecy", "sword", "enchanted", "realm", "sorcery"),
     "Horror": ("haunted", "ghost", "demon", "blood", "terror", "curse", "zombie", "scream", "nightmare", "possessed"),
@@ -90,13 +99,27 @@ GENRE_WORDS: dict[str, tuple[str, ...]] = {
     "History": ("empire", "king", "revolution", "ancient", "dynasty", "queen", "medieval", "century", "monarch", "rebellion"),
     "Sport": ("team", "coach", "championship", "match", "underdog", "race", "boxing", "stadium", "league", "training"),
     "Music": ("concert", "guitar", "tour", "album", "rockstar", "jazz", "drummer", "festival", "record", "composer"),
-}  # fmt: skip
+}
 DESCRIPTION_OPENERS = ("A", "An unforgettable", "A gripping", "A quiet", "A bold", "A sprawling", "A tender", "A dark")
 DESCRIPTION_NOUNS = ("story", "tale", "film", "saga", "picture", "chronicle")
 OCCUPATIONS = (
-    "student", "engineer", "educator", "artist", "administrator", "programmer", "writer", "scientist",
-    "healthcare", "marketing", "technician", "librarian", "lawyer", "entertainment", "retired", "other",
-)  # fmt: skip
+    "student",
+    "engineer",
+    "educator",
+    "artist",
+    "administrator",
+    "programmer",
+    "writer",
+    "scientist",
+    "healthcare",
+    "marketing",
+    "technician",
+    "librarian",
+    "lawyer",
+    "entertainment",
+    "retired",
+    "other",
+)
 
 # Kinds of broken lines, and the reason code the ingest must give each.
 BAD_KINDS: dict[str, str] = {
@@ -121,10 +144,22 @@ BAD_KINDS: dict[str, str] = {
 # The bad lines are spread equally over these slots (one per reason code);
 # the duplicate slot is split over its three kinds.
 _SLOTS = (
-    "malformed_json", "missing_id", "structured_id", "unknown_event_type", "unparseable_ts", "ts_before_min",
-    "ts_after_arrival", "ts_too_late", "negative_value", "non_numeric_value", "oversized_id", "invalid_utf8",
-    "oversized_line", "duplicate", "blank_line",
-)  # fmt: skip
+    "malformed_json",
+    "missing_id",
+    "structured_id",
+    "unknown_event_type",
+    "unparseable_ts",
+    "ts_before_min",
+    "ts_after_arrival",
+    "ts_too_late",
+    "negative_value",
+    "non_numeric_value",
+    "oversized_id",
+    "invalid_utf8",
+    "oversized_line",
+    "duplicate",
+    "blank_line",
+)
 _DUPLICATE_KINDS = ("duplicate_in_file", "duplicate_across_files", "duplicate_across_days")
 
 
@@ -169,7 +204,7 @@ class SyntheticSpec:
 
     @property
     def n_bad(self) -> int:
-        return int(round(self.events * self.bad_fraction))
+        return round(self.events * self.bad_fraction)
 
     @property
     def n_good(self) -> int:
@@ -271,9 +306,7 @@ def _items_table(spec, rng, genres, genre_matrix, n_item_genres) -> pa.Table:
         # Each word comes from one of the item's genres (the primary one most often).
         out = []
         for _ in range(k_words):
-            which = np.where(
-                rng.random(n_items) < p_primary, 0, rng.integers(0, np.maximum(n_item_genres, 1))
-            )
+            which = np.where(rng.random(n_items) < p_primary, 0, rng.integers(0, np.maximum(n_item_genres, 1)))
             genre = genre_matrix[np.arange(n_items), which]
             out.append(genre * per_genre + rng.integers(0, per_genre, size=n_items))
         return out
@@ -281,16 +314,36 @@ def _items_table(spec, rng, genres, genre_matrix, n_item_genres) -> pa.Table:
     title_words = genre_word(2, 0.7)
     year = rng.integers(1950, min(spec.start.year, 2100) + 1, size=n_items)
     title = pc.binary_join_element_wise(
-        vocab_title.take(pa.array(title_words[0])), " ", vocab_title.take(pa.array(title_words[1])),
-        " (", _str(year), ")", "",
-    )  # fmt: skip
+        vocab_title.take(pa.array(title_words[0])),
+        " ",
+        vocab_title.take(pa.array(title_words[1])),
+        " (",
+        _str(year),
+        ")",
+        "",
+    )
     desc_words = [vocab.take(pa.array(w)) for w in genre_word(6, 0.6)]
     openers = pa.array(DESCRIPTION_OPENERS).take(pa.array(rng.integers(0, len(DESCRIPTION_OPENERS), n_items)))
     nouns = pa.array(DESCRIPTION_NOUNS).take(pa.array(rng.integers(0, len(DESCRIPTION_NOUNS), n_items)))
     description = pc.binary_join_element_wise(
-        openers, " ", nouns, " of ", desc_words[0], ", ", desc_words[1], " and ", desc_words[2],
-        ", with ", desc_words[3], " ", desc_words[4], " and ", desc_words[5], ".", "",
-    )  # fmt: skip
+        openers,
+        " ",
+        nouns,
+        " of ",
+        desc_words[0],
+        ", ",
+        desc_words[1],
+        " and ",
+        desc_words[2],
+        ", with ",
+        desc_words[3],
+        " ",
+        desc_words[4],
+        " and ",
+        desc_words[5],
+        ".",
+        "",
+    )
     month = rng.integers(1, 13, size=n_items)
     day_of_month = rng.integers(1, 29, size=n_items)
     release = pc.binary_join_element_wise(
@@ -455,16 +508,23 @@ def _format_good(spec: SyntheticSpec, tokens: dict, rows: dict[str, np.ndarray])
         tokens["user_quoted"].take(pa.array(rows["user"])),
     )
     return pc.binary_join_element_wise(
-        f'{{"event_id":"e{spec.seed}-', _str(rows["eid"]),
-        '","user_id":', user,
-        ',"item_id":"', tokens["item"].take(pa.array(rows["item"])),
-        '","event_type":"', tokens["event_type"].take(pa.array(rows["etype"])),
-        '","ts":"', tokens["day"].take(pa.array(rows["day"])), tokens["time"].take(pa.array(rows["sec"])),
-        '","value":', _str(rows["value"]),
+        f'{{"event_id":"e{spec.seed}-',
+        _str(rows["eid"]),
+        '","user_id":',
+        user,
+        ',"item_id":"',
+        tokens["item"].take(pa.array(rows["item"])),
+        '","event_type":"',
+        tokens["event_type"].take(pa.array(rows["etype"])),
+        '","ts":"',
+        tokens["day"].take(pa.array(rows["day"])),
+        tokens["time"].take(pa.array(rows["sec"])),
+        '","value":',
+        _str(rows["value"]),
         tokens["extra"].take(pa.array(rows["extra"])),
         "}\n",
         "",
-    )  # fmt: skip
+    )
 
 
 def _lines_bytes(lines: pa.Array) -> list[bytes]:
@@ -510,9 +570,7 @@ def _iso(day: date, sec: int) -> str:
     return f"{day.isoformat()}T{sec // 3600:02d}:{sec // 60 % 60:02d}:{sec % 60:02d}Z"
 
 
-def _bad_line(
-    kind: str, variant: int, r: int, base: dict, arrival: date, rules: IngestSettings
-) -> tuple[bytes | _Padded, str]:
+def _bad_line(kind: str, variant: int, r: int, base: dict, arrival: date, rules: IngestSettings) -> tuple[bytes | _Padded, str]:
     """One broken line of ``kind`` (without newline), and the kind it really is.
 
     ``variant`` cycles through the forms of a kind; ``r`` is a random integer
@@ -619,39 +677,39 @@ def _write_file(
     extras: list[tuple[int, bytes | _Padded]],
 ) -> int:
     """Write the good ``rows`` (in order) with ``extras`` (position, line) inserted; returns lines."""
-    tmp = path.rsplit("/", 1)
-    tmp = f"{tmp[0]}/.{tmp[1]}.tmp"
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/.{name}.tmp"
     extras = sorted(extras, key=lambda e: e[0])  # stable: equal positions keep their order
     n = len(rows["eid"])
     k = 0
-    with lake.fs.open_output_stream(tmp, compression=None) as stream:
-        with gzip.GzipFile(filename="", fileobj=stream, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as out:
-            for c0 in range(0, max(n, 1), CHUNK_ROWS):
-                c1 = min(c0 + CHUNK_ROWS, n)
-                if c1 > c0:
-                    lines = _format_good(spec, tokens, _take(rows, slice(c0, c1)))
-                    offsets = np.frombuffer(
-                        lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset
-                    )
-                    data = memoryview(lines.buffers()[2])
+    with (
+        lake.fs.open_output_stream(tmp, compression=None) as stream,
+        gzip.GzipFile(filename="", fileobj=stream, mode="wb", compresslevel=GZIP_LEVEL, mtime=0) as out,
+    ):
+        for c0 in range(0, max(n, 1), CHUNK_ROWS):
+            c1 = min(c0 + CHUNK_ROWS, n)
+            if c1 > c0:
+                lines = _format_good(spec, tokens, _take(rows, slice(c0, c1)))
+                offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32, count=len(lines) + 1, offset=4 * lines.offset)
+                data = memoryview(lines.buffers()[2])
+            else:
+                offsets, data = np.zeros(1, dtype=np.int32), memoryview(b"")
+            prev = c0
+            pieces: list = []  # joined before compressing: one zlib call per chunk, not per line
+            while k < len(extras) and (extras[k][0] < c1 or c1 == n):
+                pos = min(extras[k][0], c1)
+                pieces.append(data[offsets[prev - c0] : offsets[pos - c0]])
+                line = extras[k][1]
+                if isinstance(line, _Padded):
+                    out.write(b"".join(pieces))
+                    out.write(b"".join((line.head, b"x" * line.size, line.tail, b"\n")))
+                    pieces = []
                 else:
-                    offsets, data = np.zeros(1, dtype=np.int32), memoryview(b"")
-                prev = c0
-                pieces: list = []  # joined before compressing: one zlib call per chunk, not per line
-                while k < len(extras) and (extras[k][0] < c1 or c1 == n):
-                    pos = min(extras[k][0], c1)
-                    pieces.append(data[offsets[prev - c0] : offsets[pos - c0]])
-                    line = extras[k][1]
-                    if isinstance(line, _Padded):
-                        out.write(b"".join(pieces))
-                        out.write(b"".join((line.head, b"x" * line.size, line.tail, b"\n")))
-                        pieces = []
-                    else:
-                        pieces.extend((line, b"\n"))
-                    prev = pos
-                    k += 1
-                pieces.append(data[offsets[prev - c0] : offsets[c1 - c0]])
-                out.write(b"".join(pieces))
+                    pieces.extend((line, b"\n"))
+                prev = pos
+                k += 1
+            pieces.append(data[offsets[prev - c0] : offsets[c1 - c0]])
+            out.write(b"".join(pieces))
     lake.fs.move(tmp, path)
     return n + len(extras)
 
@@ -778,7 +836,9 @@ def generate_logs(spec: SyntheticSpec, lake: Lake, *, rules: IngestSettings | No
                 lines_of[j] = line
         for j, kind in enumerate(kinds_of):
             f = int(files_of[j])
-            extras[f].append((int(draw["pos"][j] * (sizes[f] + 1)), lines_of[j]))
+            bad_line = lines_of[j]
+            assert bad_line is not None  # every bad row got its line above
+            extras[f].append((int(draw["pos"][j] * (sizes[f] + 1)), bad_line))
             day_kinds[kind] = day_kinds.get(kind, 0) + 1
 
         # Originals for tomorrow's cross-day duplicates: on-time events of today.
@@ -833,9 +893,13 @@ def generate_logs(spec: SyntheticSpec, lake: Lake, *, rules: IngestSettings | No
     }
     log.info(
         "generated %d lines (%d good, %d bad) in %d files over %d days in %.1fs",
-        summary["events_written"], summary["good_events"], summary["bad_events"], summary["files"],
-        spec.days, summary["seconds"],
-    )  # fmt: skip
+        summary["events_written"],
+        summary["good_events"],
+        summary["bad_events"],
+        summary["files"],
+        spec.days,
+        summary["seconds"],
+    )
     return summary
 
 
@@ -855,10 +919,19 @@ def write_truncated_gzip(path: str | Path, lines: int = 200) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     content = "".join(
-        _render([("event_id", f'"trunc-{i}"'), ("user_id", '"u1"'), ("item_id", '"i1"'),
-                 ("event_type", '"view"'), ("ts", '"2024-01-01T00:00:00Z"'), ("value", "1.0")]) + "\n"
+        _render(
+            [
+                ("event_id", f'"trunc-{i}"'),
+                ("user_id", '"u1"'),
+                ("item_id", '"i1"'),
+                ("event_type", '"view"'),
+                ("ts", '"2024-01-01T00:00:00Z"'),
+                ("value", "1.0"),
+            ]
+        )
+        + "\n"
         for i in range(lines)
-    )  # fmt: skip
+    )
     data = gzip.compress(content.encode(), compresslevel=GZIP_LEVEL, mtime=0)
     path.write_bytes(data[: max(len(data) // 2, 11)])
     return path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,19 +24,24 @@ def evaluate_baselines(settings: Settings, scored: ScoredCase) -> dict[str, Eval
     histories = [np.asarray(s) for s in inputs.items]
     all_items, all_times = np.concatenate(histories), np.concatenate([np.asarray(t) for t in inputs.times])
     history = history_matrix(histories, n_items)
-    results = {}
+    results: dict[str, EvalResult] = {}
+
+    def history_scorer(model: Popularity | EASE) -> Callable[[np.ndarray], np.ndarray]:
+        return lambda rows: model.score(history[rows])
+
     for name in settings.train.baselines:
         started = time.monotonic()
         if name == "popularity":
-            model = Popularity(settings.train.trending_window_days).fit(all_items, all_times, n_items, int(all_times.max()))
-            results[name] = evaluate(lambda rows, m=model: m.score(history[rows]), case, **common)
+            popularity = Popularity(settings.train.trending_window_days).fit(all_items, all_times, n_items, int(all_times.max()))
+            results[name] = evaluate(history_scorer(popularity), case, **common)
         elif name == "ease":
-            model = EASE(settings.train.ease_lambda).fit(history)
-            results[name] = evaluate(lambda rows, m=model: m.score(history[rows]), case, **common)
+            ease = EASE(settings.train.ease_lambda).fit(history)
+            results[name] = evaluate(history_scorer(ease), case, **common)
         elif name == "als":
+            from recsys_core.io.spark import spark_session
             from recsys_core.models.als import fit_als
 
-            factors = fit_als(settings, history)
+            factors = fit_als(settings, history, spark=spark_session(settings, "als"))
             results[name] = evaluate(factors.score, case, **common)
         log.info("baseline %s: ndcg@10 %.4f (%.1fs)", name, results[name].metrics["ndcg@10"], time.monotonic() - started)
     return results

@@ -86,6 +86,7 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
     backtest_headline = ("ndcg@10", "recall@10", "hitrate@10", "users")
     calibrated = None
     if "calibration" in protocols:
+        assert evaluation.uncalibrated_backtest is not None  # set whenever calibration ran
         uncalibrated = round(evaluation.uncalibrated_backtest["ndcg@10"], 5)
         calibrated = {**calibration.to_dict(), "backtest_uncalibrated_ndcg@10": uncalibrated}
     return {
@@ -107,6 +108,7 @@ def _log_seqrec_runs(settings: Settings, runs: dict, train_results: dict[str, di
     import mlflow
 
     from recsys_core.evaluation import report
+
     protocols, calibration = runs["protocols"], evaluation.calibration
     for protocol in protocols:
         with mlflow.start_run(run_id=runs[protocol], nested=True):

@@ -23,7 +23,9 @@ def log_inputs(settings: Settings, as_of: date, interactions, profiles, items) -
         ("item_features", items, lake.partition_path(ITEM_FEATURES, as_of)),
     ):
         frame = table.slice(0, 1000).drop_columns([c for c in table.column_names if c in ("text_embedding",)]).to_pandas()
-        dataset = mlflow.data.from_pandas(frame, source=source, name=f"{name}@{as_of}")
+        dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]  # mlflow.data loads it lazily
+            frame, source=source, name=f"{name}@{as_of}"
+        )
         mlflow.log_input(dataset, context="training", tags={"rows": str(table.num_rows)})
 
 
@@ -80,14 +82,16 @@ def training_run_description(settings: Settings, as_of: date, version: str, deci
     (``plots``: artifact path to the run's page on it in the MLflow UI)."""
     name, alias = settings.train.model_name, settings.registry.champion_alias
     verdict = f"promoted to @{alias}" if decision.promote else "not promoted: stays challenger"
-    return "\n".join([
-        f"Training as of {as_of}: the served model saw the events before {train_cutoff(settings, as_of, 'loo').isoformat()}.",
-        "",
-        f"**Champion decision**: {name} v{version} {verdict} ({decision.reason}).",
-        "",
-        "Plots:",
-        *(f"- [{path}]({link})" for path, link in plots.items()),
-    ])
+    return "\n".join(
+        [
+            f"Training as of {as_of}: the served model saw the events before {train_cutoff(settings, as_of, 'loo').isoformat()}.",
+            "",
+            f"**Champion decision**: {name} v{version} {verdict} ({decision.reason}).",
+            "",
+            "Plots:",
+            *(f"- [{path}]({link})" for path, link in plots.items()),
+        ]
+    )
 
 
 def log_evaluation(evaluations: dict[str, dict[str, EvalResult]], model: str, protocols: list[str], model_id: str | None) -> None:

@@ -6,8 +6,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 from recsys_core.config import Settings
-from recsys_core.features.ingest import end_of_day
-from recsys_core.training.data import SECONDS_PER_DAY
+from recsys_core.timeutil import end_of_day
 
 PROTOCOLS = ("loo", "backtest", "calibration")
 
@@ -43,7 +42,3 @@ def train_cutoff(settings: Settings, as_of: date, protocol: str) -> datetime:
     """The exclusive upper bound of the events a protocol's models are fitted on: the end of the
     run date for leave-last-out, ``backtest_cut`` for the temporal protocols."""
     return backtest_cut(settings, as_of, HORIZONS_BEFORE[protocol])
-
-
-def epoch_day(moment: datetime) -> int:
-    return int(moment.timestamp()) // SECONDS_PER_DAY
