@@ -29,9 +29,13 @@ log = logging.getLogger(__name__)
 def load_inputs(settings: Settings, as_of: date):
     lake = Lake(settings.lake)
     interactions = read_interactions(lake, as_of, settings.ingest.lateness_days)
-    profiles = lake.read_partition(USER_PROFILES, as_of)
-    items = lake.read_partition(ITEM_FEATURES, as_of)
-    return interactions, profiles, items
+    return (interactions, *load_tables(settings, as_of))
+
+
+def load_tables(settings: Settings, as_of: date) -> tuple[pa.Table, pa.Table]:
+    """The as-of user profiles and item features."""
+    lake = Lake(settings.lake)
+    return lake.read_partition(USER_PROFILES, as_of), lake.read_partition(ITEM_FEATURES, as_of)
 
 
 def input_lineage(settings: Settings, as_of: date) -> dict:
