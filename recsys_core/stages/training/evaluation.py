@@ -15,6 +15,7 @@ from recsys_core.errors import MissingInput
 from recsys_core.evaluation.calibration import TrendCalibration, fit_trend_offsets
 from recsys_core.evaluation.protocols import EvalResult, evaluate
 from recsys_core.models.bundle import ModelBundle
+from recsys_core.models.data import Sequences
 from recsys_core.models.inputs import ModelInputs
 from recsys_core.models.transformer import GAP_BUCKETS, SeqRec, gap_buckets
 from recsys_core.stages.training.baselines import evaluate_baselines
@@ -27,7 +28,6 @@ from recsys_core.stages.training.protocols import (
 )
 from recsys_core.stages.training.workspace import checkpoint_dir, dataset_path, prepared_path, train_cutoff, workspace
 from recsys_core.training.checkpoint import load_checkpoint
-from recsys_core.training.data import Sequences
 from recsys_core.training.dataset import PreparedData, TrainingDataset
 from recsys_core.training.loop import BEST
 

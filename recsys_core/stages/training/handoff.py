@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from recsys_core.errors import DataError, MissingInput
+from recsys_core.models.data import LeaveLastOut, Preprocessing, Sequences, TrendTable
 from recsys_core.training.checkpoint import save_checkpoint
-from recsys_core.training.data import LeaveLastOut, Preprocessing, Sequences, TrendTable
 from recsys_core.training.dataset import PreparedData
 
 HANDOFF_VERSION = 1  # raise with any change to the fields below or to their meaning

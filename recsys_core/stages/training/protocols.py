@@ -17,10 +17,10 @@ from recsys_core.evaluation.protocols import EvalCase
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.baselines import history_matrix
+from recsys_core.models.data import Sequences, last_event_days
 from recsys_core.models.transformer import SeqRecConfig
 from recsys_core.stages.training.workspace import train_cutoff
 from recsys_core.timeutil import SECONDS_PER_DAY, end_of_day, epoch_day
-from recsys_core.training.data import Sequences, last_event_days
 from recsys_core.training.dataset import PreparedData, prepare
 
 log = logging.getLogger(__name__)
