@@ -126,7 +126,7 @@ def cmd_recommend(args, settings: Settings) -> None:
 
 
 def cmd_recs_show(args, settings: Settings) -> None:
-    from recsys_core.serving.reader import RecommendationReader
+    from recsys_core.io.recommendations import RecommendationReader
 
     reader = RecommendationReader(settings)
     dt, rows = reader.for_user(args.user, args.date)

@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 import torch
 
 from recsys_core.errors import ModelError
+from recsys_core.models.data import Preprocessing, Sequences, TrendTable, build_sequences
 from recsys_core.models.inputs import ModelInputs, encode
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
-from recsys_core.training.data import Preprocessing, Sequences, TrendTable, build_sequences
 from recsys_core.windows import popularity_column
 
 WEIGHTS = "weights.pt"

@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from recsys_core.models.data import gaps_of, left_pad, query_gaps_of
 from recsys_core.models.transformer import SeqRecConfig, gap_buckets
-from recsys_core.training.data import gaps_of, left_pad, query_gaps_of
 
 
 @dataclass(frozen=True)

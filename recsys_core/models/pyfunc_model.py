@@ -29,7 +29,7 @@ class SeqRecPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined]  # 
         self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]))
 
     def predict(self, context, model_input: pd.DataFrame, params=None):
-        from recsys_core.training.data import Sequences
+        from recsys_core.models.data import Sequences
 
         prep = self.bundle.prep
         n = len(model_input)

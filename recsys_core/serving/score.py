@@ -180,15 +180,6 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def exclusion_from_lists(offsets: np.ndarray, indices: np.ndarray, n_items: int) -> sp.csr_matrix:
-    """A users x items CSR exclusion matrix from list offsets and item columns (e.g. an Arrow list column)."""
-    offsets = np.asarray(offsets, dtype=np.int64)
-    indices = np.asarray(indices, dtype=np.int32)
-    return sp.csr_matrix(
-        (np.ones(len(indices), dtype=np.float32), indices, offsets - offsets[0]), shape=(len(offsets) - 1, n_items)
-    )
-
-
 def recommend_top_k(
     user_vectors: torch.Tensor,
     item_matrix: torch.Tensor,

@@ -52,7 +52,8 @@ def score_arrow_batch(
     """Score one Arrow batch of users (see ``user_batch_table``) → (user_id, rank, item_id, score) rows."""
     import torch
 
-    from recsys_core.serving.score import exclusion_from_lists, recommend_top_k
+    from recsys_core.serving.score import recommend_top_k
+    from recsys_core.sparse import exclusion_from_lists
 
     n = batch.num_rows
     if n == 0:

@@ -16,7 +16,7 @@ from datetime import date, timedelta
 from recsys_core.config import Settings
 from recsys_core.contracts import ITEM_FEATURES, RAW_EVENTS, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.lake import Lake
-from recsys_core.serving.reader import LATEST
+from recsys_core.io.recommendations import LATEST
 
 log = logging.getLogger(__name__)
 

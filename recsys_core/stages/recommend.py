@@ -36,10 +36,10 @@ from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.errors import RegistryError
 from recsys_core.evaluation import metrics as M
 from recsys_core.io.lake import STAGING, TRASH, Lake, partition_name
+from recsys_core.io.recommendations import LATEST
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.bundle import ModelBundle, bundle_metadata
 from recsys_core.serving.output import build_table, content_digest, format_report
-from recsys_core.serving.reader import LATEST
 from recsys_core.serving.rerank import category_matrix
 from recsys_core.serving.score import recommend_top_k, score_top_k, seen_matrix
 from recsys_core.serving.validate import InvalidRecommendations, validate_recommendations

@@ -13,7 +13,7 @@ from rich.table import Table
 from recsys_core.config import Settings
 from recsys_core.contracts import ITEM_FEATURES, QUARANTINE, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.lake import Lake
-from recsys_core.serving.reader import RecommendationReader
+from recsys_core.io.recommendations import RecommendationReader
 from recsys_core.stages.train import workspace
 
 

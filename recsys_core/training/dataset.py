@@ -20,11 +20,7 @@ import torch
 
 from recsys_core.config import FeatureSettings, ModelSettings
 from recsys_core.errors import DataError
-from recsys_core.models.inputs import ModelInputs, encode, encode_steps
-from recsys_core.models.transformer import SeqRecConfig
-from recsys_core.timeutil import SECONDS_PER_DAY
-from recsys_core.training.checkpoint import save_checkpoint
-from recsys_core.training.data import (
+from recsys_core.models.data import (
     LeaveLastOut,
     Preprocessing,
     Sequences,
@@ -34,6 +30,10 @@ from recsys_core.training.data import (
     last_event_days,
     left_pad,
 )
+from recsys_core.models.inputs import ModelInputs, encode, encode_steps
+from recsys_core.models.transformer import SeqRecConfig
+from recsys_core.timeutil import SECONDS_PER_DAY
+from recsys_core.training.checkpoint import save_checkpoint
 
 
 @dataclass

@@ -30,7 +30,7 @@ from recsys_core.evaluation.metric_names import metric_key
 from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec
-from recsys_core.serving.score import exclusion_from_lists
+from recsys_core.sparse import exclusion_from_lists
 from recsys_core.training.checkpoint import load_checkpoint, save_checkpoint
 from recsys_core.training.dataset import HeldOutSplit, TrainingDataset, TrainingSteps
 

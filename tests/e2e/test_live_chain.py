@@ -30,7 +30,7 @@ from recsys_core.config import settings_for
 from recsys_core.contracts import RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.datasets.synthetic import SyntheticSpec, generate_logs
 from recsys_core.io.lake import Lake
-from recsys_core.serving.reader import RecommendationReader
+from recsys_core.io.recommendations import RecommendationReader
 
 from .browser import browser_missing, chromium_page, login, mlflow_compare, open_grid, run_state_shown, trigger_with_run_date
 from .live_airflow import free_port, is_loopback, listening_sockets, live_airflow, poll

@@ -1,4 +1,4 @@
-"""recsys_core.serving.reader: only complete (manifested) partitions are ever visible."""
+"""recsys_core.io.recommendations: only complete (manifested) partitions are ever visible."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from recsys_core.contracts import RECOMMENDATIONS
 from recsys_core.io.lake import MANIFEST, Lake
+from recsys_core.io.recommendations import LATEST, RecommendationReader
 from recsys_core.serving.output import build_table
-from recsys_core.serving.reader import LATEST, RecommendationReader
 
 NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 

@@ -206,7 +206,7 @@ def test_no_users_gives_empty_result():
 
 
 def test_exclusion_from_lists_matches_seen_matrix():
-    from recsys_core.serving.score import exclusion_from_lists
+    from recsys_core.sparse import exclusion_from_lists
 
     m = exclusion_from_lists(np.array([3, 5, 5, 6]), np.array([0, 2, 1]), 4)  # offsets need not start at 0
     np.testing.assert_array_equal(m.toarray() > 0, [[1, 0, 1, 0], [0, 0, 0, 0], [0, 1, 0, 0]])

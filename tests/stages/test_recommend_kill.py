@@ -33,8 +33,8 @@ import yaml
 
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.lake import MANIFEST, STAGING, TRASH, Lake
+from recsys_core.io.recommendations import RecommendationReader
 from recsys_core.serving.output import content_digest
-from recsys_core.serving.reader import RecommendationReader
 
 pytestmark = [pytest.mark.spark, pytest.mark.torchrun, pytest.mark.mlflow, pytest.mark.slow]
 

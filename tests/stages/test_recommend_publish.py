@@ -11,8 +11,8 @@ import pytest
 
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.lake import MANIFEST, STAGING, TRASH, Lake
+from recsys_core.io.recommendations import LATEST, RecommendationReader
 from recsys_core.serving.output import build_table, content_digest
-from recsys_core.serving.reader import LATEST, RecommendationReader
 
 NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
 

@@ -1,4 +1,4 @@
-"""recsys_core.training.data and .dataset: vocabularies, sequences, splits, windows, tensors."""
+"""recsys_core.models.data and .dataset: vocabularies, sequences, splits, windows, tensors."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from recsys_core.config import ModelSettings
 from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, USER_PROFILES
 from recsys_core.errors import DataError
-from recsys_core.training.data import (
+from recsys_core.models.data import (
     AGE_BUCKETS,
     LeaveLastOut,
     Preprocessing,
@@ -455,7 +455,7 @@ def test_a_dataset_of_another_version_is_refused_with_the_fix(tmp_path):
 
 
 def test_trend_table_counts_each_window_before_the_start_of_each_day():
-    from recsys_core.training.data import TrendTable
+    from recsys_core.models.data import TrendTable
 
     day = 86_400
     rows = [("u", "A", 0, "f", 1), ("v", "A", 100, "f", 2), ("u", "A", day + 5, "f", 3), ("u", "A", 5 * day, "f", 4)]

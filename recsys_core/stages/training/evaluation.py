@@ -15,19 +15,19 @@ from recsys_core.errors import MissingInput
 from recsys_core.evaluation.calibration import TrendCalibration, fit_trend_offsets
 from recsys_core.evaluation.protocols import EvalResult, evaluate
 from recsys_core.models.bundle import ModelBundle
+from recsys_core.models.data import Sequences
 from recsys_core.models.inputs import ModelInputs
 from recsys_core.models.transformer import GAP_BUCKETS, SeqRec, gap_buckets
 from recsys_core.stages.training.baselines import evaluate_baselines
+from recsys_core.stages.training.handoff import load_prepared
 from recsys_core.stages.training.protocols import (
     ScoredCase,
     backtest_scored,
     leave_last_out_scored,
-    load_inputs,
-    prepared_protocols,
+    load_tables,
 )
-from recsys_core.stages.training.workspace import checkpoint_dir, dataset_path, train_cutoff, workspace
+from recsys_core.stages.training.workspace import checkpoint_dir, dataset_path, prepared_path, train_cutoff, workspace
 from recsys_core.training.checkpoint import load_checkpoint
-from recsys_core.training.data import Sequences
 from recsys_core.training.dataset import PreparedData, TrainingDataset
 from recsys_core.training.loop import BEST
 
@@ -127,8 +127,9 @@ class EvaluationReport:
 def evaluate_models(settings: Settings, as_of: date, protocols: list[str]) -> EvaluationReport:
     """Calibrate the trend prior out of sample, then score the sequence model of each evaluated
     protocol and the baselines fitted on that protocol's data, on the same users and targets."""
-    interactions, profiles, items = load_inputs(settings, as_of)
-    datasets = prepared_protocols(settings, as_of, interactions, profiles, items)
+    profiles, items = load_tables(settings, as_of)
+    ws = workspace(settings, as_of)
+    datasets = {protocol: load_prepared(prepared_path(ws, protocol)) for protocol in protocols}  # the prepare task's
     data = datasets["loo"]
     calibration = calibrate_trend(settings, as_of, datasets, items) if "calibration" in protocols else TrendCalibration.none()
     bundle = load_trained(settings, as_of, data, "loo")

@@ -10,9 +10,10 @@ from datetime import date
 
 from recsys_core.config import Settings
 from recsys_core.io.provenance import code_version, config_digest, flat_params
+from recsys_core.stages.training.handoff import save_prepared
 from recsys_core.stages.training.protocols import feasible_protocols, input_lineage, load_inputs, prepared_protocols
 from recsys_core.stages.training.runs import log_inputs, reported_protocols, run_params, start_model_run
-from recsys_core.stages.training.workspace import RUNS, SETTINGS, dataset_path, workspace
+from recsys_core.stages.training.workspace import RUNS, SETTINGS, dataset_path, prepared_path, workspace
 from recsys_core.training.dataset import build_dataset, model_config
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
         prepared = datasets[protocol]
         dataset = build_dataset(prepared, config, settings.train.seed)
         dataset.save(dataset_path(ws, protocol))
+        save_prepared(prepared_path(ws, protocol), prepared)
         fingerprints[protocol] = dataset.fingerprint
         windows[protocol] = len(dataset.train.targets)
     (ws / SETTINGS).write_text(settings.model_dump_json(indent=2))

@@ -17,10 +17,10 @@ from recsys_core.evaluation.protocols import EvalCase
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.baselines import history_matrix
+from recsys_core.models.data import Sequences, last_event_days
 from recsys_core.models.transformer import SeqRecConfig
 from recsys_core.stages.training.workspace import train_cutoff
 from recsys_core.timeutil import SECONDS_PER_DAY, end_of_day, epoch_day
-from recsys_core.training.data import Sequences, last_event_days
 from recsys_core.training.dataset import PreparedData, prepare
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,13 @@ log = logging.getLogger(__name__)
 def load_inputs(settings: Settings, as_of: date):
     lake = Lake(settings.lake)
     interactions = read_interactions(lake, as_of, settings.ingest.lateness_days)
-    profiles = lake.read_partition(USER_PROFILES, as_of)
-    items = lake.read_partition(ITEM_FEATURES, as_of)
-    return interactions, profiles, items
+    return (interactions, *load_tables(settings, as_of))
+
+
+def load_tables(settings: Settings, as_of: date) -> tuple[pa.Table, pa.Table]:
+    """The as-of user profiles and item features."""
+    lake = Lake(settings.lake)
+    return lake.read_partition(USER_PROFILES, as_of), lake.read_partition(ITEM_FEATURES, as_of)
 
 
 def input_lineage(settings: Settings, as_of: date) -> dict:

@@ -28,6 +28,11 @@ def dataset_path(ws: Path, protocol: str) -> Path:
     return ws / f"dataset-{protocol}.pt"
 
 
+def prepared_path(ws: Path, protocol: str) -> Path:
+    """The prepare task's hand-off to the evaluate task (``stages.training.handoff``)."""
+    return ws / f"prepared-{protocol}.pt"
+
+
 def checkpoint_dir(ws: Path, protocol: str) -> Path:
     return ws / "checkpoints" / protocol
 
