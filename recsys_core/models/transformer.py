@@ -174,7 +174,7 @@ class SeqRec(nn.Module):
         """items [B, L] (left-padded with 0) → hidden states [B, L, d].
 
         ``query_gaps`` [B, L]: at each position, the bucketed time from that event to the
-        moment of the prediction made there (training.data.query_gaps_of, bucketed; 0 = no event).
+        moment of the prediction made there (models.data.query_gaps_of, bucketed; 0 = no event).
         """
         _, length = items.shape
         table = self.item_matrix()
@@ -201,7 +201,7 @@ class SeqRec(nn.Module):
         """hidden [..., d] → scores over the catalogue [..., n_items + 1] (index 0 is padding).
 
         ``trend`` [..., n_items + 1, len(trend_windows)]: the items' log1p recent popularity at
-        the time of each prediction (see training.data.TrendTable); ``query_gaps`` [...]: the
+        the time of each prediction (see models.data.TrendTable); ``query_gaps`` [...]: the
         recency bucket of each prediction.
         """
         return self.score_items(hidden, self.item_matrix(), trend, query_gaps)

@@ -196,7 +196,7 @@ class TrainingDataset:
     train: TrainingSteps
     valid: HeldOutSplit
     test: HeldOutSplit
-    trend_table: torch.Tensor  # [days, n_items + 1, windows] (training.data.TrendTable)
+    trend_table: torch.Tensor  # [days, n_items + 1, windows] (models.data.TrendTable)
     item_content: torch.Tensor  # [n_items + 1, content_dim]
     fingerprint: str = ""  # of the tensors; set by ``build_dataset``
 
