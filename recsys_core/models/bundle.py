@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,12 @@ class ModelBundle:
 def bundle_metadata(directory: Path) -> dict:
     """What ``save`` recorded beside the weights: config, preprocessing and the caller's extras (e.g. ``as_of``)."""
     return json.loads((directory / META).read_text())
+
+
+def bundle_trained_as_of(directory: Path) -> date | None:
+    """The run date whose events trained the bundle (its ``as_of`` extra), if it records one."""
+    as_of = bundle_metadata(directory).get("as_of")
+    return date.fromisoformat(as_of) if as_of else None
 
 
 def _content_rows(prep: Preprocessing, item_features: pa.Table) -> torch.Tensor:

@@ -16,7 +16,7 @@ from datetime import date, timedelta
 from recsys_core.config import Settings
 from recsys_core.contracts import ITEM_FEATURES, RAW_EVENTS, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.lake import Lake
-from recsys_core.io.recommendations import LATEST
+from recsys_core.io.recommendations import RecommendationReader
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,12 @@ class TrainingDecision:
 def champion_trained_as_of(settings: Settings) -> tuple[str, date | None] | None:
     """(version, the date its training data ends) of the current champion; None without one."""
     from recsys_core.io.registry import champion
-    from recsys_core.models.bundle import bundle_metadata
+    from recsys_core.models.bundle import bundle_trained_as_of
 
     current = champion(settings, settings.work_dir / "registry")
     if current is None:
         return None
-    as_of = bundle_metadata(current.bundle_dir).get("as_of")
-    return current.version, date.fromisoformat(as_of) if as_of else None
+    return current.version, bundle_trained_as_of(current.bundle_dir)
 
 
 def training_decision(settings: Settings, run_date: date, *, requested: bool) -> TrainingDecision:
@@ -90,10 +89,9 @@ def training_decision(settings: Settings, run_date: date, *, requested: bool) ->
 
 def refresh_date(settings: Settings, trained_as_of: date) -> date:
     """The night a new champion re-publishes: the latest published one if it is newer, else its own date."""
-    lake = Lake(settings.lake)
-    pointer = lake.path(RECOMMENDATIONS.name, LATEST)
-    if lake.exists(pointer):
-        latest = date.fromisoformat(lake.read_json(pointer)["dt"])
+    reader = RecommendationReader(settings)
+    if reader.dates():
+        latest = date.fromisoformat(reader.latest_date())
         if latest > trained_as_of and features_ready(settings, latest):
             return latest
     return trained_as_of
@@ -126,12 +124,10 @@ def model_event(settings: Settings, day: date) -> dict:
 
 
 def recommendations_event(settings: Settings, day: date) -> dict:
-    lake = Lake(settings.lake)
-    path = lake.partition_path(RECOMMENDATIONS, day)
-    manifest = lake.read_manifest(path)
+    manifest = RecommendationReader(settings).manifest(day)
     return {
         "run_date": day.isoformat(),
-        "path": path,
+        "path": Lake(settings.lake).partition_path(RECOMMENDATIONS, day),
         "rows": manifest["rows"],
         "users": manifest["users"],
         "model_name": manifest["model_name"],

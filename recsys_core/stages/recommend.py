@@ -38,7 +38,7 @@ from recsys_core.evaluation import metrics as M
 from recsys_core.io.lake import STAGING, TRASH, Lake, partition_name
 from recsys_core.io.recommendations import LATEST
 from recsys_core.io.tables import ingests_as_of, read_interactions
-from recsys_core.models.bundle import ModelBundle, bundle_metadata
+from recsys_core.models.bundle import ModelBundle, bundle_trained_as_of
 from recsys_core.serving.output import build_table, content_digest, format_report
 from recsys_core.serving.rerank import category_matrix
 from recsys_core.serving.score import recommend_top_k, score_top_k, seen_matrix
@@ -61,8 +61,8 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         raise RegistryError(f"no model holds @{settings.registry.champion_alias} for {settings.train.model_name}")
     tidy_leftovers(lake, run_date)
     bundle = ModelBundle.load(current.bundle_dir)
-    trained_as_of = bundle_metadata(current.bundle_dir).get("as_of")
-    if trained_as_of and trained_as_of > run_date.isoformat():
+    trained_as_of = bundle_trained_as_of(current.bundle_dir)
+    if trained_as_of and trained_as_of > run_date:
         log.warning(
             "%s v%s was trained on events up to the end of %s, after this run date %s: "
             "this night is scored by a model that saw later data (a backfill with today's champion)",
@@ -164,8 +164,8 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
             "model_name": current.name,
             "model_version": current.version,
             "mlflow_run_id": current.run_id,
-            "model_trained_as_of": trained_as_of,
-            "model_train_cutoff": end_of_day(date.fromisoformat(trained_as_of)).isoformat() if trained_as_of else None,
+            "model_trained_as_of": trained_as_of.isoformat() if trained_as_of else None,
+            "model_train_cutoff": end_of_day(trained_as_of).isoformat() if trained_as_of else None,
             "content_digest": digest,
             "engine": serve.engine,
             "mmr_lambda": serve.mmr_lambda,
