@@ -271,8 +271,9 @@ class SeqRec(nn.Module):
             share = self.config.future_weight / future.shape[-1]
             weights = torch.cat([weights, torch.full((future.shape[-1],), share, device=h.device)])
         weights = weights / weights.sum()
-        trend = trend_table[trend_rows[valid]] if trend_table is not None and trend_rows is not None else None
+        rows = trend_rows[valid] if trend_table is not None and trend_rows is not None else None
         if self.config.loss == "full":
+            trend = trend_table[rows] if trend_table is not None and rows is not None else None
             logits = self.scores(h, trend, query).float()
             logits[:, 0] = float("-inf")
             nll = -torch.log_softmax(logits, dim=-1).gather(1, labels)
@@ -281,8 +282,10 @@ class SeqRec(nn.Module):
             if item_log_prob is None:
                 item_log_prob = torch.full((self.config.n_items + 1,), -math.log(self.config.n_items), device=h.device)
                 item_log_prob[0] = float("-inf")
-            bias = self.trend_bias(trend, query)  # [n, n_items + 1], or 0.0 without a trend prior
-            nll = torch.stack([self._sampled_nll(h, labels[:, j], table, item_log_prob, bias) for j in range(labels.shape[1])], 1)
+            nll = torch.stack(
+                [self._sampled_nll(h, labels[:, j], table, item_log_prob, trend_table, rows, query) for j in range(labels.shape[1])],
+                1,
+            )
         per_step = (nll * weights).sum(1)
         if step_weights is None:
             return per_step.mean()
@@ -295,19 +298,32 @@ class SeqRec(nn.Module):
         y: torch.Tensor,
         table: torch.Tensor,
         item_log_prob: torch.Tensor,
-        bias: torch.Tensor | float,
+        trend_table: torch.Tensor | None,
+        trend_rows: torch.Tensor | None,
+        query_gaps: torch.Tensor | None,
     ) -> torch.Tensor:
-        """Per-row sampled softmax loss with logQ correction (negatives drawn by ``item_log_prob``);
-        ``table`` is ``item_matrix()`` and ``bias`` the trend prior of every row and item."""
+        """Per-row sampled softmax loss with logQ correction: ``n_negatives`` items drawn from
+        ``exp(item_log_prob)``, shared by the rows; every candidate's logit (the positive's too) minus
+        its log sampling probability, so the softmax over the sample estimates the full one without
+        the bias towards popular items. ``table`` is ``item_matrix()``. The trend prior is gathered for
+        the candidates only: the full [rows, catalogue, windows] tensor would not fit for large catalogues."""
         negatives = torch.multinomial(item_log_prob.exp(), self.config.n_negatives, replacement=True)
-        pos_logit = (h * table[y]).sum(-1, keepdim=True) - item_log_prob[y].unsqueeze(-1)
-        neg_logits = h @ table[negatives].T - item_log_prob[negatives].unsqueeze(0)
-        if isinstance(bias, torch.Tensor):
-            pos_logit = pos_logit + bias.gather(1, y.unsqueeze(1))
-            neg_logits = neg_logits + bias[:, negatives]
-        neg_logits = neg_logits.masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), float("-inf"))
-        logits = torch.cat([pos_logit, neg_logits], dim=1).float()
-        return F.cross_entropy(logits, torch.zeros(len(y), dtype=torch.long, device=h.device), reduction="none")
+        candidates = torch.cat([y.unsqueeze(1), negatives.unsqueeze(0).expand(len(y), -1)], dim=1)  # [n, 1 + S]
+        logits = torch.cat([(h * table[y]).sum(-1, keepdim=True), h @ table[negatives].T], dim=1)
+        logits = logits - item_log_prob[candidates]
+        if trend_table is not None and trend_rows is not None:
+            logits = logits + self.trend_bias(trend_table[trend_rows.unsqueeze(1), candidates], query_gaps)
+        # A draw of the row's own positive is not a negative.
+        logits[:, 1:] = logits[:, 1:].masked_fill(negatives.unsqueeze(0) == y.unsqueeze(1), float("-inf"))
+        return F.cross_entropy(logits.float(), torch.zeros(len(y), dtype=torch.long, device=h.device), reduction="none")
+
+    @staticmethod
+    def sampling_log_prob(targets: torch.Tensor, n_items: int) -> torch.Tensor:
+        """log Q of the sampled softmax: items drawn by their frequency as training targets, plus one
+        (an item never seen as a target is still drawn now and then); the padding item never."""
+        counts = torch.bincount(targets[targets > 0].flatten(), minlength=n_items + 1).double() + 1.0
+        counts[0] = 0.0
+        return torch.log(counts / counts.sum()).float()
 
     @torch.no_grad()
     def last_hidden(

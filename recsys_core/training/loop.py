@@ -119,6 +119,10 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
     scaler_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
     trend_table = data.trend_table.to(ctx.device)  # read by every step: moved to the device once
+    # The sampled softmax draws negatives by training frequency and corrects the logits by it (logQ).
+    item_log_prob = (
+        SeqRec.sampling_log_prob(data.train.targets, data.config.n_items).to(ctx.device) if data.config.loss == "sampled" else None
+    )
     train_rows = torch.arange(len(data.train.targets))
     per_rank = settings.batch_size // (ctx.world_size * settings.grad_accum_steps)
     if per_rank < 1:
@@ -167,7 +171,9 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
             last_micro = (step + 1) % settings.grad_accum_steps == 0 or step + 1 == len(loader)
             sync = nullcontext() if last_micro or ctx.world_size == 1 else cast(DDP, ddp).no_sync()
             with sync, scaler_ctx():
-                loss = _forward_loss(ddp, data.train, rows, ctx.device, trend_table, settings.recency_half_life_days)
+                loss = _forward_loss(
+                    ddp, data.train, rows, ctx.device, trend_table, settings.recency_half_life_days, item_log_prob
+                )
                 (loss / settings.grad_accum_steps).backward()
             if last_micro:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -241,7 +247,13 @@ def recency_weights(trend_rows: torch.Tensor, last_row: int, half_life_days: flo
 
 
 def _forward_loss(
-    model, steps: TrainingSteps, rows: torch.Tensor, device: torch.device, trend_table: torch.Tensor, half_life_days: float
+    model,
+    steps: TrainingSteps,
+    rows: torch.Tensor,
+    device: torch.device,
+    trend_table: torch.Tensor,
+    half_life_days: float,
+    item_log_prob: torch.Tensor | None = None,
 ) -> torch.Tensor:
     inputs = steps.inputs.rows(rows).to(device)
     trend_rows = steps.trend_rows[rows]
@@ -256,6 +268,7 @@ def _forward_loss(
         future=steps.future[rows].to(device) if steps.future is not None else None,
         query_gaps=inputs.query_gaps,
         step_weights=step_weights.to(device) if step_weights is not None else None,
+        item_log_prob=item_log_prob,
     )
 
 

@@ -102,6 +102,44 @@ def test_sampled_loss_with_popularity_log_probs():
     assert value.dim() == 0 and torch.isfinite(value)
 
 
+def test_sampling_log_prob_is_target_frequency_plus_one():
+    targets = torch.tensor([[0, 3, 3, 5], [0, 0, 3, 1]])
+    log_q = SeqRec.sampling_log_prob(targets, 5)
+    counts = torch.tensor([0.0, 2, 1, 4, 1, 2])  # items 1..5: target counts + 1; padding never drawn
+    torch.testing.assert_close(log_q.exp(), counts / counts.sum())
+    assert log_q[0] == -math.inf
+
+
+def test_sampled_loss_is_logq_corrected_softmax_over_the_drawn_items(no_fastpath):
+    """The loss by hand: per position, softmax over [positive, drawn negatives other than it], each
+    logit = h . item + trend prior - log Q(item); the mean over positions."""
+    model = model_for(config(loss="sampled", trend_windows=(7, 30))).eval()
+    with torch.no_grad():
+        model.trend_weights.copy_(torch.tensor([0.5, -0.25]))
+    items, gaps, user_feats, targets = batch()
+    gen = torch.Generator().manual_seed(3)
+    trend_table = torch.rand(4, N_ITEMS + 1, 2, generator=gen)
+    trend_rows = torch.randint(0, 4, items.shape, generator=gen)
+    log_q = SeqRec.sampling_log_prob(targets, N_ITEMS)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        loss = model(items, gaps, user_feats, targets, trend_table=trend_table, trend_rows=trend_rows, item_log_prob=log_q)
+        torch.manual_seed(5)
+        negatives = torch.multinomial(log_q.exp(), model.config.n_negatives, replacement=True).tolist()
+        hidden = model.encode(items, gaps, user_feats)
+        table = model.item_matrix()
+        nlls = []
+        for b, t in zip(*torch.nonzero(targets > 0, as_tuple=True)):
+            y = int(targets[b, t])
+            candidates = [y] + [n for n in negatives if n != y]
+            logits = torch.stack(
+                [hidden[b, t] @ table[c] + trend_table[trend_rows[b, t], c] @ model.trend_weights - log_q[c] for c in candidates]
+            )
+            nlls.append(torch.logsumexp(logits, 0) - logits[0])
+    assert len(set(negatives)) > 1
+    torch.testing.assert_close(loss, torch.stack(nlls).mean(), rtol=1e-5, atol=1e-5)
+
+
 def test_padding_item_never_predicted_by_full_loss():
     model = model_for(config()).eval()
     items, gaps, user_feats, targets = batch()
