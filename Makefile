@@ -17,7 +17,7 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo lint test test-fast airflow airflow-stop mlflow bench lock clean
+.PHONY: help install demo lint test test-fast airflow airflow-stop mlflow bench bench-scale lock clean
 
 help:
 	@echo "make demo [RUN_DATE=YYYY-MM-DD]  install, fetch MovieLens-100K and run the whole chain through Airflow"
@@ -28,6 +28,7 @@ help:
 	@echo "make airflow-stop                stop what make airflow started, task processes included"
 	@echo "make mlflow                      the MLflow UI on 127.0.0.1"
 	@echo "make bench                       run the benchmarks, figures in benchmarks/results/"
+	@echo "make bench-scale                 the whole chain at 1M users x 100K items x 20M events (hours; --resume)"
 
 $(PY):
 	$(PYTHON_BOOT) -m venv $(VENV)
@@ -68,6 +69,9 @@ mlflow: install
 
 bench: install
 	$(BIN)/python benchmarks/run_all.py
+
+bench-scale: install
+	$(BIN)/python benchmarks/bench_scale.py --resume --keep
 
 lock: $(PY)
 	$(PY) -m pip install --quiet -r requirements/base.in

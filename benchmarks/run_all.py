@@ -8,6 +8,9 @@ benchmarks/results/<name>.json and <name>.md (``bench_<name>.py``;
 ``<name>-quick.*`` with --quick); SUMMARY.md (SUMMARY-quick.md) collects the
 Markdown of every benchmark, in file-name order. Full logs go to
 benchmarks/work/logs/.
+
+The scale benchmark (bench_scale.py: the whole chain at 1M users, hours on 2
+cores) runs only when named: ``--only scale`` (or ``make bench-scale``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_DIR, REPO, RESULTS, WORK, machine_info, machine_line, result_name
 
 TAIL_LINES = 25
+# Run only when named with --only (the full scale run takes hours).
+ON_REQUEST = {"scale"}
 
 
 def discover() -> list[Path]:
@@ -65,7 +70,7 @@ def run_one(script: Path, quick: bool, log_dir: Path) -> dict:
 
 
 def write_summary(runs: list[dict], quick: bool) -> Path:
-    names = [r["name"] for r in runs] if runs else [bench_name(s) for s in discover()]
+    names = [r["name"] for r in runs] if runs else [bench_name(s) for s in discover() if bench_name(s) not in ON_REQUEST]
     by_name = {r["name"]: r for r in runs}
     parts = [
         f"# Benchmark summary{' (quick smoke run)' if quick else ''}",
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown benchmark(s) {sorted(unknown)}; found {[bench_name(s) for s in scripts]}")
         scripts = [s for s in scripts if bench_name(s) in wanted]
+    else:
+        scripts = [s for s in scripts if bench_name(s) not in ON_REQUEST]
     if args.summary_only:
         print(f"wrote {write_summary([], args.quick).relative_to(REPO)}")
         return 0

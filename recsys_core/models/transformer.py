@@ -283,7 +283,10 @@ class SeqRec(nn.Module):
                 item_log_prob = torch.full((self.config.n_items + 1,), -math.log(self.config.n_items), device=h.device)
                 item_log_prob[0] = float("-inf")
             nll = torch.stack(
-                [self._sampled_nll(h, labels[:, j], table, item_log_prob, trend_table, rows, query) for j in range(labels.shape[1])],
+                [
+                    self._sampled_nll(h, labels[:, j], table, item_log_prob, trend_table, rows, query)
+                    for j in range(labels.shape[1])
+                ],
                 1,
             )
         per_step = (nll * weights).sum(1)

@@ -121,7 +121,9 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
     trend_table = data.trend_table.to(ctx.device)  # read by every step: moved to the device once
     # The sampled softmax draws negatives by training frequency and corrects the logits by it (logQ).
     item_log_prob = (
-        SeqRec.sampling_log_prob(data.train.targets, data.config.n_items).to(ctx.device) if data.config.loss == "sampled" else None
+        SeqRec.sampling_log_prob(data.train.targets, data.config.n_items).to(ctx.device)
+        if data.config.loss == "sampled"
+        else None
     )
     train_rows = torch.arange(len(data.train.targets))
     per_rank = settings.batch_size // (ctx.world_size * settings.grad_accum_steps)

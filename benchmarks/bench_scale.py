@@ -1,0 +1,532 @@
+"""Scale benchmark: the whole chain on one machine at 1M users, 100K items, 20M events.
+
+    .venv/bin/python benchmarks/bench_scale.py [--quick] [--resume] [--keep] [--epochs N]
+        [--users U --items I --events E]      # another size (e.g. the largest that fits)
+    .venv/bin/python benchmarks/bench_scale.py --render-only [--quick]
+
+Stages, each in a fresh process (a new JVM, a new torch), through the library's
+own entry points (the same ones bench_features / bench_training / the CLI call):
+
+1. generate: ``generate_logs`` (seeded synthetic log: Zipf item popularity,
+   heavy-tailed users, sessions, drifting tastes; 0.1% broken lines, 1% late
+   arrivals, 30 arrival days, at most 100k lines per gzipped file);
+2. ingest: ``run_ingest`` over all landed days (Spark, local[*]);
+3. features: ``run_features`` as of the last day (Spark), text embeddings off
+   (MiniLM over 100K item texts on 2 CPUs is a separate, cacheable cost: see
+   bench_features' text-embedding figure);
+4. train: ``prepare_training``, ``run_torchrun`` (2 processes, gloo, sampled
+   softmax with logQ correction, a few epochs, validation after the last one)
+   and ``evaluate_and_register`` (full-ranking test metrics; popularity
+   baseline only: EASE's dense item-item matrix is 100K x 100K, 80 GB at this
+   catalogue; only the served leave-last-out model is trained: the backtest and
+   calibration models would each cost the same again);
+5. serve: ``run_recommend`` (the nightly job, local engine): top-50 for every
+   known user, validated and published with its manifest.
+
+Per stage: wall and CPU seconds and peak RSS of the stage's whole process tree
+(common.TreeSampler: Python, the Spark JVM and its workers, torchrun and its
+ranks), the machine's lowest available memory, the other processes' CPU share
+(the machine may be shared), rows in and out, and the stage's own breakdown
+(what dominates). Results go to results/scale.json and scale.md
+(``--quick``: scale-quick.*) after every stage; ``--resume`` reuses the
+stages an interrupted run finished (checked against the size and settings).
+run_all.py skips this benchmark unless ``--only scale``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    REPO,
+    RESULTS,
+    WORK,
+    TreeSampler,
+    bench_env,
+    machine_info,
+    machine_line,
+    md_table,
+    measure,
+    noise_note,
+    result_name,
+    write_results,
+)
+
+NAME = "scale"
+SCALE_WORK = WORK / "scale"
+STAGES = ("generate", "ingest", "features", "train", "serve")
+SIZES = {
+    "quick": {"users": 20_000, "items": 5_000, "events": 400_000},
+    "full": {"users": 1_000_000, "items": 100_000, "events": 20_000_000},
+}
+DAYS = 30
+START = date(2024, 1, 1)
+MAX_LINES_PER_FILE = 100_000
+EPOCHS = 3
+NPROC = 2
+SPARK = {"master": "local[*]", "driver_memory": "6g", "shuffle_partitions": 16}
+TRAIN = {
+    "batch_size": 512,
+    "model": {"loss": "sampled", "n_negatives": 256},
+    # Only the served model: the temporal protocols would each train (and evaluate) another one.
+    "calibration": {"enabled": False},
+    # EASE needs a dense items x items matrix (8 * 100K^2 bytes = 80 GB); ALS a Spark job of its own.
+    "baselines": ["popularity"],
+    "nproc_per_node": NPROC,
+}
+
+
+# Sizes and settings ---------------------------------------------------------------------------
+
+
+def spec_for(size: dict):
+    from recsys_core.io.datasets.synthetic import SyntheticSpec
+
+    return SyntheticSpec(
+        events=size["events"],
+        users=size["users"],
+        items=size["items"],
+        days=DAYS,
+        seed=7,
+        bad_fraction=0.001,
+        late_fraction=0.01,
+        files_per_day=max(1, math.ceil(size["events"] / DAYS / MAX_LINES_PER_FILE)),
+        start=START,
+    )
+
+
+def as_of() -> date:
+    return START + timedelta(days=DAYS - 1)
+
+
+def bench_settings(root: Path, epochs: int):
+    from recsys_core.config import settings_for
+
+    train = {**TRAIN, "epochs": epochs, "eval_every": epochs, "early_stopping_patience": epochs}
+    return settings_for(
+        data_root=root,
+        spark=SPARK,
+        features={"text_embeddings": False},
+        ingest={"max_reject_rate": 1.0},
+        train=train,
+        # The whole log is 30 days: a 30-day horizon leaves the backtest no history before its cut,
+        # so only the leave-last-out (served) model is trained.
+        eval={"backtest_horizon_days": DAYS},
+        serve={"engine": "local", "top_k": 50},
+    )
+
+
+def run_key(size: dict, epochs: int) -> str:
+    """What a stage's result depends on: a resumed run reuses a stage only under the same key."""
+    return json.dumps({"spec": repr(spec_for(size)), "epochs": epochs, "spark": SPARK, "train": TRAIN}, sort_keys=True)
+
+
+# Workers (one per stage, each in its own process) -----------------------------------------------
+
+
+def worker(stage: str, root: Path, epochs: int, size: dict) -> dict:
+    settings = bench_settings(root, epochs)
+    sampler = TreeSampler().start()
+    parts: dict[str, dict] = {}
+    out: dict = {}
+    try:
+        if stage == "generate":
+            out = _generate(root, size, sampler, parts)
+        elif stage in ("ingest", "features"):
+            out = _spark_stage(stage, settings, sampler, parts)
+        elif stage == "train":
+            out = _train(settings, sampler, parts)
+        elif stage == "serve":
+            out = _serve(settings, sampler, parts)
+        else:
+            raise ValueError(f"unknown stage {stage!r}")
+    finally:
+        sampler.stop()
+    return {"parts": parts, **out}
+
+
+def _generate(root: Path, size: dict, sampler: TreeSampler, parts: dict) -> dict:
+    from recsys_core.io.datasets.synthetic import generate_logs
+    from recsys_core.io.lake import Lake
+
+    lake_dir = root / "lake"
+    shutil.rmtree(lake_dir, ignore_errors=True)
+    spec = spec_for(size)
+    with measure(sampler, "generate_logs") as p:
+        summary = generate_logs(spec, Lake(str(lake_dir)))
+    parts["generate_logs"] = p.to_dict()
+    raw = sum(f.stat().st_size for f in (lake_dir / "raw" / "events").rglob("*.gz"))
+    return {
+        "rows_in": 0,
+        "rows_out": summary["events_written"],
+        "detail": {
+            "users": spec.users,
+            "items": spec.items,
+            "days": spec.days,
+            "files": summary["files"],
+            "bad_events": summary["bad_events"],
+            "late_events": summary["late_events"],
+            "raw_gz_mb": round(raw / 2**20, 1),
+        },
+    }
+
+
+def _spark_stage(stage: str, settings, sampler: TreeSampler, parts: dict) -> dict:
+    from recsys_core.io.lake import Lake
+    from recsys_core.io.spark import spark_session
+
+    with measure(sampler, "spark session start") as p:
+        spark = spark_session(settings, f"bench-scale-{stage}")
+        spark.range(1).count()
+    parts["spark_start"] = p.to_dict()
+    try:
+        if stage == "ingest":
+            from recsys_core.stages.ingest import landed_dates, run_ingest
+
+            days = landed_dates(Lake(settings.lake))
+            with measure(sampler, f"run_ingest ({len(days)} days)") as p:
+                reports = run_ingest(settings, days, spark=spark)
+            parts["run_ingest"] = p.to_dict()
+            reasons: dict[str, int] = {}
+            for r in reports:
+                for k, v in r.reasons.items():
+                    reasons[k] = reasons.get(k, 0) + v
+            accepted = sum(r.rows_accepted for r in reports)
+            quarantined = sum(r.rows_quarantined for r in reports)
+            return {
+                "rows_in": sum(r.rows_in for r in reports),
+                "rows_out": accepted + quarantined,
+                "detail": {"days": len(reports), "accepted": accepted, "quarantined": quarantined, "reasons": reasons},
+            }
+        from recsys_core.stages.features import run_features
+
+        with measure(sampler, "run_features") as p:
+            summary = run_features(settings, as_of(), spark=spark)
+        parts["run_features"] = p.to_dict()
+        return {
+            "rows_in": summary["interactions"],
+            "rows_out": summary["user_profiles"] + summary["item_features"],
+            "detail": {"user_profiles": summary["user_profiles"], "item_features": summary["item_features"]},
+        }
+    finally:
+        spark.stop()
+
+
+def _train(settings, sampler: TreeSampler, parts: dict) -> dict:
+    from recsys_core.stages.train import (
+        RESULT,
+        RUNS,
+        checkpoint_dir,
+        dataset_path,
+        evaluate_and_register,
+        prepare_training,
+        run_torchrun,
+        workspace,
+    )
+    from recsys_core.training.dataset import TrainingDataset
+
+    day = as_of()
+    with measure(sampler, "prepare_training") as p:
+        prepare_training(settings, day)
+    parts["prepare"] = p.to_dict()
+    ws = workspace(settings, day)
+    protocols = json.loads((ws / RUNS).read_text())["protocols"]
+    data = TrainingDataset.load(dataset_path(ws, "loo"), mmap=True)
+    windows, n_items, d = len(data.train.targets), data.config.n_items, data.config.d_model
+    positions = int((data.train.targets > 0).sum())
+    users = len(data.valid.targets)
+    del data
+    with measure(sampler, f"torchrun ({NPROC} processes, {settings.train.epochs} epochs, {'+'.join(protocols)})") as p:
+        run_torchrun(settings, day, NPROC)
+    parts["torchrun"] = p.to_dict()
+    result = json.loads((checkpoint_dir(ws, "loo") / RESULT).read_text())
+    history = result["history"]
+    pure = [h["epoch_seconds"] for h in history if "val_ndcg@10" not in h]
+    last = history[-1]
+    with measure(sampler, "evaluate_and_register") as p:
+        summary = evaluate_and_register(settings, day)
+    parts["evaluate_and_register"] = p.to_dict()
+    return {
+        "rows_in": positions,
+        "rows_out": 1,
+        "detail": {
+            "protocols": protocols,
+            "users": users,
+            "items": n_items,
+            "training_windows": windows,
+            "training_positions": positions,
+            "epochs": result["epochs_run"],
+            "epoch_seconds": [round(h["epoch_seconds"], 1) for h in history],
+            "pure_epoch_seconds_median": round(sorted(pure)[len(pure) // 2], 1) if pure else None,
+            "last_epoch_with_validation_s": round(last["epoch_seconds"], 1),
+            "windows_per_s_pure": round(windows / (sorted(pure)[len(pure) // 2]), 1) if pure else None,
+            "train_loss": [round(h["train_loss"], 4) for h in history],
+            "val_ndcg@10": round(last.get("val_ndcg@10", float("nan")), 5),
+            "test_metrics": summary.get("metrics", {}),
+            "item_table_mb": round((n_items + 1) * d * 4 / 2**20, 1),
+            "model_version": summary.get("version"),
+            "gate": summary.get("gate"),
+        },
+    }
+
+
+def _serve(settings, sampler: TreeSampler, parts: dict) -> dict:
+    from recsys_core.stages.recommend import run_recommend
+
+    with measure(sampler, "run_recommend (local engine)") as p:
+        summary = run_recommend(settings, as_of())
+    parts["run_recommend"] = {**p.to_dict(), "scoring_s": summary["scoring_seconds"]}
+    return {
+        "rows_in": summary["users"],
+        "rows_out": summary["rows"],
+        "detail": {
+            k: summary.get(k)
+            for k in ("users", "k", "status", "scoring_seconds", "seconds", "fallback_users", "catalogue_coverage")
+        },
+    }
+
+
+# Driver ------------------------------------------------------------------------------------------
+
+
+class MemoryWatch:
+    """The machine's lowest available memory while a stage runs (how close it came to the limit)."""
+
+    def __init__(self, interval: float = 1.0):
+        self.low = psutil.virtual_memory().available
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.interval = interval
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.low = min(self.low, psutil.virtual_memory().available)
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def run_stage(stage: str, root: Path, epochs: int, size: dict) -> dict:
+    """One stage in a fresh process; its whole tree is measured from here."""
+    result = root / f"{stage}-worker.json"
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, "-u", __file__, "--worker", stage, "--root", str(root), "--epochs", str(epochs)]
+    cmd += [
+        "--users",
+        str(size["users"]),
+        "--items",
+        str(size["items"]),
+        "--events",
+        str(size["events"]),
+        "--result",
+        str(result),
+    ]
+    print(f"\n=== {stage}", flush=True)
+    sampler = TreeSampler(interval=0.5).start()
+    with MemoryWatch() as watch, measure(sampler, stage) as p:
+        completed = subprocess.run(cmd, cwd=REPO)
+    sampler.stop()
+    phase = p.to_dict()
+    phase["min_available_memory_gb"] = round(watch.low / 2**30, 1)
+    if completed.returncode != 0 or not result.exists():
+        return {"stage": stage, "ok": False, "exit_code": completed.returncode, **phase}
+    return {"stage": stage, "ok": True, **phase, **json.loads(result.read_text())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"smoke size {SIZES['quick']}")
+    parser.add_argument("--resume", action="store_true", help="reuse the stages an interrupted run finished")
+    parser.add_argument("--keep", action="store_true", help="keep benchmarks/work/scale/<size>/ at the end")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--users", type=int)
+    parser.add_argument("--items", type=int)
+    parser.add_argument("--events", type=int)
+    parser.add_argument("--stages", default=",".join(STAGES), help="run only these stages (the others must be done)")
+    parser.add_argument("--render-only", action="store_true", help="rewrite scale.md from scale.json")
+    parser.add_argument("--worker", choices=STAGES, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    bench_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    size = dict(SIZES["quick" if args.quick else "full"])
+    for key in ("users", "items", "events"):
+        if getattr(args, key):
+            size[key] = getattr(args, key)
+
+    if args.worker:
+        out = worker(args.worker, args.root, args.epochs, size)
+        args.result.write_text(json.dumps(out, indent=2, default=str))
+        return 0
+    if args.render_only:
+        saved = json.loads((RESULTS / f"{result_name(NAME, args.quick)}.json").read_text())
+        (RESULTS / f"{result_name(NAME, args.quick)}.md").write_text(markdown(saved, args.quick, saved["machine"]) + "\n")
+        return 0
+
+    label = f"{size['users']}u-{size['items']}i-{size['events']}e"
+    root = SCALE_WORK / label
+    key = run_key(size, args.epochs)
+    done_file = root / "stages.json"
+    done: dict = {}
+    if args.resume and done_file.exists():
+        saved = json.loads(done_file.read_text())
+        if saved.get("key") == key:
+            done = saved["stages"]
+            print(f"resuming in {root}: {', '.join(s for s in done if done[s].get('ok')) or 'no stage'} done", flush=True)
+        else:
+            print(f"not resuming: {done_file} belongs to another size or settings", flush=True)
+    if not done:
+        shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True, exist_ok=True)
+    wanted = set(args.stages.split(","))
+    started = time.perf_counter()
+    info = machine_info()
+    failed = None
+    for stage in STAGES:
+        if stage in done and done[stage].get("ok"):
+            done[stage]["resumed"] = True
+            continue
+        if stage not in wanted:
+            continue
+        done[stage] = {
+            **run_stage(stage, root, args.epochs, size),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        done_file.write_text(json.dumps({"key": key, "stages": done}, indent=2, default=str))
+        figures = {"size": size, "epochs": args.epochs, "spark": SPARK, "train": TRAIN, "stages": done}
+        write_results(NAME, args.quick, figures, markdown({**figures, "machine": info}, args.quick, info))
+        if not done[stage]["ok"]:
+            failed = stage
+            print(f"stage {stage} failed (exit code {done[stage]['exit_code']}); later stages not run", flush=True)
+            break
+    print(f"scale benchmark: {time.perf_counter() - started:.0f}s", flush=True)
+    if not args.keep and failed is None and all(done.get(s, {}).get("ok") for s in STAGES):
+        shutil.rmtree(root, ignore_errors=True)
+    return 1 if failed else 0
+
+
+# Report ------------------------------------------------------------------------------------------
+
+
+def _dominant(stage: dict) -> str:
+    parts = stage.get("parts") or {}
+    if not parts:
+        return ""
+    total = sum(p["wall_s"] for p in parts.values()) or 1.0
+    name, part = max(parts.items(), key=lambda kv: kv[1]["wall_s"])
+    return f"{name} {part['wall_s']:.0f}s ({part['wall_s'] / total:.0%})"
+
+
+def markdown(r: dict, quick: bool, info: dict) -> str:
+    size, stages = r["size"], r["stages"]
+    lines = [
+        (
+            f"## Scale: the whole chain at {size['users']:,} users, {size['items']:,} items, {size['events']:,} events"
+            f"{' (quick)' if quick else ''}"
+        ),
+        "",
+        f"Machine: {machine_line(info)}.",
+        "",
+        (
+            f"Seeded synthetic log over {DAYS} days (Zipf popularity, sessions, drift; 0.1% broken lines, 1% late); Spark "
+            f"`{SPARK['master']}`, driver memory {SPARK['driver_memory']}, {SPARK['shuffle_partitions']} shuffle partitions, "
+            f"text embeddings off; training: {NPROC} torchrun processes (gloo, CPU), sampled softmax with logQ correction "
+            f"({TRAIN['model']['n_negatives']} shared negatives per step), batch {TRAIN['batch_size']}, {r['epochs']} epochs, "
+            "validation after the last; popularity baseline only; nightly top-50 for every user on the local engine. Each stage "
+            "is a fresh process; wall, CPU and peak RSS are of its whole process tree."
+        ),
+        "",
+    ]
+    rows = []
+    for name in STAGES:
+        s = stages.get(name)
+        if not s:
+            rows.append([name, "not run", "", "", "", "", "", "", ""])
+            continue
+        if not s.get("ok"):
+            rows.append(
+                [name, f"FAILED (exit {s.get('exit_code')})", s["wall_s"], s["cpu_s"], s["peak_rss_mb"] / 1024, "", "", "", ""]
+            )
+            continue
+        rows.append(
+            [
+                name + (" (resumed)" if s.get("resumed") else ""),
+                s["wall_s"],
+                s["cpu_s"],
+                round(s["peak_rss_mb"] / 1024, 1),
+                s.get("min_available_memory_gb", ""),
+                s.get("rows_in", ""),
+                s.get("rows_out", ""),
+                _dominant(s),
+                f"{s['other_cpu_share']:.0%}{' (disturbed)' if s.get('disturbed') else ''}",
+            ]
+        )
+    lines.append(
+        md_table(
+            [
+                "stage",
+                "wall s",
+                "CPU s",
+                "peak RSS GB",
+                "machine's min free GB",
+                "rows in",
+                "rows out",
+                "dominated by",
+                "others' CPU",
+            ],
+            rows,
+        )
+    )
+    lines.append("")
+    lines.append(
+        "Rows: generate → lines written; ingest → lines read / accepted + quarantined; features → interactions / "
+        "user profiles + item features; train → training positions (next-item targets) / one registered model; "
+        "serve → users / published rows."
+    )
+    ok = [stages[s] for s in STAGES if stages.get(s, {}).get("ok")]
+    if ok:
+        lines += [
+            "",
+            f"Total of the finished stages: {sum(s['wall_s'] for s in ok):,.0f}s wall, {sum(s['cpu_s'] for s in ok):,.0f} CPU-s.",
+        ]
+    for name in STAGES:
+        s = stages.get(name)
+        if s and s.get("ok") and s.get("detail"):
+            parts = ", ".join(f"{k} {v['wall_s']:.0f}s / {v['peak_rss_mb'] / 1024:.1f} GB" for k, v in s.get("parts", {}).items())
+            detail = ", ".join(
+                f"{k} {v}"
+                for k, v in s["detail"].items()
+                if not isinstance(v, dict | list) or k in ("epoch_seconds", "protocols")
+            )
+            lines.append(f"- **{name}**: {parts}. {detail}.")
+        if name == "train" and s and s.get("ok"):
+            tm = s["detail"].get("test_metrics") or {}
+            if tm:
+                lines.append(f"  Test metrics (leave-last-out, full ranking): {json.dumps(tm)[:400]}")
+    phases = [s for s in stages.values() if "other_cpu_share" in s]
+    lines += ["", noise_note(phases)]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
