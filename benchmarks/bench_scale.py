@@ -439,6 +439,7 @@ def _dominant(stage: dict) -> str:
 
 def markdown(r: dict, quick: bool, info: dict) -> str:
     size, stages = r["size"], r["stages"]
+    spark, train = r.get("spark", SPARK), r.get("train", TRAIN)
     lines = [
         (
             f"## Scale: the whole chain at {size['users']:,} users, {size['items']:,} items, {size['events']:,} events"
@@ -449,9 +450,9 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
         "",
         (
             f"Seeded synthetic log over {DAYS} days (Zipf popularity, sessions, drift; 0.1% broken lines, 1% late); Spark "
-            f"`{SPARK['master']}`, driver memory {SPARK['driver_memory']}, {SPARK['shuffle_partitions']} shuffle partitions, "
+            f"`{spark['master']}`, driver memory {spark['driver_memory']}, {spark['shuffle_partitions']} shuffle partitions, "
             f"text embeddings off; training: {NPROC} torchrun processes (gloo, CPU), sampled softmax with logQ correction "
-            f"({TRAIN['model']['n_negatives']} shared negatives per step), batch {TRAIN['batch_size']}, {r['epochs']} epochs, "
+            f"({train['model']['n_negatives']} shared negatives per step), batch {train['batch_size']}, {r['epochs']} epochs, "
             "validation after the last; popularity baseline only; nightly top-50 for every user on the local engine. Each stage "
             "is a fresh process; wall, CPU and peak RSS are of its whole process tree."
         ),
@@ -488,7 +489,7 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
                 "wall s",
                 "CPU s",
                 "peak RSS GB",
-                "machine's min free GB",
+                "machine's min available GB",
                 "rows in",
                 "rows out",
                 "dominated by",
@@ -525,7 +526,156 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
                 lines.append(f"  Test metrics (leave-last-out, full ranking): {json.dumps(tm)[:400]}")
     phases = [s for s in stages.values() if "other_cpu_share" in s]
     lines += ["", noise_note(phases)]
+    lines += ["", *sizing(r, info)]
     return "\n".join(lines)
+
+
+# The target of the sizing derivation, and the node it counts in.
+TARGET = {"users": 10_000_000, "items": 1_000_000}
+NODE = {"cores": 16, "memory_gb": 64}
+NIGHT_HOURS = 2.0  # the batch window the nightly chain (ingest, features, scoring) must fit in
+PARALLEL_EFFICIENCY = 0.7  # share of the node's cores a distributed stage keeps busy
+
+
+def sizing(r: dict, info: dict) -> list[str]:
+    """Per-unit costs of the finished stages, projected to TARGET users x items (same events per user)."""
+    size, stages = r["size"], r["stages"]
+    ok = {k: v for k, v in stages.items() if v.get("ok")}
+    if not ok:
+        return []
+    cpus = info.get("cpu_count_logical") or 2
+    events = size["events"]
+    per_user = events / size["users"]
+    t_users, t_items = TARGET["users"], TARGET["items"]
+    t_events = per_user * t_users
+    node_s = NODE["cores"] * 3600 * PARALLEL_EFFICIENCY
+    rows: list[list] = []
+
+    def node_hours(cpu_s: float) -> float:
+        return cpu_s / node_s
+
+    for name in ("ingest", "features"):
+        if name in ok:
+            cpu = ok[name]["cpu_s"] / events * t_events
+            gb_per_mev = ok[name]["peak_rss_mb"] / 1024 / (events / 1e6)
+            rows.append(
+                [
+                    name,
+                    "events (shards by arrival day / file; features by date partition, users hashed)",
+                    f"{ok[name]['cpu_s'] / (events / 1e6):,.1f} CPU-s per M events",
+                    f"{cpu / 3600:,.1f} CPU-h",
+                    f"{node_hours(cpu):,.2f}",
+                    (
+                        f"peak {ok[name]['peak_rss_mb'] / 1024:.1f} GB here ({gb_per_mev:.2f} GB/M events); "
+                        "per executor it is bounded by the partition size"
+                    ),
+                ]
+            )
+    if "train" in ok:
+        t = ok["train"]
+        parts, detail = t.get("parts", {}), t["detail"]
+        positions, epochs = detail["training_positions"], max(detail["epochs"], 1)
+        torchrun = parts.get("torchrun", {})
+        per_epoch = torchrun.get("cpu_s", t["cpu_s"]) / epochs
+        t_positions = positions / events * t_events
+        cpu = per_epoch / positions * t_positions
+        table_gb = (t_items + 1) * 64 * 4 / 2**30
+        rows.append(
+            [
+                "train, per epoch",
+                "training positions (~events); sampled softmax: not the catalogue",
+                f"{per_epoch / (positions / 1e6):,.0f} CPU-s per M positions (validation included)",
+                f"{cpu / 3600:,.1f} CPU-h",
+                f"{node_hours(cpu):,.2f}",
+                (
+                    f"item table {table_gb * 1024:.0f} MB, x4 with its gradient and Adam moments, per rank; "
+                    f"DDP all-reduces the dense {table_gb * 1024:.0f} MB gradient every step"
+                ),
+            ]
+        )
+        prep = parts.get("prepare")
+        if prep:
+            rows.append(
+                [
+                    "train, prepare_training",
+                    "events (one process: every interaction and window in memory)",
+                    (
+                        f"{prep['cpu_s'] / (events / 1e6):,.1f} CPU-s, "
+                        f"{prep['peak_rss_mb'] / 1024 / (events / 1e6):.2f} GB per M events"
+                    ),
+                    f"{prep['cpu_s'] / events * t_events / 3600:,.1f} CPU-h",
+                    "one process",
+                    f"{prep['peak_rss_mb'] / 1024 / events * t_events:,.0f} GB in one process: must be sharded (Spark) first",
+                ]
+            )
+        ev = parts.get("evaluate_and_register")
+        if ev:
+            rows.append(
+                [
+                    "train, evaluation",
+                    "evaluated users x items (full ranking)",
+                    f"{ev['cpu_s'] / (detail['users'] * detail['items'] / 1e9):,.1f} CPU-s per G user-items",
+                    f"{ev['cpu_s'] / (detail['users'] * detail['items']) * t_users * t_items / 3600:,.0f} CPU-h",
+                    f"{node_hours(ev['cpu_s'] / (detail['users'] * detail['items']) * t_users * t_items):,.1f}",
+                    "evaluate a sample of users (e.g. 100K) at this size",
+                ]
+            )
+    if "serve" in ok:
+        sv = ok["serve"]
+        users = sv["detail"]["users"]
+        scoring_cpu = sv["detail"]["scoring_seconds"] * cpus  # the local engine keeps every core busy
+        rest = max(sv["cpu_s"] - scoring_cpu, 0.0)
+        pairs = users * size["items"]
+        cpu = scoring_cpu / pairs * t_users * t_items + rest / users * t_users
+        rows.append(
+            [
+                "serve (nightly top-50)",
+                "users x items (scoring), users (table, validation, publish)",
+                f"{scoring_cpu / (pairs / 1e9):,.2f} CPU-s per G user-items + {rest / users * 1e6:,.0f} CPU-s per M users",
+                f"{cpu / 3600:,.0f} CPU-h",
+                f"{node_hours(cpu):,.1f}",
+                (
+                    f"peak {sv['peak_rss_mb'] / 1024:.1f} GB for {users:,} users in one process "
+                    f"({sv['peak_rss_mb'] / 1024 / users * t_users:,.0f} GB at {t_users:,}): the Spark engine, by user partition"
+                ),
+            ]
+        )
+    night = sum(float(str(row[4]).replace(",", "")) for row in rows if row[0] in ("ingest", "features", "serve (nightly top-50)"))
+    out = [
+        f"### Sizing for {t_users:,} users x {t_items:,} items (derived from the figures above)",
+        "",
+        (
+            f"Same activity as this run ({per_user:.0f} events per user over {DAYS} days): {t_events / 1e6:,.0f}M events. "
+            f"Each stage's CPU cost per unit of what it scales with, measured here, times the target's units; node-hours on "
+            f"{NODE['cores']}-core / {NODE['memory_gb']} GB nodes at {PARALLEL_EFFICIENCY:.0%} parallel efficiency. "
+            "CPU seconds are less disturbed by a shared machine than wall times, but include its contention (an upper bound). "
+            + (
+                "A quick run's unit costs carry its fixed costs (JVM start, per-day overheads): project from a full run."
+                if size["events"] < 5_000_000
+                else ""
+            )
+        ),
+        "",
+        md_table(
+            [
+                "stage",
+                "scales with",
+                "measured unit cost",
+                f"at {t_users // 10**6}M x {t_items // 10**6}M",
+                "node-hours",
+                "memory",
+            ],
+            rows,
+        ),
+        "",
+    ]
+    if night:
+        out.append(
+            f"Nightly chain (ingest + features + scoring) measured: {night:,.1f} node-hours, i.e. "
+            f"**{math.ceil(night / NIGHT_HOURS)} node(s)** of {NODE['cores']} cores to fit a {NIGHT_HOURS:.0f}-hour window "
+            "(finished stages only; scoring is a GEMM: one GPU does it at ~100x a 2-core CPU's rate)."
+        )
+    return out
 
 
 if __name__ == "__main__":
