@@ -526,26 +526,37 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
                 lines.append(f"  Test metrics (leave-last-out, full ranking): {json.dumps(tm)[:400]}")
     phases = [s for s in stages.values() if "other_cpu_share" in s]
     lines += ["", noise_note(phases)]
-    lines += ["", *sizing(r, info)]
+    quick_results = RESULTS / f"{result_name(NAME, True)}.json"
+    fallback = json.loads(quick_results.read_text()) if not quick and quick_results.exists() else None
+    lines += ["", *sizing(r, info, fallback)]
     return "\n".join(lines)
 
 
 # The target of the sizing derivation, and the node it counts in.
 TARGET = {"users": 10_000_000, "items": 1_000_000}
 NODE = {"cores": 16, "memory_gb": 64}
+SCALES_WITH = {
+    "ingest": "events (tasks per input file, output by event day)",
+    "features": "events; rows out: users + items (one date partition, shuffled by user / item)",
+}
 NIGHT_HOURS = 2.0  # the batch window the nightly chain (ingest, features, scoring) must fit in
 PARALLEL_EFFICIENCY = 0.7  # share of the node's cores a distributed stage keeps busy
 
 
-def sizing(r: dict, info: dict) -> list[str]:
-    """Per-unit costs of the finished stages, projected to TARGET users x items (same events per user)."""
-    size, stages = r["size"], r["stages"]
-    ok = {k: v for k, v in stages.items() if v.get("ok")}
-    if not ok:
+def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
+    """Per-unit costs of the finished stages, projected to TARGET users x items (same events per user).
+
+    A stage this run did not finish is taken from ``fallback`` (the quick run's results), marked so."""
+    chosen: dict[str, tuple[dict, dict, str]] = {}  # stage -> (its figures, the size it ran at, a label)
+    for name in STAGES:
+        if r["stages"].get(name, {}).get("ok"):
+            chosen[name] = (r["stages"][name], r["size"], name)
+        elif fallback and fallback["stages"].get(name, {}).get("ok"):
+            chosen[name] = (fallback["stages"][name], fallback["size"], f"{name} (quick run)")
+    if not chosen:
         return []
     cpus = info.get("cpu_count_logical") or 2
-    events = size["events"]
-    per_user = events / size["users"]
+    per_user = r["size"]["events"] / r["size"]["users"]
     t_users, t_items = TARGET["users"], TARGET["items"]
     t_events = per_user * t_users
     node_s = NODE["cores"] * 3600 * PARALLEL_EFFICIENCY
@@ -555,24 +566,27 @@ def sizing(r: dict, info: dict) -> list[str]:
         return cpu_s / node_s
 
     for name in ("ingest", "features"):
-        if name in ok:
-            cpu = ok[name]["cpu_s"] / events * t_events
-            gb_per_mev = ok[name]["peak_rss_mb"] / 1024 / (events / 1e6)
+        if name in chosen:
+            st, sz, label = chosen[name]
+            events = sz["events"]
+            cpu = st["cpu_s"] / events * t_events
+            gb_per_mev = st["peak_rss_mb"] / 1024 / (events / 1e6)
             rows.append(
                 [
-                    name,
-                    "events (shards by arrival day / file; features by date partition, users hashed)",
-                    f"{ok[name]['cpu_s'] / (events / 1e6):,.1f} CPU-s per M events",
+                    label,
+                    SCALES_WITH[name],
+                    f"{st['cpu_s'] / (events / 1e6):,.1f} CPU-s per M events",
                     f"{cpu / 3600:,.1f} CPU-h",
                     f"{node_hours(cpu):,.2f}",
                     (
-                        f"peak {ok[name]['peak_rss_mb'] / 1024:.1f} GB here ({gb_per_mev:.2f} GB/M events); "
+                        f"peak {st['peak_rss_mb'] / 1024:.1f} GB here ({gb_per_mev:.2f} GB/M events); "
                         "per executor it is bounded by the partition size"
                     ),
                 ]
             )
-    if "train" in ok:
-        t = ok["train"]
+    if "train" in chosen:
+        t, sz, label = chosen["train"]
+        events = sz["events"]
         parts, detail = t.get("parts", {}), t["detail"]
         positions, epochs = detail["training_positions"], max(detail["epochs"], 1)
         torchrun = parts.get("torchrun", {})
@@ -582,7 +596,7 @@ def sizing(r: dict, info: dict) -> list[str]:
         table_gb = (t_items + 1) * 64 * 4 / 2**30
         rows.append(
             [
-                "train, per epoch",
+                f"{label}: torchrun, per epoch",
                 "training positions (~events); sampled softmax: not the catalogue",
                 f"{per_epoch / (positions / 1e6):,.0f} CPU-s per M positions (validation included)",
                 f"{cpu / 3600:,.1f} CPU-h",
@@ -597,7 +611,7 @@ def sizing(r: dict, info: dict) -> list[str]:
         if prep:
             rows.append(
                 [
-                    "train, prepare_training",
+                    f"{label}: prepare_training",
                     "events (one process: every interaction and window in memory)",
                     (
                         f"{prep['cpu_s'] / (events / 1e6):,.1f} CPU-s, "
@@ -612,7 +626,7 @@ def sizing(r: dict, info: dict) -> list[str]:
         if ev:
             rows.append(
                 [
-                    "train, evaluation",
+                    f"{label}: evaluate_and_register",
                     "evaluated users x items (full ranking)",
                     f"{ev['cpu_s'] / (detail['users'] * detail['items'] / 1e9):,.1f} CPU-s per G user-items",
                     f"{ev['cpu_s'] / (detail['users'] * detail['items']) * t_users * t_items / 3600:,.0f} CPU-h",
@@ -620,16 +634,16 @@ def sizing(r: dict, info: dict) -> list[str]:
                     "evaluate a sample of users (e.g. 100K) at this size",
                 ]
             )
-    if "serve" in ok:
-        sv = ok["serve"]
+    if "serve" in chosen:
+        sv, sz, label = chosen["serve"]
         users = sv["detail"]["users"]
         scoring_cpu = sv["detail"]["scoring_seconds"] * cpus  # the local engine keeps every core busy
         rest = max(sv["cpu_s"] - scoring_cpu, 0.0)
-        pairs = users * size["items"]
+        pairs = users * sz["items"]
         cpu = scoring_cpu / pairs * t_users * t_items + rest / users * t_users
         rows.append(
             [
-                "serve (nightly top-50)",
+                f"{label}: nightly top-50",
                 "users x items (scoring), users (table, validation, publish)",
                 f"{scoring_cpu / (pairs / 1e9):,.2f} CPU-s per G user-items + {rest / users * 1e6:,.0f} CPU-s per M users",
                 f"{cpu / 3600:,.0f} CPU-h",
@@ -640,7 +654,8 @@ def sizing(r: dict, info: dict) -> list[str]:
                 ),
             ]
         )
-    night = sum(float(str(row[4]).replace(",", "")) for row in rows if row[0] in ("ingest", "features", "serve (nightly top-50)"))
+    nightly = ("ingest", "features", "serve")
+    night = sum(float(str(row[4]).replace(",", "")) for row in rows if row[0].split(" ")[0].rstrip(":") in nightly)
     out = [
         f"### Sizing for {t_users:,} users x {t_items:,} items (derived from the figures above)",
         "",
@@ -651,7 +666,7 @@ def sizing(r: dict, info: dict) -> list[str]:
             "CPU seconds are less disturbed by a shared machine than wall times, but include its contention (an upper bound). "
             + (
                 "A quick run's unit costs carry its fixed costs (JVM start, per-day overheads): project from a full run."
-                if size["events"] < 5_000_000
+                if any(label.endswith("(quick run)") or r["size"]["events"] < 5_000_000 for _, _, label in chosen.values())
                 else ""
             )
         ),
