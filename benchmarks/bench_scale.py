@@ -278,7 +278,8 @@ def _train(settings, sampler: TreeSampler, parts: dict) -> dict:
             "val_ndcg@10": round(last.get("val_ndcg@10", float("nan")), 5),
             "test_metrics": summary.get("metrics", {}),
             "item_table_mb": round((n_items + 1) * d * 4 / 2**20, 1),
-            "model_version": summary.get("version"),
+            "model_version": summary.get("model_version"),
+            "promoted": summary.get("promoted"),
             "gate": summary.get("gate"),
         },
     }
@@ -543,6 +544,21 @@ NIGHT_HOURS = 2.0  # the batch window the nightly chain (ingest, features, scori
 PARALLEL_EFFICIENCY = 0.7  # share of the node's cores a distributed stage keeps busy
 
 
+def _scoring_kernel() -> dict | None:
+    """CPU seconds per billion user-item scores of the local top-K kernel, from results/scoring.json."""
+    path = RESULTS / "scoring.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    try:
+        shape, local = saved["shape"], saved["local"]
+        cpus = saved.get("cpu_count") or saved["machine"]["cpu_count_logical"]
+        per_g = cpus / (local["users_per_s"] * shape["items"]) * 1e9
+    except (KeyError, TypeError, ZeroDivisionError):
+        return None
+    return {"cpu_s_per_g": per_g, "shape": f"{shape['users']:,} x {shape['items']:,}, d={shape.get('dim')}, idle machine"}
+
+
 def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
     """Per-unit costs of the finished stages, projected to TARGET users x items (same events per user).
 
@@ -555,7 +571,6 @@ def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
             chosen[name] = (fallback["stages"][name], fallback["size"], f"{name} (quick run)")
     if not chosen:
         return []
-    cpus = info.get("cpu_count_logical") or 2
     per_user = r["size"]["events"] / r["size"]["users"]
     t_users, t_items = TARGET["users"], TARGET["items"]
     t_events = per_user * t_users
@@ -619,7 +634,11 @@ def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
                     ),
                     f"{prep['cpu_s'] / events * t_events / 3600:,.1f} CPU-h",
                     "one process",
-                    f"{prep['peak_rss_mb'] / 1024 / events * t_events:,.0f} GB in one process: must be sharded (Spark) first",
+                    (
+                        f"{prep['peak_rss_mb'] / 1024 / events * t_events:,.0f} GB in one process: must be sharded first"
+                        if events >= 5_000_000
+                        else f"peak {prep['peak_rss_mb'] / 1024:.1f} GB, mostly fixed at this size: project from a full run"
+                    ),
                 ]
             )
         ev = parts.get("evaluate_and_register")
@@ -637,24 +656,34 @@ def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
     if "serve" in chosen:
         sv, sz, label = chosen["serve"]
         users = sv["detail"]["users"]
-        scoring_cpu = sv["detail"]["scoring_seconds"] * cpus  # the local engine keeps every core busy
-        rest = max(sv["cpu_s"] - scoring_cpu, 0.0)
-        pairs = users * sz["items"]
-        cpu = scoring_cpu / pairs * t_users * t_items + rest / users * t_users
+        per_user_cpu = sv["cpu_s"] / users  # user encoding, top-K, table, validation, publish: all of the stage
         rows.append(
             [
-                f"{label}: nightly top-50",
-                "users x items (scoring), users (table, validation, publish)",
-                f"{scoring_cpu / (pairs / 1e9):,.2f} CPU-s per G user-items + {rest / users * 1e6:,.0f} CPU-s per M users",
-                f"{cpu / 3600:,.0f} CPU-h",
-                f"{node_hours(cpu):,.1f}",
+                f"{label}: nightly top-50, per user",
+                "users (the transformer encodes each user; 50 rows out each)",
+                f"{per_user_cpu * 1e6:,.0f} CPU-s per M users (at {sz['items']:,} items)",
+                f"{per_user_cpu * t_users / 3600:,.0f} CPU-h",
+                f"{node_hours(per_user_cpu * t_users):,.1f}",
                 (
-                    f"peak {sv['peak_rss_mb'] / 1024:.1f} GB for {users:,} users in one process "
-                    f"({sv['peak_rss_mb'] / 1024 / users * t_users:,.0f} GB at {t_users:,}): the Spark engine, by user partition"
+                    f"peak {sv['peak_rss_mb'] / 1024:.1f} GB for {users:,} users in one process (every user's rows and "
+                    "seen items held at once): the Spark engine, by user partition"
                 ),
             ]
         )
-    nightly = ("ingest", "features", "serve")
+    kernel = _scoring_kernel()
+    if kernel is not None:
+        cpu = kernel["cpu_s_per_g"] * t_users * t_items / 1e9
+        rows.append(
+            [
+                "serve: top-K kernel (bench_scoring)",
+                "users x items x d (a GEMM, then top-K)",
+                f"{kernel['cpu_s_per_g']:,.1f} CPU-s per G user-items ({kernel['shape']})",
+                f"{cpu / 3600:,.0f} CPU-h",
+                f"{node_hours(cpu):,.1f}",
+                f"item matrix {t_items * 66 * 4 / 2**20:,.0f} MB broadcast to every scoring task",
+            ]
+        )
+    nightly = ("ingest", "features", "serve")  # the rows that recur every night
     night = sum(float(str(row[4]).replace(",", "")) for row in rows if row[0].split(" ")[0].rstrip(":") in nightly)
     out = [
         f"### Sizing for {t_users:,} users x {t_items:,} items (derived from the figures above)",
