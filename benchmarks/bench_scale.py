@@ -527,6 +527,8 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
                 lines.append(f"  Test metrics (leave-last-out, full ranking): {json.dumps(tm)[:400]}")
     phases = [s for s in stages.values() if "other_cpu_share" in s]
     lines += ["", noise_note(phases)]
+    if r.get("note"):  # written into the JSON by hand, e.g. the state of a run that is still going
+        lines += ["", r["note"]]
     quick_results = RESULTS / f"{result_name(NAME, True)}.json"
     fallback = json.loads(quick_results.read_text()) if not quick and quick_results.exists() else None
     lines += ["", *sizing(r, info, fallback)]
