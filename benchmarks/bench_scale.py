@@ -546,6 +546,21 @@ NIGHT_HOURS = 2.0  # the batch window the nightly chain (ingest, features, scori
 PARALLEL_EFFICIENCY = 0.7  # share of the node's cores a distributed stage keeps busy
 
 
+def _features_benchmark(name: str) -> tuple[dict, dict, str] | None:
+    """The Spark ``name`` phase at bench_features' largest scale (results/features.json), as a stage of this table."""
+    path = RESULTS / "features.json"
+    if not path.exists():
+        return None
+    try:
+        scales = json.loads(path.read_text())["scales"]
+        label, scale = max(scales.items(), key=lambda kv: kv[1]["data"]["events"])
+        phase = scale["spark"]["phases"][name]
+        size = {"events": scale["data"]["events"], "users": scale["data"]["users"], "items": scale["data"]["items"]}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return phase, size, f"{name} (bench_features, {label} events)"
+
+
 def _scoring_kernel() -> dict | None:
     """CPU seconds per billion user-item scores of the local top-K kernel, from results/scoring.json."""
     path = RESULTS / "scoring.json"
@@ -564,11 +579,14 @@ def _scoring_kernel() -> dict | None:
 def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
     """Per-unit costs of the finished stages, projected to TARGET users x items (same events per user).
 
-    A stage this run did not finish is taken from ``fallback`` (the quick run's results), marked so."""
+    A stage this run did not finish is taken, marked so, from bench_features' largest run (ingest and
+    features) or else from ``fallback`` (the quick run's results)."""
     chosen: dict[str, tuple[dict, dict, str]] = {}  # stage -> (its figures, the size it ran at, a label)
     for name in STAGES:
         if r["stages"].get(name, {}).get("ok"):
             chosen[name] = (r["stages"][name], r["size"], name)
+        elif name in ("ingest", "features") and (largest := _features_benchmark(name)):
+            chosen[name] = largest
         elif fallback and fallback["stages"].get(name, {}).get("ok"):
             chosen[name] = (fallback["stages"][name], fallback["size"], f"{name} (quick run)")
     if not chosen:
