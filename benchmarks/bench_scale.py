@@ -733,6 +733,46 @@ def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
         ),
         "",
     ]
+    if "train" in chosen:
+        t, sz, _ = chosen["train"]
+        windows_per_event = t["detail"]["training_windows"] / sz["events"]
+        # Per rank, the dataset is loaded whole: 5 int64 tensors [windows, max_len] plus the valid and test
+        # inputs (3 int64 tensors [users, max_len] each); max_len 50.
+        dataset_gb = (windows_per_event * t_events * 5 * 50 * 8 + t_users * 2 * 3 * 50 * 8) / 2**30
+        out += [
+            "Memory limits at the target, from the code paths measured above:",
+            "",
+            (
+                f"- **Training dataset**: about {windows_per_event * t_events / 1e6:,.0f}M training windows; every torchrun "
+                f"rank loads the whole dataset file (~{dataset_gb:,.0f} GB): shard it per rank (or memory-map it) before "
+                "more than one rank fits on a 64 GB node; prepare_training builds it in one process from the whole "
+                "interaction table and must move to Spark."
+            ),
+            (
+                f"- **Item table**: {(t_items + 1) * 64 * 4 / 2**20:,.0f} MB at d=64, about 1 GB per rank with its gradient "
+                "and Adam moments; the dense gradient is all-reduced every step (sparse gradients or a sharded table, "
+                "e.g. TorchRec, at larger d or catalogues)."
+            ),
+            (
+                f"- **Sampled softmax** keeps the per-step cost independent of the catalogue; a full softmax would need "
+                f"[positions per batch x {t_items:,}] logits (up to 512 windows x 50 positions x {t_items:,} x 4 B = "
+                f"{25_600 * t_items * 4 / 2**30:,.0f} GB per batch)."
+            ),
+            (
+                f"- **EASE** needs a dense items x items matrix: {8 * t_items**2 / 2**40:,.1f} TB at {t_items:,} items "
+                "(80 GB at 100K): off at this size; ALS or the sequence model only."
+            ),
+            (
+                f"- **Full-ranking evaluation** of every user costs users x items ({t_users * t_items / 1e12:,.0f} T scores): "
+                "evaluate a sample of users."
+            ),
+            (
+                f"- **Nightly serving**: {t_users * 50 / 1e6:,.0f}M rows out; the local engine holds every user's rows and "
+                "seen items in one process, so at this size the Spark engine (executors write the partition) scores by "
+                "user partition, with the item matrix broadcast."
+            ),
+            "",
+        ]
     if night:
         out.append(
             f"Nightly chain (ingest + features + scoring) measured: {night:,.1f} node-hours, i.e. "
