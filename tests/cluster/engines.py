@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -234,11 +236,12 @@ def postgres(tmp_path_factory) -> Iterator[Postgres]:
     port = free_port()
     server = None
     try:
-        subprocess.run(
+        initdb = subprocess.run(
             [*run_as, str(pg / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", DB_USER, "--no-sync"],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        assert initdb.returncode == 0, f"initdb failed:\n{initdb.stdout}\n{initdb.stderr}"
         server = start(
             "postgres",
             [
@@ -428,8 +431,10 @@ def assert_keeps_the_contract(settings, dt: date | str) -> pa.Table:
     from recsys_core.io.tables import read_interactions
 
     lake, k = Lake(settings.lake), settings.serve.top_k
-    table = RecommendationReader(settings).table(dt)
-    assert table.schema.equals(RECOMMENDATIONS.schema), table.schema
+    for path in lake.data_files(lake.partition_path(RECOMMENDATIONS, dt)):
+        schema = pq.read_schema(path, filesystem=lake.fs)
+        assert schema.equals(RECOMMENDATIONS.schema), f"{path}: {schema}"
+    table = RecommendationReader(settings).table(dt).select(RECOMMENDATIONS.columns)  # the reader adds the folder's dt
     users = set(lake.read_partition(USER_PROFILES, dt, columns=["user_id"])["user_id"].to_pylist())
     assert set(table["user_id"].to_pylist()) == users and table.num_rows == len(users) * k
     frame = table.to_pandas()

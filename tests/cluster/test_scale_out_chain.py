@@ -152,7 +152,7 @@ def test_nightly_dag_with_airflow_on_postgres(chain, spark_cluster, postgres, tm
     runs = postgres.query("airflow", "SELECT state FROM dag_run WHERE dag_id = 'recsys_nightly'")
     assert runs == [("success",)], runs
     tasks = dict(postgres.query("airflow", "SELECT task_id, state FROM task_instance WHERE dag_id = 'recsys_nightly'"))
-    assert tasks.get("recommend") == "success", tasks
+    assert tasks.get("score_and_publish") == "success", tasks
     assert len(apps_by_stage(spark_cluster)["recommend"]) == before + 1
     again = RecommendationReader(chain.settings).manifest(RUN_DATE)
     assert again["content_digest"] == published["content_digest"], "a rerun of the same night changed its rows"
