@@ -17,13 +17,14 @@ export TRANSFORMERS_OFFLINE := 1
 export SPARK_LOCAL_IP := 127.0.0.1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help install demo lint test test-fast airflow airflow-stop mlflow bench bench-scale lock clean
+.PHONY: help install demo lint test test-fast test-cluster airflow airflow-stop mlflow bench bench-scale lock clean
 
 help:
 	@echo "make demo [RUN_DATE=YYYY-MM-DD]  install, fetch MovieLens-100K and run the whole chain through Airflow"
 	@echo "make lint                        ruff (lint and format check) and mypy on recsys_core"
 	@echo "make test                        install and run the whole test suite"
 	@echo "make test-fast                   the fast subset (no Spark, Airflow or torchrun)"
+	@echo "make test-cluster                the cluster tests: Spark standalone, PostgreSQL, MLflow server, 2 torchrun nodes, S3 API"
 	@echo "make airflow                     Airflow on 127.0.0.1 with the project's DAGs (lands MovieLens-100K; Ctrl-C stops it)"
 	@echo "make airflow-stop                stop what make airflow started, task processes included"
 	@echo "make mlflow                      the MLflow UI on 127.0.0.1"
@@ -55,7 +56,11 @@ test: install
 	$(BIN)/python -m pytest -q
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not spark and not airflow and not torchrun and not slow"
+	$(BIN)/python -m pytest -q -m "not spark and not airflow and not torchrun and not slow and not cluster"
+
+# Part of `make test` too; needs Debian's postgresql (.ci/run installs it).
+test-cluster: install
+	$(BIN)/python -m pytest -q -m cluster
 
 airflow: install
 	$(PY) scripts/airflow_local.py start

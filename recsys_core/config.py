@@ -51,6 +51,10 @@ PROJECT_CONFIG_FILE = Path(__file__).resolve().parents[1] / DEFAULT_CONFIG_FILE
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
+# Object stores the lake may live on: Spark reads s3a://, pyarrow s3://; both name the same objects.
+LAKE_SCHEMES = ("s3a", "s3")
+TRACKING_SERVER_SCHEMES = ("http://", "https://")
+
 
 class Section(BaseModel):
     """A config section: unknown keys are errors, so a typo never silently keeps a default.
@@ -383,7 +387,7 @@ class Settings(BaseSettings):
 
     profile: Literal["local", "cluster"] = "local"
     data_root: Path = Path(".recsys")
-    # Lake root; an object-store URI on a cluster (s3a://bucket/lake).
+    # Lake root; an object-store URI on a cluster (s3a://bucket/lake). Unset: <data_root>/lake.
     lake_uri: str | None = None
     spark: SparkSettings = SparkSettings()
     ingest: IngestSettings = IngestSettings()
@@ -398,6 +402,25 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @field_validator("lake_uri")
+    @classmethod
+    def _lake_on_a_store_both_engines_speak(cls, value: str | None) -> str | None:
+        if value is None or "://" not in value:
+            return value
+        scheme, rest = value.split("://", 1)
+        if scheme not in LAKE_SCHEMES:
+            raise ValueError(
+                f"lake_uri: {value} has scheme {scheme}://; use a local folder or an S3 URI ({' or '.join(LAKE_SCHEMES)}"
+                "://bucket/prefix, endpoint and credentials from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, "
+                "AWS_SECRET_ACCESS_KEY)"
+            )
+        if not rest.split("/", 1)[0] or "?" in rest:
+            raise ValueError(
+                f"lake_uri: {value} must name a bucket and an optional prefix ({scheme}://bucket/prefix), without "
+                "query options: the S3 endpoint comes from AWS_ENDPOINT_URL"
+            )
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _sections_agree(self) -> Settings:
@@ -441,8 +464,16 @@ class Settings(BaseSettings):
         return self.registry.tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
     @property
-    def artifact_location(self) -> str:
-        return self.registry.artifact_location or (self.mlflow_dir / "artifacts").as_uri()
+    def artifact_location(self) -> str | None:
+        """Artifact root of new experiments: ``registry.artifact_location``; unset, a folder under
+        ``data_root`` for a local store, and None for a tracking server, whose own artifact root
+        (``mlflow server --artifacts-destination``) then holds them, proxied over HTTP
+        (``mlflow-artifacts:/``): a client's local folder would be invisible to every other machine."""
+        if self.registry.artifact_location:
+            return self.registry.artifact_location
+        if self.tracking_uri.startswith(TRACKING_SERVER_SCHEMES):
+            return None
+        return (self.mlflow_dir / "artifacts").as_uri()
 
     @property
     def airflow_home(self) -> Path:

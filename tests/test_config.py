@@ -163,6 +163,19 @@ def test_explicit_lake_and_registry_locations_win(tmp_path):
     assert s.artifact_location == "s3://bucket/mlflow"
 
 
+def test_a_tracking_server_keeps_the_artifacts_unless_told_otherwise(tmp_path):
+    """With a tracking server and no artifact_location, experiments take the server's artifact root
+    (proxied over HTTP), not a folder on the client that other machines cannot see."""
+    remote = settings_for(data_root=tmp_path, registry={"tracking_uri": "http://127.0.0.1:5000"})
+    assert remote.artifact_location is None
+    assert settings_for(data_root=tmp_path).artifact_location == (tmp_path / "mlflow" / "artifacts").as_uri()
+
+
+def test_lake_uri_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("RECSYS_LAKE_URI", "s3://recsys-lake/lake/")
+    assert settings_for(data_root=tmp_path).lake == "s3://recsys-lake/lake"
+
+
 def test_relative_and_home_data_root_become_absolute(monkeypatch, tmp_path):
     assert settings_for(data_root="rel/dir").data_root == tmp_path / "rel" / "dir"
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

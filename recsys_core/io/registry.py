@@ -176,7 +176,7 @@ def mlflow_server_command(settings: Settings, host: str, port: int) -> list[str]
         "--backend-store-uri",
         settings.tracking_uri,
         "--default-artifact-root",
-        settings.artifact_location,
+        settings.artifact_location or (settings.mlflow_dir / "artifacts").as_uri(),
         "--host",
         host,
         "--port",
