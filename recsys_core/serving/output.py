@@ -14,6 +14,26 @@ from recsys_core.contracts import RECOMMENDATIONS, conform
 # Columns that describe when a table was made, not what it says.
 VOLATILE_COLUMNS = ("generated_at",)
 
+# The reason shown next to a row: personal only where a history item supports the score.
+BECAUSE_YOU_WATCHED = "Because you watched {title}"
+TRENDING = "Trending this week"  # fallback rows: the trending list, nothing personal
+POPULAR_WITH_PEERS = "Popular with viewers like you"  # model rows no single history item supports (profile, trend)
+
+
+def reason_texts(reason_item_ids: np.ndarray, sources: np.ndarray, titles: dict[str, str]) -> np.ndarray:
+    """[n, K] reason texts of [n, K] reason item ids (None: no supporting item) of users with ``sources``
+    ("model"/"fallback", one per user); an item without a title is named by its id."""
+    out = np.empty(reason_item_ids.shape, dtype=object)
+    fallback = np.asarray(sources, dtype=object) == "fallback"
+    for (row, col), item in np.ndenumerate(reason_item_ids):
+        if fallback[row]:
+            out[row, col] = TRENDING
+        elif item is None:
+            out[row, col] = POPULAR_WITH_PEERS
+        else:
+            out[row, col] = BECAUSE_YOU_WATCHED.format(title=titles.get(item) or f"item {item}")
+    return out
+
 
 def build_table(
     user_ids: list[str],
@@ -24,8 +44,13 @@ def build_table(
     model_name: str,
     model_version: str,
     generated_at: datetime,
+    reason_item_ids: np.ndarray,
+    reasons: np.ndarray,
 ) -> pa.Table:
-    """One row per (user, rank), users in the given order, ranks 1..K, in the contract's schema."""
+    """One row per (user, rank), users in the given order, ranks 1..K, in the contract's schema.
+
+    ``reason_item_ids`` and ``reasons``: [n, K] object arrays (see ``reason_texts``), None where a row
+    has no reason item."""
     n, k = top_items.shape
     ids = pa.array(item_ids, pa.string())
     row_user = pa.array(np.repeat(np.arange(n), k))  # each row's user position
@@ -39,6 +64,8 @@ def build_table(
             "model_version": pa.array([model_version] * (n * k), pa.string()),
             "generated_at": pa.array([generated_at] * (n * k), RECOMMENDATIONS.schema.field("generated_at").type),
             "source": pc.take(pa.array(np.asarray(sources, dtype=object), pa.string()), row_user),
+            "reason_item_id": pa.array(np.asarray(reason_item_ids, dtype=object).ravel(), pa.string()),
+            "reason": pa.array(np.asarray(reasons, dtype=object).ravel(), pa.string()),
         }
     )
     return conform(table, RECOMMENDATIONS)
