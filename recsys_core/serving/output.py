@@ -23,15 +23,12 @@ POPULAR_WITH_PEERS = "Popular with viewers like you"  # model rows no single his
 def reason_texts(reason_item_ids: np.ndarray, sources: np.ndarray, titles: dict[str, str]) -> np.ndarray:
     """[n, K] reason texts of [n, K] reason item ids (None: no supporting item) of users with ``sources``
     ("model"/"fallback", one per user); an item without a title is named by its id."""
-    out = np.empty(reason_item_ids.shape, dtype=object)
-    fallback = np.asarray(sources, dtype=object) == "fallback"
-    for (row, col), item in np.ndenumerate(reason_item_ids):
-        if fallback[row]:
-            out[row, col] = TRENDING
-        elif item is None:
-            out[row, col] = POPULAR_WITH_PEERS
-        else:
-            out[row, col] = BECAUSE_YOU_WATCHED.format(title=titles.get(item) or f"item {item}")
+    ids = np.asarray(reason_item_ids, dtype=object)
+    out = np.full(ids.shape, POPULAR_WITH_PEERS, dtype=object)
+    personal = np.not_equal(ids, None)
+    texts = {item: BECAUSE_YOU_WATCHED.format(title=titles.get(item) or f"item {item}") for item in set(ids[personal])}
+    out[personal] = [texts[item] for item in ids[personal]]
+    out[np.asarray(sources, dtype=object) == "fallback"] = TRENDING
     return out
 
 
@@ -44,14 +41,18 @@ def build_table(
     model_name: str,
     model_version: str,
     generated_at: datetime,
-    reason_item_ids: np.ndarray,
-    reasons: np.ndarray,
+    *,
+    reason_item_ids: np.ndarray | None = None,
+    titles: dict[str, str] | None = None,
 ) -> pa.Table:
     """One row per (user, rank), users in the given order, ranks 1..K, in the contract's schema.
 
-    ``reason_item_ids`` and ``reasons``: [n, K] object arrays (see ``reason_texts``), None where a row
-    has no reason item."""
+    ``reason_item_ids``: [n, K] object array of each row's reason item (None: none; default: no row
+    has one), named in the reason text by its title in ``titles`` (see ``reason_texts``)."""
     n, k = top_items.shape
+    if reason_item_ids is None:
+        reason_item_ids = np.full((n, k), None, dtype=object)
+    reasons = reason_texts(reason_item_ids, sources, titles or {})
     ids = pa.array(item_ids, pa.string())
     row_user = pa.array(np.repeat(np.arange(n), k))  # each row's user position
     table = pa.table(
@@ -65,7 +66,7 @@ def build_table(
             "generated_at": pa.array([generated_at] * (n * k), RECOMMENDATIONS.schema.field("generated_at").type),
             "source": pc.take(pa.array(np.asarray(sources, dtype=object), pa.string()), row_user),
             "reason_item_id": pa.array(np.asarray(reason_item_ids, dtype=object).ravel(), pa.string()),
-            "reason": pa.array(np.asarray(reasons, dtype=object).ravel(), pa.string()),
+            "reason": pa.array(reasons.ravel(), pa.string()),
         }
     )
     return conform(table, RECOMMENDATIONS)

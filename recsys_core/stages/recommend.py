@@ -45,7 +45,7 @@ from recsys_core.io.recommendations import LATEST
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.attribution import explain
 from recsys_core.models.bundle import ModelBundle, bundle_trained_as_of
-from recsys_core.serving.output import build_table, content_digest, format_report, reason_texts
+from recsys_core.serving.output import build_table, content_digest, format_report
 from recsys_core.serving.rerank import category_matrix
 from recsys_core.serving.score import recommend_top_k, score_top_k, seen_matrix
 from recsys_core.serving.validate import InvalidRecommendations, validate_recommendations
@@ -149,9 +149,6 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
             now=now,
             batch_users=serve.score_batch_users,
         )
-    reason_ids = reason_item_ids(reason_index, bundle.prep.item_ids)
-    sources = np.where(use_model, "model", "fallback")
-    reasons = reason_texts(reason_ids, sources, dict(zip(items["item_id"].to_pylist(), items["title"].to_pylist())))
     reasons_seconds = time.monotonic() - reasons_started
 
     table = build_table(
@@ -159,12 +156,12 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         catalogue_ids,
         top_items,
         top_scores,
-        sources,
+        np.where(use_model, "model", "fallback"),
         current.name,
         current.version,
         datetime.now(UTC).replace(microsecond=0),
-        reason_ids,
-        reasons,
+        reason_item_ids=reason_item_ids(reason_index, bundle.prep.item_ids),
+        titles=dict(zip(items["item_id"].to_pylist(), items["title"].to_pylist())),
     )
     seen_sets = _seen_sets(interactions)
     validate_recommendations(table, k=k, users=user_ids, catalogue=set(catalogue_ids), seen=seen_sets)
