@@ -93,9 +93,7 @@ def explain(
         chosen = torch.as_tensor(columns[start:stop])
         base = scorer.scores_of(user_rows, chosen)  # [b, K]
         feats = scorer.inputs.user_feats[user_rows[owner]].numpy()
-        inputs: ModelInputs = encode(
-            config, var_items, var_times, feats, None if moments is None else moments[start:stop][owner]
-        )
+        inputs: ModelInputs = encode(config, var_items, var_times, feats, None if moments is None else moments[start:stop][owner])
         trend_rows = None if scorer.trend_rows is None else scorer.trend_rows[user_rows[owner]]
         varied = scorer.with_inputs(inputs, trend_rows).scores_of(np.arange(len(owner)), chosen[owner])  # [v, K]
         lowered = (base[owner] - varied).float().cpu().numpy()
@@ -123,4 +121,3 @@ def explain(
         time.monotonic() - started,
     )
     return reason, drop
-

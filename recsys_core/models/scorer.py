@@ -101,9 +101,7 @@ class Scorer:
     def with_inputs(self, inputs: ModelInputs, trend_rows: torch.Tensor | None = None) -> Scorer:
         """The same model, catalogue and trend prior over other user rows (``trend_rows``: each new
         row's popularity snapshot, needed when the trend table holds several)."""
-        return Scorer(
-            self.model, inputs, self.item_vectors, self.trend, trend_rows, batch=self.batch, device=self.device
-        )
+        return Scorer(self.model, inputs, self.item_vectors, self.trend, trend_rows, batch=self.batch, device=self.device)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """[n, m] float32 scores (``evaluation.protocols.ScoreFn``)."""

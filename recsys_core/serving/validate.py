@@ -87,6 +87,4 @@ def _check_reasons(table: pa.Table, seen: dict[str, set[str]]) -> None:
     explained = table.filter(has_reason).select(["user_id", "reason_item_id"])
     for user, item in zip(explained["user_id"].to_pylist(), explained["reason_item_id"].to_pylist()):
         if item not in seen.get(user, ()):
-            raise InvalidRecommendations(
-                f"user {user!r}: reason item {item!r} is not in their history up to the run date"
-            )
+            raise InvalidRecommendations(f"user {user!r}: reason item {item!r} is not in their history up to the run date")

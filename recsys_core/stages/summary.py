@@ -101,7 +101,12 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
             table.add_column(column)
         for row in rows[:10]:
             table.add_row(
-                str(row["rank"]), row["item_id"], row["title"] or "", row.get("reason") or "", f"{row['score']:.3f}", row["source"]
+                str(row["rank"]),
+                row["item_id"],
+                row["title"] or "",
+                row.get("reason") or "",
+                f"{row['score']:.3f}",
+                row["source"],
             )
         console.print(table)
     console.print(f"MLflow UI: make mlflow  (store {settings.tracking_uri}); Airflow UI: make airflow")

@@ -87,9 +87,9 @@ def test_reasons_and_drops_equal_rescoring_the_whole_catalogue_without_the_event
             assert (reason[user] == 0).all() and (drop[user] == 0).all()
             continue
         without = [
-            scorer_of(
-                model, [np.delete(items[user], p)], [np.delete(times[user], p)], feats[user : user + 1], trend
-            )(np.array([0]))[0]
+            scorer_of(model, [np.delete(items[user], p)], [np.delete(times[user], p)], feats[user : user + 1], trend)(
+                np.array([0])
+            )[0]
             for p in positions
         ]
         lowered = np.stack([base[user] - w for w in without])[:, columns[user]]  # [variants, K]

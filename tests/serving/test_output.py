@@ -36,8 +36,16 @@ def test_reasons_name_the_reason_items_title_or_say_nothing_personal():
     scores = np.array([[0.9, 0.5, 0.1], [0.8, 0.7, 0.2]], dtype=np.float32)
     reason_ids = np.array([["x", None, "y"], [None, None, None]], dtype=object)
     table = build_table(
-        ["u1", "u2"], ["a", "b", "c"], items, scores, np.array(["model", "fallback"]), "m", "3", T0,
-        reason_item_ids=reason_ids, titles={"x": "Star Wars (1977)"},
+        ["u1", "u2"],
+        ["a", "b", "c"],
+        items,
+        scores,
+        np.array(["model", "fallback"]),
+        "m",
+        "3",
+        T0,
+        reason_item_ids=reason_ids,
+        titles={"x": "Star Wars (1977)"},
     )
     assert table["reason_item_id"].to_pylist() == ["x", None, "y", None, None, None]
     assert table["reason"].to_pylist() == [
