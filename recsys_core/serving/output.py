@@ -25,7 +25,7 @@ def reason_texts(reason_item_ids: np.ndarray, sources: np.ndarray, titles: dict[
     ("model"/"fallback", one per user); an item without a title is named by its id."""
     ids = np.asarray(reason_item_ids, dtype=object)
     out = np.full(ids.shape, POPULAR_WITH_PEERS, dtype=object)
-    personal = np.not_equal(ids, None)
+    personal = np.array([item is not None for item in ids.ravel()], dtype=bool).reshape(ids.shape)
     texts = {item: BECAUSE_YOU_WATCHED.format(title=titles.get(item) or f"item {item}") for item in set(ids[personal])}
     out[personal] = [texts[item] for item in ids[personal]]
     out[np.asarray(sources, dtype=object) == "fallback"] = TRENDING
