@@ -15,6 +15,9 @@ Random user vectors and item matrix (float32), a few seen items per user
   via mapInArrow, item matrix broadcast), end to end (input DataFrame, tasks,
   rows collected back to the driver as Arrow), users/s;
 - agreement of (a) and (b): same top-K lists, same order, max score difference.
+- the cost of reasons (``--reasons-users``, 100K by default, over MovieLens-100K's catalogue size):
+  the model scoring of the nightly (user vectors and top-K) with and without the leave-one-out
+  reasons, on a random model of the default shape.
 
 Figures go to benchmarks/results/scoring.json and scoring.md (``--quick``: a
 small smoke run, scoring-quick.*), with the machine info and, per phase, the
@@ -148,6 +151,88 @@ def spark_path(args, user_vectors, item_matrix, exclude):
     return items, scores, times, startup, parallelism
 
 
+# Reasons ----------------------------------------------------------------------------------------
+def reasons_cost(users: int, items: int, k: int, n_last: int, repeats: int, seed: int, sampler) -> dict:
+    """The nightly's model scoring (one encoder pass per user, then top-K over the catalogue) with and
+    without reasons (``models.attribution.explain``: ``n_last`` leave-one-out encoder passes per user,
+    scored on the K chosen items), on a random model of the default shape and random histories."""
+    from recsys_core.config import ModelSettings
+    from recsys_core.models.attribution import explain
+    from recsys_core.models.inputs import encode
+    from recsys_core.models.scorer import Scorer
+    from recsys_core.models.transformer import SeqRec, SeqRecConfig
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    settings = ModelSettings(use_content=False)
+    config = SeqRecConfig.from_settings(settings, items, user_cardinalities=(8, 3, 22), trend_windows=(7, 30))
+    model = SeqRec(config).eval()
+    lengths = rng.integers(1, 2 * config.max_len, size=users)  # about half the users fill the model's window
+    histories = [rng.choice(items, size=n, replace=False).astype(np.int64) + 1 for n in lengths]
+    now = 1_000_000_000
+    times = [np.sort(rng.integers(now - 200 * 86_400, now, size=n)).astype(np.int64) for n in lengths]
+    feats = np.stack([rng.integers(0, c, size=users) for c in config.user_cardinalities], axis=1)
+    trend = torch.log1p(torch.as_tensor(rng.poisson(3.0, size=(items, 2)).astype(np.float32)))
+    with torch.no_grad():
+        scorer = Scorer(model, encode(config, histories, times, feats, now), model.item_matrix()[1:], trend)
+    seen = sp.csr_matrix(
+        (np.ones(int(lengths.sum()), np.float32), (np.repeat(np.arange(users), lengths), np.concatenate(histories) - 1)),
+        shape=(users, items),
+    )
+    rows = np.arange(users)
+    base_times, reason_times = [], []
+    with measure(sampler, f"reasons ({users:,} users, last {n_last} events)") as phase:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            top, _ = score_top_k(scorer.user_vectors(rows), scorer.item_matrix(), k, exclude=seen)
+            base_times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            reason, _ = explain(scorer, config, rows, histories, times, top, n_last=n_last, now=now, batch_users=1024)
+            reason_times.append(time.perf_counter() - started)
+    base, extra = statistics.median(base_times), statistics.median(reason_times)
+    figures = {
+        "users": users,
+        "items": items,
+        "k": k,
+        "n_last": n_last,
+        "max_len": config.max_len,
+        "d_model": config.d_model,
+        "n_layers": config.n_layers,
+        "scoring_seconds": [round(t, 3) for t in base_times],
+        "reasons_seconds": [round(t, 3) for t in reason_times],
+        "scoring_with_reasons_over_without": round((base + extra) / base, 2),
+        "rows_with_reason_item": round(float((reason > 0).mean()), 4),
+        "phase": phase.to_dict(),
+    }
+    print(
+        f"reasons: scoring {base:.2f}s, reasons {extra:.2f}s (median of {repeats}): "
+        f"{figures['scoring_with_reasons_over_without']}x the scoring time",
+        flush=True,
+    )
+    return figures
+
+
+def reasons_markdown(r: dict | None) -> list[str]:
+    if not r:
+        return []
+    return [
+        "",
+        "## Reasons (leave-one-out, `recsys_core.models.attribution`)",
+        "",
+        (
+            f"{r['users']:,} users x {r['items']:,} items, top-{r['k']}, a random model of the default shape "
+            f"(d={r['d_model']}, {r['n_layers']} layers, max_len {r['max_len']}), histories of 1..{2 * r['max_len'] - 1} events:"
+        ),
+        (
+            f"the model scoring (one encoder pass + top-K) took {statistics.median(r['scoring_seconds']):.1f}s, the reasons "
+            f"(last {r['n_last']} events left out in turn: {r['n_last']} encoder passes per user, {r['k']} dot products each) "
+            f"{statistics.median(r['reasons_seconds']):.1f}s (medians of {len(r['scoring_seconds'])}): "
+            f"scoring with reasons takes {r['scoring_with_reasons_over_without']}x the time without."
+        ),
+        noise_note([r["phase"]]),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=100_000)
@@ -162,6 +247,9 @@ def main() -> int:
     parser.add_argument("--skip-spark", action="store_true")
     parser.add_argument("--skip-before", action="store_true", help="skip the pre-optimisation baseline")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reasons-users", type=int, default=100_000, help="users of the reasons figure (0: skip it)")
+    parser.add_argument("--reasons-items", type=int, default=1_682, help="catalogue of the reasons figure (MovieLens-100K's)")
+    parser.add_argument("--reason-history", type=int, default=10, help="serve.reason_history")
     parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK['users']:,} users x {QUICK['items']:,} items")
     args = parser.parse_args()
     if args.quick:
@@ -258,6 +346,11 @@ def main() -> int:
             flush=True,
         )
 
+    reasons = None
+    if args.reasons_users:
+        n = min(args.reasons_users, QUICK["users"] // 2) if args.quick else args.reasons_users
+        reasons = reasons_cost(n, args.reasons_items, args.k, args.reason_history, 1 if n >= 50_000 else 3, args.seed, sampler)
+
     sampler.stop()
     result = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -274,6 +367,7 @@ def main() -> int:
         "local": local,
         "local_before_optimisation": before,
         "spark": spark,
+        "reasons": reasons,
         "phases": phases,
         "target_fraction_local": 0.5,
         "meets_target": local["fraction_of_gemm_same_batch"] >= 0.5,
@@ -341,6 +435,8 @@ def markdown(r: dict) -> str:
         "The Spark figure includes building the input DataFrame from Arrow, the tasks, and collecting",
         "the (user_id, rank, item_id, score) rows back to the driver; the session start is not counted.",
         noise_note(list(r["phases"].values())),
+        "",
+        *reasons_markdown(r.get("reasons")),
         "",
         f"Total benchmark time {r['total_seconds']}s.",
         "",

@@ -131,13 +131,14 @@ def cmd_recs_show(args, settings: Settings) -> None:
     reader = RecommendationReader(settings)
     dt, rows = reader.for_user(args.user, args.date)
     table = RichTable(title=f"Recommendations for user {args.user} on {dt}")
-    for column in ("rank", "item_id", "title", "score", "source", "model"):
+    for column in ("rank", "item_id", "title", "reason", "score", "source", "model"):
         table.add_column(column)
     for row in rows[: args.limit]:
         table.add_row(
             str(row["rank"]),
             row["item_id"],
             row.get("title") or "",
+            row.get("reason") or "",  # nights published before reasons have none
             f"{row['score']:.4f}",
             row["source"],
             f"{row['model_name']} v{row['model_version']}",

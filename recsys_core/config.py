@@ -339,6 +339,9 @@ class ServeSettings(Section):
     # With it on, the published score is the MMR objective (non-increasing), not the raw model score.
     mmr_lambda: float | None = Field(default=None, ge=0.0, le=1.0)
     mmr_pool_factor: int = Field(default=3, ge=1)
+    # Each model row's reason is the one of the user's last reason_history events whose removal
+    # lowers the item's score the most (leave-one-out: this many extra encoder passes per user).
+    reason_history: PositiveInt = 10
 
 
 class OrchestrationSettings(Section):

@@ -174,6 +174,10 @@ RECOMMENDATIONS = Table(
             ("model_version", pa.string()),
             ("generated_at", TS),
             ("source", pa.string()),  # "model" or "fallback"
+            # The item of the user's history (up to the run date) whose removal lowers this item's
+            # score the most; null for fallback rows and where no history item supports the score.
+            ("reason_item_id", pa.string()),
+            ("reason", pa.string()),  # "Because you watched <title>", "Trending this week", ...
         ]
     ),
     description="Top-K items per user for one night; the dt partition is the folder.",

@@ -61,3 +61,36 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch):
 def test_success_exits_zero(capsys):
     assert cli.main(["config"]) == 0
     assert '"gate_metric": "ndcg@10"' in capsys.readouterr().out
+
+
+def test_recs_show_prints_each_titles_reason(monkeypatch, capsys):
+    from datetime import UTC, datetime
+
+    import numpy as np
+    from rich.console import Console
+
+    from recsys_core.contracts import RECOMMENDATIONS
+    from recsys_core.io.lake import Lake
+    from recsys_core.serving.output import build_table
+
+    lake = Lake(get_settings().lake)
+    night = build_table(
+        ["u1"],
+        ["a", "b"],
+        np.array([[1, 0]]),
+        np.array([[0.5, 0.1]], np.float32),
+        np.array(["model"]),
+        "m",
+        "1",
+        datetime(2024, 5, 1, tzinfo=UTC),
+        reason_item_ids=np.array([["x", None]], dtype=object),
+        titles={"x": "Star Wars (1977)"},
+    )
+    staged = lake.new_staging_path(RECOMMENDATIONS, "dt=2024-05-01")
+    lake.write_parquet(night, staged)
+    lake.publish(RECOMMENDATIONS, "2024-05-01", staged, {"users": 1, "k": 2})
+    monkeypatch.setattr(cli, "console", Console(width=200))
+    assert cli.main(["recs", "show", "--user", "u1"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "│" in line]
+    assert "Because you watched Star Wars (1977)" in next(line for line in lines if " b " in line)
+    assert "Popular with viewers like you" in next(line for line in lines if " a " in line)

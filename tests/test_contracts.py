@@ -32,6 +32,8 @@ def loose_recommendations() -> pa.Table:
             "rank": pa.array([1, 2], pa.int64()),
             "model_name": ["recsys-seq", "recsys-seq"],
             "user_id": ["u1", "u1"],
+            "reason_item_id": ["i9", None],
+            "reason": ["Because you watched i9", "Trending this week"],
         }
     )
 
@@ -65,6 +67,8 @@ def test_recommendations_contract_columns_and_types():
         "model_version",
         "generated_at",
         "source",
+        "reason_item_id",
+        "reason",
     ]
     assert schema.field("user_id").type == pa.string()
     assert schema.field("rank").type == pa.int32()
@@ -74,6 +78,8 @@ def test_recommendations_contract_columns_and_types():
     assert schema.field("model_version").type == pa.string()
     assert schema.field("generated_at").type == pa.timestamp("us", tz="UTC")
     assert schema.field("source").type == pa.string()
+    assert schema.field("reason_item_id").type == pa.string() and schema.field("reason_item_id").nullable
+    assert schema.field("reason").type == pa.string()
     assert pa.timestamp("us", tz="UTC") == TS
 
 

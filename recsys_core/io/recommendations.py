@@ -57,13 +57,18 @@ class RecommendationReader:
         )
 
     def for_user(self, user_id: str, dt: date | str | None = None) -> tuple[str, list[dict]]:
-        """(date, rows) of one user's list, with item titles when the features of that date are there."""
+        """(date, rows) of one user's list, with item titles when the features of that date are there.
+
+        Each row carries the contract's columns, ``reason_item_id`` and ``reason`` included (None on
+        nights published before the contract had them), and ``title``."""
         value = str(dt) if dt else self.latest_date()
         rows = self.table(value, user_id).to_pylist()
         if not rows:
             raise UnknownUser(f"user {user_id!r} has no recommendations on {value}")
         titles = self._titles(value)
         for row in rows:
+            row.setdefault("reason_item_id", None)
+            row.setdefault("reason", None)
             row["title"] = titles.get(row["item_id"])
         return value, rows
 

@@ -82,6 +82,27 @@ class Scorer:
         hidden, recency = self.hidden(rows)
         return self.model.score_items(hidden, self.item_vectors, self.user_trend(rows), recency)
 
+    @torch.no_grad()
+    def scores_of(self, rows: np.ndarray | torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """[n, c] scores of user row i on its own catalogue columns ``columns[i]`` ([n, c]): the same
+        score as ``scores(rows)[i, columns[i]]``, without scoring the rest of the catalogue."""
+        hidden, recency = self.hidden(rows)
+        columns = torch.as_tensor(columns, device=hidden.device)
+        score = torch.einsum("nd,ncd->nc", hidden, self.item_vectors[columns])
+        trend = self.user_trend(rows)
+        if trend is None:
+            return score
+        if trend.dim() == 2:
+            picked = trend[columns]
+        else:
+            picked = torch.gather(trend, 1, columns.unsqueeze(-1).expand(-1, -1, trend.shape[-1]))
+        return score + self.model.trend_bias(picked, recency)
+
+    def with_inputs(self, inputs: ModelInputs, trend_rows: torch.Tensor | None = None) -> Scorer:
+        """The same model, catalogue and trend prior over other user rows (``trend_rows``: each new
+        row's popularity snapshot, needed when the trend table holds several)."""
+        return Scorer(self.model, inputs, self.item_vectors, self.trend, trend_rows, batch=self.batch, device=self.device)
+
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """[n, m] float32 scores (``evaluation.protocols.ScoreFn``)."""
         return self.scores(rows).float().cpu().numpy()

@@ -14,6 +14,23 @@ from recsys_core.contracts import RECOMMENDATIONS, conform
 # Columns that describe when a table was made, not what it says.
 VOLATILE_COLUMNS = ("generated_at",)
 
+# The reason shown next to a row: personal only where a history item supports the score.
+BECAUSE_YOU_WATCHED = "Because you watched {title}"
+TRENDING = "Trending this week"  # fallback rows: the trending list, nothing personal
+POPULAR_WITH_PEERS = "Popular with viewers like you"  # model rows no single history item supports (profile, trend)
+
+
+def reason_texts(reason_item_ids: np.ndarray, sources: np.ndarray, titles: dict[str, str]) -> np.ndarray:
+    """[n, K] reason texts of [n, K] reason item ids (None: no supporting item) of users with ``sources``
+    ("model"/"fallback", one per user); an item without a title is named by its id."""
+    ids = np.asarray(reason_item_ids, dtype=object)
+    out = np.full(ids.shape, POPULAR_WITH_PEERS, dtype=object)
+    personal = np.array([item is not None for item in ids.ravel()], dtype=bool).reshape(ids.shape)
+    texts = {item: BECAUSE_YOU_WATCHED.format(title=titles.get(item) or f"item {item}") for item in set(ids[personal])}
+    out[personal] = [texts[item] for item in ids[personal]]
+    out[np.asarray(sources, dtype=object) == "fallback"] = TRENDING
+    return out
+
 
 def build_table(
     user_ids: list[str],
@@ -24,9 +41,18 @@ def build_table(
     model_name: str,
     model_version: str,
     generated_at: datetime,
+    *,
+    reason_item_ids: np.ndarray | None = None,
+    titles: dict[str, str] | None = None,
 ) -> pa.Table:
-    """One row per (user, rank), users in the given order, ranks 1..K, in the contract's schema."""
+    """One row per (user, rank), users in the given order, ranks 1..K, in the contract's schema.
+
+    ``reason_item_ids``: [n, K] object array of each row's reason item (None: none; default: no row
+    has one), named in the reason text by its title in ``titles`` (see ``reason_texts``)."""
     n, k = top_items.shape
+    if reason_item_ids is None:
+        reason_item_ids = np.full((n, k), None, dtype=object)
+    reasons = reason_texts(reason_item_ids, sources, titles or {})
     ids = pa.array(item_ids, pa.string())
     row_user = pa.array(np.repeat(np.arange(n), k))  # each row's user position
     table = pa.table(
@@ -39,6 +65,8 @@ def build_table(
             "model_version": pa.array([model_version] * (n * k), pa.string()),
             "generated_at": pa.array([generated_at] * (n * k), RECOMMENDATIONS.schema.field("generated_at").type),
             "source": pc.take(pa.array(np.asarray(sources, dtype=object), pa.string()), row_user),
+            "reason_item_id": pa.array(np.asarray(reason_item_ids, dtype=object).ravel(), pa.string()),
+            "reason": pa.array(reasons.ravel(), pa.string()),
         }
     )
     return conform(table, RECOMMENDATIONS)

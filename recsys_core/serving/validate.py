@@ -60,6 +60,7 @@ def validate_recommendations(
     bad_sources = set(pc.unique(table["source"]).to_pylist()) - set(SOURCES)
     if bad_sources:
         raise InvalidRecommendations(f"source must be one of {list(SOURCES)}, found {sorted(bad_sources, key=str)}")
+    _check_reasons(table, seen)
     unknown = set(items.tolist()) - catalogue
     if unknown:
         raise InvalidRecommendations(f"{len(unknown)} item ids are not in the catalogue, e.g. {sorted(unknown)[:3]}")
@@ -68,3 +69,22 @@ def validate_recommendations(
         leaked = seen.get(user, set()).intersection(per_user_items[row])
         if leaked:
             raise InvalidRecommendations(f"user {user!r} is recommended items they already interacted with: {sorted(leaked)[:3]}")
+
+
+def _check_reasons(table: pa.Table, seen: dict[str, set[str]]) -> None:
+    """Every row has a reason; a reason item is in that user's history up to the run date (``seen``),
+    and fallback rows (nothing personal) have none."""
+    if table["reason"].null_count:
+        row = int(np.flatnonzero(pc.is_null(table["reason"]).to_numpy(zero_copy_only=False))[0])
+        raise InvalidRecommendations(f"user {table['user_id'][row].as_py()!r}, rank {table['rank'][row].as_py()}: no reason")
+    has_reason = pc.is_valid(table["reason_item_id"])
+    personal_fallback = pc.and_(has_reason, pc.equal(table["source"], "fallback"))
+    if pc.any(personal_fallback).as_py():
+        row = int(np.flatnonzero(personal_fallback.to_numpy(zero_copy_only=False))[0])
+        raise InvalidRecommendations(
+            f"user {table['user_id'][row].as_py()!r}: a fallback row names reason item {table['reason_item_id'][row].as_py()!r}"
+        )
+    explained = table.filter(has_reason).select(["user_id", "reason_item_id"])
+    for user, item in zip(explained["user_id"].to_pylist(), explained["reason_item_id"].to_pylist()):
+        if item not in seen.get(user, ()):
+            raise InvalidRecommendations(f"user {user!r}: reason item {item!r} is not in their history up to the run date")

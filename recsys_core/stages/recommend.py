@@ -10,6 +10,11 @@
   model (source "model"); users with neither get the trending items (source
   "fallback"); items without interactions are scored through their content.
 - Optional MMR diversity re-rank by genre (``serve.mmr_lambda``).
+- Reasons: each model row names the event of the user's history (up to the run
+  date) whose removal lowers that item's score the most (``models.attribution``,
+  leave-one-out over the last ``serve.reason_history`` events, scored by the same
+  scorer on the K chosen items only, on the driver for both engines); fallback
+  rows and rows no event supports get a non-personal reason.
 - Publishing: the table is validated, written to staging, read back and
   checked, then swapped into ``recommendations/dt=D/`` with its manifest; the
   ``latest`` pointer moves last. A rerun whose rows are identical (same
@@ -38,6 +43,7 @@ from recsys_core.evaluation import metrics as M
 from recsys_core.io.lake import STAGING, TRASH, Lake, partition_name
 from recsys_core.io.recommendations import LATEST
 from recsys_core.io.tables import ingests_as_of, read_interactions
+from recsys_core.models.attribution import explain
 from recsys_core.models.bundle import ModelBundle, bundle_trained_as_of
 from recsys_core.serving.output import build_table, content_digest, format_report
 from recsys_core.serving.rerank import category_matrix
@@ -80,7 +86,8 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     catalogue_ids = catalogue["item_id"].to_pylist()
 
     # The list is read from the end of the run date on: that is when each user's recency is taken.
-    user_ids, _, inputs = bundle.user_inputs(interactions, profiles, now=int(end_of_day(run_date).timestamp()))
+    now = int(end_of_day(run_date).timestamp())
+    user_ids, sequences, inputs = bundle.user_inputs(interactions, profiles, now=now)
     # One popularity snapshot (the run date's item features) for every user: the matrix-product form of the score.
     scorer = bundle.scorer(inputs, catalogue, batch=serve.score_batch_users)
     seen = seen_matrix(user_ids, catalogue_ids, interactions["user_id"].to_pylist(), interactions["item_id"].to_pylist())
@@ -128,6 +135,22 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         )
     scoring_seconds = time.monotonic() - scoring_started
 
+    reasons_started = time.monotonic()
+    reason_index = np.zeros_like(top_items)
+    if len(model_rows):
+        reason_index[model_rows], _ = explain(
+            scorer,
+            bundle.config,
+            model_rows,
+            [sequences.items[i] for i in model_rows],
+            [sequences.times[i] for i in model_rows],
+            top_items[model_rows],
+            n_last=serve.reason_history,
+            now=now,
+            batch_users=serve.score_batch_users,
+        )
+    reasons_seconds = time.monotonic() - reasons_started
+
     table = build_table(
         user_ids,
         catalogue_ids,
@@ -137,12 +160,15 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         current.name,
         current.version,
         datetime.now(UTC).replace(microsecond=0),
+        reason_item_ids=reason_item_ids(reason_index, bundle.prep.item_ids),
+        titles=dict(zip(items["item_id"].to_pylist(), items["title"].to_pylist())),
     )
     seen_sets = _seen_sets(interactions)
     validate_recommendations(table, k=k, users=user_ids, catalogue=set(catalogue_ids), seen=seen_sets)
     digest = content_digest(table)
 
     report = nightly_report(top_items, use_model, catalogue, has_history=has_history, unavailable=len(excluded))
+    report["rows_with_reason_item"] = int((reason_index > 0).sum())
     target = lake.partition_path(RECOMMENDATIONS, run_date)
     previous = lake.read_manifest(target) if lake.is_complete(RECOMMENDATIONS, run_date) else None
     unchanged = previous is not None and previous.get("content_digest") == digest
@@ -199,6 +225,7 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         **report,
         "dropped_partitions": dropped,
         "scoring_seconds": round(scoring_seconds, 2),
+        "reasons_seconds": round(reasons_seconds, 2),
         "seconds": seconds,
     }
     log.info(
@@ -257,6 +284,12 @@ def score_users(
         if owned:
             session.stop()
     return rows_to_matrices(rows, user_ids, item_ids, serve.top_k)
+
+
+def reason_item_ids(reason_index: np.ndarray, model_item_ids: list[str]) -> np.ndarray:
+    """[n, K] item ids (None where 0: no reason) of model item indices (1-based, ``prep.item_ids``)."""
+    names = np.asarray([None, *model_item_ids], dtype=object)
+    return names[reason_index]
 
 
 def available_catalogue(items: pa.Table, serve: ServeSettings) -> tuple[pa.Table, list[str]]:

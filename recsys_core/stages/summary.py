@@ -97,10 +97,17 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
         user = pc.min(reader.lake.read_partition(RECOMMENDATIONS, run_date, columns=["user_id"])["user_id"]).as_py()
         _, rows = reader.for_user(user, run_date)
         table = Table(title=f"Top 10 for user {user} on {run_date}")
-        for column in ("rank", "item", "title", "score", "source"):
+        for column in ("rank", "item", "title", "reason", "score", "source"):
             table.add_column(column)
         for row in rows[:10]:
-            table.add_row(str(row["rank"]), row["item_id"], row["title"] or "", f"{row['score']:.3f}", row["source"])
+            table.add_row(
+                str(row["rank"]),
+                row["item_id"],
+                row["title"] or "",
+                row.get("reason") or "",
+                f"{row['score']:.3f}",
+                row["source"],
+            )
         console.print(table)
     console.print(f"MLflow UI: make mlflow  (store {settings.tracking_uri}); Airflow UI: make airflow")
     return s

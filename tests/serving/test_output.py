@@ -31,6 +31,32 @@ def test_build_table_follows_the_contract():
     assert set(table["generated_at"].to_pylist()) == {T0}
 
 
+def test_reasons_name_the_reason_items_title_or_say_nothing_personal():
+    items = np.array([[2, 0, 1], [1, 2, 0]])
+    scores = np.array([[0.9, 0.5, 0.1], [0.8, 0.7, 0.2]], dtype=np.float32)
+    reason_ids = np.array([["x", None, "y"], [None, None, None]], dtype=object)
+    table = build_table(
+        ["u1", "u2"],
+        ["a", "b", "c"],
+        items,
+        scores,
+        np.array(["model", "fallback"]),
+        "m",
+        "3",
+        T0,
+        reason_item_ids=reason_ids,
+        titles={"x": "Star Wars (1977)"},
+    )
+    assert table["reason_item_id"].to_pylist() == ["x", None, "y", None, None, None]
+    assert table["reason"].to_pylist() == [
+        "Because you watched Star Wars (1977)",
+        "Popular with viewers like you",
+        "Because you watched item y",  # no title: named by its id
+        *["Trending this week"] * 3,
+    ]
+    assert sample()["reason"].to_pylist() == ["Popular with viewers like you"] * 3 + ["Trending this week"] * 3
+
+
 def test_digest_ignores_generated_at_row_order_and_chunking():
     table = sample()
     digest = content_digest(table)
@@ -50,6 +76,7 @@ def test_digest_ignores_generated_at_row_order_and_chunking():
         lambda t: t.set_column(3, "score", pa.array(np.array([0.9, 0.5, 0.1, 0.8, 0.7, 0.2000001], dtype=np.float32))),
         lambda t: t.set_column(5, "model_version", pa.array(["4"] * 6)),
         lambda t: t.set_column(7, "source", pa.array(["model"] * 6)),
+        lambda t: t.set_column(8, "reason_item_id", pa.array(["b", None, None, None, None, None])),
         lambda t: t.slice(0, 3),
     ],
 )

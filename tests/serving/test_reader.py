@@ -26,6 +26,8 @@ def night(score: float = 1.0):
         "m",
         "1",
         NOW,
+        reason_item_ids=np.array([["x", None], [None, "x"]], dtype=object),
+        titles={"x": "Toy Story (1995)"},
     )
 
 
@@ -80,8 +82,12 @@ def test_a_night_reads_the_same_in_duckdb(settings):
     lake = Lake(settings.lake)
     path = publish(lake, "2024-05-01")
     rows = duckdb.sql(
-        f"SELECT user_id, rank, item_id, score, source FROM read_parquet('{path}/*.parquet') WHERE user_id = 'u2' ORDER BY rank"
+        "SELECT user_id, rank, item_id, score, source, reason_item_id, reason "
+        f"FROM read_parquet('{path}/*.parquet') WHERE user_id = 'u2' ORDER BY rank"
     ).fetchall()
-    assert rows == [("u2", 1, "c", pytest.approx(0.7), "model"), ("u2", 2, "a", pytest.approx(0.1), "model")]
+    assert rows == [
+        ("u2", 1, "c", pytest.approx(0.7), "model", None, "Popular with viewers like you"),
+        ("u2", 2, "a", pytest.approx(0.1), "model", "x", "Because you watched Toy Story (1995)"),
+    ]
     schema = {r[0]: r[1] for r in duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet('{path}/*.parquet')").fetchall()}
     assert schema["rank"] == "INTEGER" and schema["score"] == "FLOAT" and schema["generated_at"].startswith("TIMESTAMP")

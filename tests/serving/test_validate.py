@@ -16,6 +16,7 @@ USERS = ["u1", "u2", "u3"]
 CATALOGUE = {f"i{j}" for j in range(1, 9)}
 SEEN = {"u1": {"i8"}, "u2": {"i7"}}
 NOW = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
+REASON = {"u1": "i8", "u2": "i7"}  # each from that user's history; u3 has none
 GOOD_ITEMS = {"u1": ["i1", "i2", "i3"], "u2": ["i3", "i1", "i8"], "u3": ["i7", "i8", "i1"]}
 
 
@@ -33,6 +34,8 @@ def rows() -> list[dict]:
                     "model_version": "4",
                     "generated_at": NOW,
                     "source": "model",
+                    "reason_item_id": REASON.get(user),
+                    "reason": "Because you watched it" if user in REASON else "Popular with viewers like you",
                 }
             )
     return out
@@ -167,4 +170,27 @@ def test_unknown_source(bad):
     rs = rows()
     row(rs, "u1", 2)["source"] = bad
     with pytest.raises(InvalidRecommendations, match=r"source must be one of \['model', 'fallback'\]"):
+        check(table(rs))
+
+
+def test_every_row_needs_a_reason():
+    rs = rows()
+    row(rs, "u2", 2)["reason"] = None
+    with pytest.raises(InvalidRecommendations, match="'u2', rank 2: no reason"):
+        check(table(rs))
+
+
+def test_a_reason_item_must_be_in_the_users_history():
+    rs = rows()
+    row(rs, "u1", 3)["reason_item_id"] = "i7"  # u2's item, never u1's
+    with pytest.raises(InvalidRecommendations, match="'u1': reason item 'i7' is not in their history"):
+        check(table(rs))
+
+
+def test_a_fallback_row_names_no_reason_item():
+    rs = rows()
+    for r in rs:
+        if r["user_id"] == "u1":
+            r["source"] = "fallback"
+    with pytest.raises(InvalidRecommendations, match="'u1': a fallback row names reason item 'i8'"):
         check(table(rs))

@@ -4,6 +4,7 @@
 - a user with neither gets the trending items (source "fallback"),
 - an item with no interactions at all is scored through its content: it has a
   finite score and a rank in the full ranking of every user,
+- cold (profile-only) and fallback rows carry a non-personal reason and no reason item,
 - items listed in serve.unavailable_items or whose status column says so are never recommended.
 """
 
@@ -20,6 +21,7 @@ import pytest
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import read_interactions
+from recsys_core.serving.output import POPULAR_WITH_PEERS, TRENDING
 from recsys_core.windows import popularity_column
 
 pytestmark = [pytest.mark.spark, pytest.mark.torchrun, pytest.mark.mlflow, pytest.mark.slow]
@@ -115,6 +117,11 @@ def test_new_users_new_items_and_exclusions(pipeline, cold_lake):
     assert sources[BARE_USER] == "fallback"
     assert summary["users_source_fallback"] == sum(1 for s in sources.values() if s == "fallback") >= 1
     assert summary["users_model_profile_only"] >= 1 and summary["unavailable_items"] == 2
+
+    # Cold and fallback rows carry a non-personal reason and no reason item.
+    for user, text in ((NEW_USER, POPULAR_WITH_PEERS), (BARE_USER, TRENDING)):
+        rows = table.filter(pc.equal(table["user_id"], user))
+        assert rows["reason_item_id"].null_count == rows.num_rows == k and set(rows["reason"].to_pylist()) == {text}
 
     # The bare user gets the trending items, best first.
     items = lake.read_partition(ITEM_FEATURES, dt)

@@ -27,7 +27,7 @@ def night(settings, dt) -> pa.Table:
 
 def assert_same_table(a: pa.Table, b: pa.Table) -> None:
     assert a.num_rows == b.num_rows
-    for column in ("user_id", "rank", "item_id", "source", "model_name", "model_version"):
+    for column in ("user_id", "rank", "item_id", "source", "model_name", "model_version", "reason_item_id", "reason"):
         assert a[column].equals(b[column]), column
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), rtol=0, atol=1e-5)
 
