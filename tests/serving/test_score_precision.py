@@ -139,3 +139,19 @@ def test_precision_is_checked():
     assert ServeSettings().precision == "bf16"
     with pytest.raises(ValueError):
         ServeSettings(precision="int8")
+
+
+def test_bf16_pool_of_exactly_k_is_still_exact(monkeypatch):
+    # A pool of k items: bf16 rounding reorders the boundary, so the error-bound check must send
+    # exactly the rows whose pool may miss an item to the fp32 path.
+    import recsys_core.serving.score as score
+
+    monkeypatch.setattr(score, "_POOL_MARGIN", 0.0)
+    monkeypatch.setattr(score, "_POOL_MARGIN_MIN", 0)
+    users, items, mask = exact_case(n_users=60)
+    stats: dict = {}
+    top, scores = score_top_k(users, items, K, exclude=sp.csr_matrix(mask.astype(np.float32)), precision="bf16", stats=stats)
+    expected_items, expected_scores = oracle(users, items, K, mask)
+    np.testing.assert_array_equal(top, expected_items)
+    np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
+    assert stats["pool"] == K and 0 < stats["fallback_rows"] < 60
