@@ -29,13 +29,15 @@ import itertools
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+T = TypeVar("T")
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 
@@ -231,9 +233,8 @@ class _Bf16Scorer:
         self.buffers = [torch.empty(batch * w, dtype=torch.bfloat16, device=device) for w in self.widths]
         # children of node j of level i + 1 in level i: j, j + w, ... (w: the width of level i + 1)
         self.child_offsets = [np.arange(g, dtype=np.int64) * w for g, w in zip(self.levels, self.widths[1:], strict=True)]
-        self.rerank_buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rerank_vectors, self.rerank_scores = items.new_empty(0), items.new_empty(0)
         self.fallback_rows = 0
-        self.parallel_chunks = 1
         self.clock = _Clock()
 
     def __call__(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,16 +255,20 @@ class _Bf16Scorer:
         top = levels[-1].view(torch.bfloat16).float().cpu().numpy()
         flat = [level.reshape(-1).cpu().numpy() for level in levels[:-1]]
         clock.lap("block_max")
+        chunks = _row_chunks(rows)
+        parts = _in_threads(lambda lo, hi: self._pool_members(top, flat, lo, hi), chunks)
+        width = max(m.shape[1] for m, _ in parts)
+        members = np.full((rows, width), self.padded, dtype=np.int64)  # empty slots: the zero row
+        for (lo, hi), (part, _) in zip(chunks, parts, strict=True):
+            members[lo:hi, : part.shape[1]] = part
+        threshold = np.concatenate([t for _, t in parts])
+        clock.lap("select")
+        exact = self._rerank(members, start)  # torch, in this thread: its own threads do the work
+        clock.lap("rerank")
         values = np.empty((rows, self.k), dtype=np.float32)
         columns = np.empty((rows, self.k), dtype=np.int64)
         ok = np.empty(rows, dtype=bool)
-        chunks = _row_chunks(rows)
-        self.parallel_chunks = len(chunks)
-        work = lambda lo_hi: self._select(top, flat, start, values, columns, ok, *lo_hi)  # noqa: E731
-        if len(chunks) > 1:
-            list(_pool().map(work, chunks))
-        else:
-            work(chunks[0])
+        _in_threads(lambda lo, hi: self._finish(exact, members, threshold, start, values, columns, ok, lo, hi), chunks)
         clock.lap("select")
         redo = np.flatnonzero(~ok)
         if len(redo):
@@ -274,21 +279,12 @@ class _Bf16Scorer:
             clock.lap("fallback")
         return torch.from_numpy(values), torch.from_numpy(columns)
 
-    def _select(
-        self,
-        top: np.ndarray,
-        flat: list[np.ndarray],
-        start: int,
-        values: np.ndarray,
-        columns: np.ndarray,
-        ok: np.ndarray,
-        lo: int,
-        hi: int,
-    ) -> None:
+    def _pool_members(self, top: np.ndarray, flat: list[np.ndarray], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [lo, hi): the pool's item columns (padded with the zero row) and the threshold."""
         rows, width, pool = hi - lo, top.shape[1], self.pool
         best = np.argpartition(top[lo:hi], width - pool, axis=1)[:, width - pool :]
         threshold = np.take_along_axis(top[lo:hi], best[:, :1], axis=1)[:, 0]  # the pool-th best block maximum
-        # Compared as raw bits: for a threshold >= 0 the int16 order is the bf16 order (checked below).
+        # Compared as raw bits: for a threshold >= 0 the int16 order is the bf16 order (checked in _finish).
         threshold_bits = (threshold.view(np.int32) >> 16).astype(np.int16)
         row = np.repeat(np.arange(rows), pool)
         node = best.ravel()
@@ -299,31 +295,43 @@ class _Bf16Scorer:
             row, node = row[keep_row], index[keep_row, keep_col] - (row[keep_row] + lo) * below
         counts = np.bincount(row, minlength=rows)
         slot = np.arange(len(row)) - (np.cumsum(counts) - counts)[row]
-        members = np.full((rows, max(int(counts.max()), self.k)), self.padded, dtype=np.int64)  # the zero row
+        members = np.full((rows, max(int(counts.max()), self.k)), self.padded, dtype=np.int64)
         members[row, slot] = node
-        began = time.perf_counter()
-        exact = self._rerank(members, start + lo, lo)
-        self.clock.add("rerank", (time.perf_counter() - began) / self.parallel_chunks)
-        exact[members == self.padded] = -np.inf
-        order = _best_first(exact, members)[:, : self.k]
-        values[lo:hi] = np.take_along_axis(exact, order, axis=1)
-        columns[lo:hi] = np.take_along_axis(members, order, axis=1)
-        with np.errstate(invalid="ignore", over="ignore"):
-            bound = threshold * (1 + _BF16_OUTPUT_REL) + self.eps[start + lo : start + hi]
-            ok[lo:hi] = (threshold >= 0) & (bound < values[lo:hi, self.k - 1]) & ~np.isnan(values[lo:hi]).any(axis=1)
+        return members, threshold
 
-    def _rerank(self, members: np.ndarray, first_user: int, chunk: int) -> np.ndarray:
-        """fp32 scores of users [first_user, +rows) x their pool items, into buffers reused per row chunk."""
+    def _finish(
+        self,
+        exact: np.ndarray,
+        members: np.ndarray,
+        threshold: np.ndarray,
+        start: int,
+        values: np.ndarray,
+        columns: np.ndarray,
+        ok: np.ndarray,
+        lo: int,
+        hi: int,
+    ) -> None:
+        """Rows [lo, hi): the top-k of the re-ranked pool, and whether the error bound clears it."""
+        scores, pool = exact[lo:hi], members[lo:hi]
+        scores[pool == self.padded] = -np.inf
+        order = _best_first(scores, pool)[:, : self.k]
+        values[lo:hi] = np.take_along_axis(scores, order, axis=1)
+        columns[lo:hi] = np.take_along_axis(pool, order, axis=1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            bound = threshold[lo:hi] * (1 + _BF16_OUTPUT_REL) + self.eps[start + lo : start + hi]
+            clear = (threshold[lo:hi] >= 0) & (bound < values[lo:hi, self.k - 1])
+            ok[lo:hi] = clear & ~np.isnan(values[lo:hi]).any(axis=1)
+
+    def _rerank(self, members: np.ndarray, first_user: int) -> np.ndarray:
+        """fp32 scores of users [first_user, +rows) x their pool items (buffers reused across batches)."""
         rows, width = members.shape
         dim = self.items.shape[1]
-        vectors, scores = self.rerank_buffers.get(chunk, (None, None))
-        if vectors is None or scores is None or vectors.numel() < rows * width * dim:
-            vectors = self.items.new_empty(rows * width * dim)
-            scores = self.items.new_empty(rows * width)
-            self.rerank_buffers[chunk] = (vectors, scores)
-        gathered = vectors[: rows * width * dim].view(rows * width, dim)
+        if self.rerank_vectors.numel() < rows * width * dim:
+            self.rerank_vectors = self.items.new_empty(rows * width * dim)
+            self.rerank_scores = self.items.new_empty(rows * width)
+        gathered = self.rerank_vectors[: rows * width * dim].view(rows * width, dim)
         torch.index_select(self.items, 0, torch.from_numpy(members).view(-1).to(self.items.device), out=gathered)
-        out = scores[: rows * width].view(rows, width, 1)
+        out = self.rerank_scores[: rows * width].view(rows, width, 1)
         torch.bmm(gathered.view(rows, width, dim), self.users[first_user : first_user + rows].unsqueeze(2), out=out)
         return out.view(rows, width).cpu().numpy()
 
@@ -377,12 +385,7 @@ class _Selector:
         host_scores, host_max = scores.cpu().numpy(), block_max.cpu().numpy()
         values = np.empty((rows, self.k), dtype=np.float32)
         columns = np.empty((rows, self.k), dtype=np.int64)
-        chunks = _row_chunks(rows)
-        work = lambda lo_hi: self._select(host_scores, host_max, values, columns, *lo_hi)  # noqa: E731
-        if len(chunks) > 1:
-            list(_pool().map(work, chunks))
-        else:
-            work(chunks[0])
+        _in_threads(lambda lo, hi: self._select(host_scores, host_max, values, columns, lo, hi), _row_chunks(rows))
         return torch.from_numpy(values), torch.from_numpy(columns)
 
     def _select(
@@ -444,6 +447,13 @@ def _row_chunks(rows: int) -> list[tuple[int, int]]:
     parts = max(1, min(torch.get_num_threads(), rows // _MIN_CHUNK_ROWS))
     bounds = np.linspace(0, rows, parts + 1).astype(int)
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+def _in_threads(work: Callable[[int, int], T], chunks: list[tuple[int, int]]) -> list[T]:
+    """work(lo, hi) for every row chunk, in parallel threads when there are several (numpy releases the GIL)."""
+    if len(chunks) == 1:
+        return [work(*chunks[0])]
+    return list(_pool().map(lambda lo_hi: work(*lo_hi), chunks))
 
 
 def _pool() -> ThreadPoolExecutor:
