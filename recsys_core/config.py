@@ -331,6 +331,10 @@ class ServeSettings(Section):
     # "local": one process, torch (the reference). "spark": user batches scored by Spark tasks
     # (mapInArrow) on spark.master, item matrix broadcast; both publish the same table.
     engine: Literal["local", "spark"] = "local"
+    # How the whole catalogue is scored: "bf16" (bf16 GEMM for a candidate pool, then the pool
+    # re-ranked in fp32; faster where the CPU has AVX-512 BF16/AMX or on a GPU) or "fp32" (one fp32
+    # GEMM). Both publish the exact fp32 top-K (recsys_core.serving.score; bench_scoring.py measures).
+    precision: Literal["fp32", "bf16"] = "bf16"
     # If item features carry this column, items whose value is set and not in
     # available_statuses are never recommended (a null status counts as available).
     item_status_column: str = "status"

@@ -3,7 +3,7 @@
 This is the reference ("local") engine and also the kernel every Spark task
 runs (``recsys_core.serving.spark_score``), so both engines rank identically.
 
-How a batch of users is scored (see ``benchmarks/bench_scoring.py`` for the figures):
+How a batch of users is scored (``precision="fp32"``; see ``benchmarks/bench_scoring.py`` for the figures):
 
 1. one GEMM into a preallocated, contiguous float32 buffer ``[batch, items]``,
 2. the excluded (seen) items are set to -inf by one ``index_fill_`` on the flat
@@ -15,26 +15,53 @@ How a batch of users is scored (see ``benchmarks/bench_scoring.py`` for the figu
    The k best blocks contain a k best items (an item outside them sits in a block
    whose maximum is no better than the k-th block maximum, which is no better
    than the k-th best item), so the result is exact. The two small selections
-   run in numpy (``argpartition``) over row chunks in parallel threads; exact
-   ties come lowest item column first.
+   run in numpy (``argpartition``) over row chunks in parallel threads; equal
+   scores come lowest item column first, also at the k-th place.
 
-On a 2-core machine this brings the whole scoring of 100K users x 20K items
-(d=64, top-50) from ~35-50% to ~55-65% of the machine's GEMM rate for the same
-shapes (a single ``torch.topk`` over 20K columns costs about as much as the GEMM).
+``precision="bf16"`` (``serve.precision``, see ``_Bf16Scorer``) scores the
+catalogue with a bf16 GEMM (about 4x the fp32 GEMM rate on a CPU with AMX /
+AVX-512 BF16), keeps a small candidate pool per user and re-ranks it with fp32
+scores; a per-user bound on the bf16 error proves that no item outside the pool
+can reach the top-k, and rows where it cannot are scored again in fp32. The
+published lists and scores are the exact fp32 ones in both cases.
+
+On a GPU (tensors on a CUDA device) the same code runs the GEMMs, masking and
+block maxima there and the small selections on the host; that path is not
+tested here (no GPU on the build machine). The bound assumes fp32 accumulation
+and round-to-nearest output: set ``torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False``
+before scoring in bf16 on a GPU.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+T = TypeVar("T")
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+
 # Below this many items per candidate item the two-stage selection does not pay.
 _TWO_STAGE_MIN_RATIO = 8
+# bf16 path: the pool re-ranked in fp32 holds k + max(_POOL_MARGIN_MIN, _POOL_MARGIN * k) items;
+# a wider pool costs re-rank time, a narrower one more rows failing the exactness check.
+_POOL_MARGIN = 0.5
+_POOL_MARGIN_MIN = 16
+# bf16 path: items per block at each level of the block-maximum tree, bottom up (a level is
+# used while the catalogue has 4 x pool blocks at it).
+_LEVELS = (4, 4)
+# The bf16 GEMM rounds its fp32 accumulator to the nearest bf16 (8 significant bits):
+# |c - acc| <= 2^-8 |acc|, so |c - acc| <= 2^-8 / (1 - 2^-8) |c|.
+_BF16_OUTPUT_REL = 2.0**-8 / (1 - 2.0**-8)
 
 
 def score_top_k(
@@ -45,13 +72,20 @@ def score_top_k(
     batch_users: int = 1024,
     *,
     min_valid: int | None = None,
+    precision: Precision = "fp32",
+    stats: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item columns and their scores per user, best first, excluded items never returned.
 
     Raises when a user has fewer than ``min_valid`` (default: k) items left to recommend.
     With ``min_valid < k`` (a candidate pool), the slots a user cannot fill hold
-    item -1 and score -inf.
+    item -1 and score -inf. ``precision`` picks how the full catalogue is scored
+    (see the module docstring); the result is the exact fp32 top-k either way.
+    ``stats``, if given, receives seconds per stage, the rows the bf16 path
+    scored again in fp32 and its pool size.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     n_users, n_items = user_vectors.shape[0], item_matrix.shape[0]
     need = k if min_valid is None else min_valid
     if k > n_items:
@@ -65,24 +99,16 @@ def score_top_k(
         csr = exclude if isinstance(exclude, sp.csr_matrix) else sp.csr_matrix(exclude)
         if csr.shape != (n_users, n_items):
             raise ValueError(f"exclude has shape {csr.shape}, expected {(n_users, n_items)}")
-    selector = _Selector(n_items, k)
-    item_t = item_matrix.detach().to(torch.float32)
-    if selector.padded > n_items:  # zero rows: their columns are set to -inf after the GEMM
-        item_t = torch.cat([item_t, item_t.new_zeros(selector.padded - n_items, item_t.shape[1])])
-    item_t = item_t.T.contiguous()
-    users = user_vectors.detach().to(torch.float32).contiguous()
     batch = max(1, min(batch_users, n_users))
-    buffer = torch.empty(batch * selector.padded, dtype=torch.float32)
+    users = user_vectors.detach().to(torch.float32).contiguous()
+    items = item_matrix.detach().to(device=users.device, dtype=torch.float32)
+    exact = _Fp32Scorer(users, items, k, csr)
+    scorer: _Fp32Scorer | _Bf16Scorer = exact if precision == "fp32" else _Bf16Scorer(users, items, k, csr, batch, exact)
     with torch.no_grad():
         for start in range(0, n_users, batch):
             stop = min(start + batch, n_users)
-            scores = buffer[: (stop - start) * selector.padded].view(stop - start, selector.padded)
-            torch.mm(users[start:stop], item_t, out=scores)
-            if selector.padded > n_items:
-                scores[:, n_items:] = float("-inf")
-            if csr is not None:
-                _mask_rows(scores.view(-1), csr, start, stop, selector.padded)
-            values, indices = selector(scores)
+            scorer.clock.start()
+            values, indices = scorer(start, stop)
             finite = torch.isfinite(values)
             short = ~finite[:, :need].all(dim=1) if need else torch.zeros(len(values), dtype=torch.bool)
             if bool(short.any()):
@@ -93,7 +119,32 @@ def score_top_k(
                 values = values.masked_fill(~finite, float("-inf"))
             items_out[start:stop] = indices.numpy()
             scores_out[start:stop] = values.numpy()
+    if stats is not None:
+        stats.update({f"{stage}_s": seconds for stage, seconds in scorer.clock.seconds.items()})
+        stats["fallback_rows"] = getattr(scorer, "fallback_rows", 0)
+        stats["pool"] = getattr(scorer, "pool", None)
     return items_out, scores_out
+
+
+class _Clock:
+    """Seconds per scoring stage (the benchmark's time split); laps are taken by the scoring thread."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.last = time.perf_counter()
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.add(stage, now - self.last)
+        self.last = now
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self.lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
 
 def _mask_rows(flat_scores: torch.Tensor, csr: sp.csr_matrix, start: int, stop: int, width: int) -> None:
@@ -104,7 +155,214 @@ def _mask_rows(flat_scores: torch.Tensor, csr: sp.csr_matrix, start: int, stop: 
     counts = np.diff(csr.indptr[start : stop + 1])
     rows = np.repeat(np.arange(stop - start, dtype=np.int64), counts)
     flat = rows * width + csr.indices[lo:hi].astype(np.int64)
-    flat_scores.index_fill_(0, torch.from_numpy(flat), float("-inf"))
+    flat_scores.index_fill_(0, torch.from_numpy(flat).to(flat_scores.device), float("-inf"))
+
+
+class _Fp32Scorer:
+    """The exact path: fp32 GEMM into a reused buffer, seen items masked, exact top-k (``_Selector``)."""
+
+    def __init__(self, users: torch.Tensor, items: torch.Tensor, k: int, csr: sp.csr_matrix | None):
+        self.users, self.csr, self.n_items = users, csr, items.shape[0]
+        self.selector = _Selector(self.n_items, k)
+        if self.selector.padded > self.n_items:  # zero rows: their columns are set to -inf after the GEMM
+            items = torch.cat([items, items.new_zeros(self.selector.padded - self.n_items, items.shape[1])])
+        self.items_t = items.T.contiguous()
+        self.buffer: torch.Tensor | None = None  # allocated on first use: the bf16 path may never need it
+        self.clock = _Clock()
+
+    def __call__(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rows(self.users[start:stop], self.csr, start, stop)
+
+    def rows(self, users: torch.Tensor, csr: sp.csr_matrix | None, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k of ``users`` (csr rows [start, stop) are their exclusions)."""
+        width = self.selector.padded
+        if self.buffer is None or self.buffer.numel() < len(users) * width:
+            self.buffer = torch.empty(len(users) * width, dtype=torch.float32, device=users.device)
+        scores = self.buffer[: len(users) * width].view(len(users), width)
+        torch.mm(users, self.items_t, out=scores)
+        self.clock.lap("gemm")
+        if width > self.n_items:
+            scores[:, self.n_items :] = float("-inf")
+        if csr is not None:
+            _mask_rows(scores.view(-1), csr, start, stop, width)
+        self.clock.lap("mask")
+        selected = self.selector(scores)
+        self.clock.lap("select")
+        return selected
+
+
+class _Bf16Scorer:
+    """bf16 scores for the whole catalogue, a candidate pool, an exact fp32 re-rank of the pool.
+
+    Per batch: one bf16 GEMM (bf16 output, AMX/AVX-512 BF16 on CPU) into a reused
+    buffer; seen items set to -inf; a tree of block maxima (strided blocks,
+    ``_LEVELS`` items per level: block b of a level of width w holds b, b + w, ...
+    of the level below); the ``pool`` best top-level blocks; then a descent
+    that keeps, level by level, only the children whose maximum reaches ``t``,
+    the pool-th best block maximum; the items that reach ``t`` form the pool.
+    The pool's fp32 scores (gathered item vectors x user vector: the same fp32
+    products and order as the fp32 GEMM) give the top-k, ties lowest column first.
+
+    Maxima are taken on the raw bf16 bits as int16, which orders every value >= 0
+    correctly and puts every negative value below them; so the pool is exact
+    whenever ``t >= 0``. Every item outside the pool scores at most ``t`` in bf16,
+    hence at most ``t (1 + _BF16_OUTPUT_REL) + eps[user]`` in fp32
+    (``_error_bound``). When that is strictly below the k-th re-ranked score, no
+    item outside the pool can enter or tie into the top-k: the result is the
+    exact fp32 top-k. Other rows (``t < 0``, fewer items than the pool, non-finite
+    scores, or a failed check) are scored again by the exact fp32 path;
+    ``fallback_rows`` counts them.
+    """
+
+    def __init__(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        k: int,
+        csr: sp.csr_matrix | None,
+        batch: int,
+        exact: _Fp32Scorer,
+    ):
+        n_items, dim = items.shape
+        self.users, self.csr, self.k, self.exact, self.n_items = users, csr, k, exact, n_items
+        self.pool = min(n_items, k + max(_POOL_MARGIN_MIN, math.ceil(_POOL_MARGIN * k)))
+        self.levels: list[int] = []
+        while len(self.levels) < len(_LEVELS) and n_items >= math.prod(self.levels) * _LEVELS[len(self.levels)] * 4 * self.pool:
+            self.levels.append(_LEVELS[len(self.levels)])
+        group = math.prod(self.levels)
+        self.padded = group * -(-n_items // group)
+        self.widths = [self.padded // math.prod(self.levels[:i]) for i in range(len(self.levels) + 1)]
+        # one zero row past the padding: the pool's empty slots point at it
+        items = torch.cat([items, items.new_zeros(self.padded + 1 - n_items, dim)])
+        self.items = items.contiguous()
+        self.items_t = items[: self.padded].T.contiguous().to(torch.bfloat16)
+        self.users_bf16 = users.to(torch.bfloat16)
+        self.eps = _error_bound(users, self.users_bf16, items[:n_items])
+        device = users.device
+        self.buffers = [torch.empty(batch * w, dtype=torch.bfloat16, device=device) for w in self.widths]
+        # children of node j of level i + 1 in level i: j, j + w, ... (w: the width of level i + 1)
+        self.child_offsets = [np.arange(g, dtype=np.int64) * w for g, w in zip(self.levels, self.widths[1:], strict=True)]
+        self.rerank_vectors, self.rerank_scores = items.new_empty(0), items.new_empty(0)
+        self.fallback_rows = 0
+        self.clock = _Clock()
+
+    def __call__(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, clock = stop - start, self.clock
+        scores = self.buffers[0][: rows * self.padded].view(rows, self.padded)
+        torch.mm(self.users_bf16[start:stop], self.items_t, out=scores)
+        clock.lap("gemm")
+        if self.padded > self.n_items:
+            scores[:, self.n_items :] = float("-inf")
+        if self.csr is not None:
+            _mask_rows(scores.view(-1), self.csr, start, stop, self.padded)
+        clock.lap("mask")
+        levels = [scores.view(torch.int16)]
+        for group, width, buffer in zip(self.levels, self.widths[1:], self.buffers[1:], strict=True):
+            out = buffer[: rows * width].view(torch.int16).view(rows, width)
+            torch.amax(levels[-1].view(rows, group, width), dim=1, out=out)
+            levels.append(out)
+        top = levels[-1].view(torch.bfloat16).float().cpu().numpy()
+        flat = [level.reshape(-1).cpu().numpy() for level in levels[:-1]]
+        clock.lap("block_max")
+        chunks = _row_chunks(rows)
+        parts = _in_threads(lambda lo, hi: self._pool_members(top, flat, lo, hi), chunks)
+        width = max(m.shape[1] for m, _ in parts)
+        members = np.full((rows, width), self.padded, dtype=np.int64)  # empty slots: the zero row
+        for (lo, hi), (part, _) in zip(chunks, parts, strict=True):
+            members[lo:hi, : part.shape[1]] = part
+        threshold = np.concatenate([t for _, t in parts])
+        clock.lap("select")
+        exact = self._rerank(members, start)  # torch, in this thread: its own threads do the work
+        clock.lap("rerank")
+        values = np.empty((rows, self.k), dtype=np.float32)
+        columns = np.empty((rows, self.k), dtype=np.int64)
+        ok = np.empty(rows, dtype=bool)
+        _in_threads(lambda lo, hi: self._finish(exact, members, threshold, start, values, columns, ok, lo, hi), chunks)
+        clock.lap("select")
+        redo = np.flatnonzero(~ok)
+        if len(redo):
+            self.fallback_rows += len(redo)
+            csr = self.csr[redo + start] if self.csr is not None else None
+            v, c = self.exact.rows(self.users[torch.from_numpy(redo + start)], csr, 0, len(redo))
+            values[redo], columns[redo] = v.numpy(), c.numpy()
+            clock.lap("fallback")
+        return torch.from_numpy(values), torch.from_numpy(columns)
+
+    def _pool_members(self, top: np.ndarray, flat: list[np.ndarray], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [lo, hi): the pool's item columns (padded with the zero row) and the threshold."""
+        rows, width, pool = hi - lo, top.shape[1], self.pool
+        best = np.argpartition(top[lo:hi], width - pool, axis=1)[:, width - pool :]
+        threshold = np.take_along_axis(top[lo:hi], best[:, :1], axis=1)[:, 0]  # the pool-th best block maximum
+        # Compared as raw bits: for a threshold >= 0 the int16 order is the bf16 order (checked in _finish).
+        threshold_bits = (threshold.view(np.int32) >> 16).astype(np.int16)
+        row = np.repeat(np.arange(rows), pool)
+        node = best.ravel()
+        for level in range(len(self.levels) - 1, -1, -1):  # down to the items, keeping what reaches the threshold
+            below = self.widths[level]
+            index = ((row + lo) * below + node)[:, None] + self.child_offsets[level]
+            keep_row, keep_col = np.nonzero(flat[level].take(index) >= threshold_bits[row][:, None])
+            row, node = row[keep_row], index[keep_row, keep_col] - (row[keep_row] + lo) * below
+        counts = np.bincount(row, minlength=rows)
+        slot = np.arange(len(row)) - (np.cumsum(counts) - counts)[row]
+        members = np.full((rows, max(int(counts.max()), self.k)), self.padded, dtype=np.int64)
+        members[row, slot] = node
+        return members, threshold
+
+    def _finish(
+        self,
+        exact: np.ndarray,
+        members: np.ndarray,
+        threshold: np.ndarray,
+        start: int,
+        values: np.ndarray,
+        columns: np.ndarray,
+        ok: np.ndarray,
+        lo: int,
+        hi: int,
+    ) -> None:
+        """Rows [lo, hi): the top-k of the re-ranked pool, and whether the error bound clears it."""
+        scores, pool = exact[lo:hi], members[lo:hi]
+        scores[pool == self.padded] = -np.inf
+        order = _best_first(scores, pool)[:, : self.k]
+        values[lo:hi] = np.take_along_axis(scores, order, axis=1)
+        columns[lo:hi] = np.take_along_axis(pool, order, axis=1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            bound = threshold[lo:hi] * (1 + _BF16_OUTPUT_REL) + self.eps[start + lo : start + hi]
+            clear = (threshold[lo:hi] >= 0) & (bound < values[lo:hi, self.k - 1])
+            ok[lo:hi] = clear & ~np.isnan(values[lo:hi]).any(axis=1)
+
+    def _rerank(self, members: np.ndarray, first_user: int) -> np.ndarray:
+        """fp32 scores of users [first_user, +rows) x their pool items (buffers reused across batches)."""
+        rows, width = members.shape
+        dim = self.items.shape[1]
+        if self.rerank_vectors.numel() < rows * width * dim:
+            self.rerank_vectors = self.items.new_empty(rows * width * dim)
+            self.rerank_scores = self.items.new_empty(rows * width)
+        gathered = self.rerank_vectors[: rows * width * dim].view(rows * width, dim)
+        torch.index_select(self.items, 0, torch.from_numpy(members).view(-1).to(self.items.device), out=gathered)
+        out = self.rerank_scores[: rows * width].view(rows, width, 1)
+        torch.bmm(gathered.view(rows, width, dim), self.users[first_user : first_user + rows].unsqueeze(2), out=out)
+        return out.view(rows, width).cpu().numpy()
+
+
+def _error_bound(users: torch.Tensor, users_bf16: torch.Tensor, items: torch.Tensor) -> np.ndarray:
+    """Per user, a bound on |fp32 score - bf16 GEMM accumulator| over every item (before output rounding).
+
+    With u = ub + du (ub its bf16 rounding) and e = eb + de: u.e - ub.eb = du.e + ub.de, so
+    |u.e - ub.eb| <= |du| max|e| + |ub| max|de| (Cauchy-Schwarz). Both fp32 dot products
+    (the exact one and the bf16 GEMM's fp32 accumulator) are within gamma_d |a||b| of their
+    real value, gamma_d = d u/(1 - d u), u = 2^-24. Computed in float64, then a small
+    relative margin for its own rounding and an absolute one for flushed denormals.
+    """
+    d = users.shape[1]
+    u64, ub64 = users.double().cpu(), users_bf16.double().cpu()
+    e64 = items.double().cpu()
+    e_max = float(e64.norm(dim=1).max()) if len(e64) else 0.0
+    de_max = float((e64 - items.to(torch.bfloat16).double().cpu()).norm(dim=1).max()) if len(e64) else 0.0
+    gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
+    u_norm, ub_norm = u64.norm(dim=1), ub64.norm(dim=1)
+    eps = (u64 - ub64).norm(dim=1) * e_max + ub_norm * de_max + gamma * (ub_norm * (e_max + de_max) + u_norm * e_max)
+    return (eps * (1 + 2.0**-20) + d * 2.0**-125).numpy()
 
 
 class _Selector:
@@ -129,38 +387,65 @@ class _Selector:
             self.padded = n_items
 
     def __call__(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.two_stage:
-            return torch.topk(scores, self.k, dim=1, sorted=True)
         rows = scores.shape[0]
-        block_max = scores.view(rows, self.group, self.n_blocks).amax(dim=1)
+        block_max = scores.view(rows, self.group, self.n_blocks).amax(dim=1) if self.two_stage else scores
         if bool(torch.isnan(block_max).any()):  # let the caller see the NaN and refuse the row
             return torch.topk(scores, self.k, dim=1, sorted=True)
+        host_scores, host_max = scores.cpu().numpy(), block_max.cpu().numpy()
         values = np.empty((rows, self.k), dtype=np.float32)
         columns = np.empty((rows, self.k), dtype=np.int64)
-        chunks = _row_chunks(rows)
-        work = lambda lo_hi: self._select(scores, block_max.numpy(), values, columns, *lo_hi)  # noqa: E731
-        if len(chunks) > 1:
-            list(_pool().map(work, chunks))
-        else:
-            work(chunks[0])
+        _in_threads(lambda lo, hi: self._select(host_scores, host_max, values, columns, lo, hi), _row_chunks(rows))
         return torch.from_numpy(values), torch.from_numpy(columns)
 
     def _select(
-        self, scores: torch.Tensor, block_max: np.ndarray, values: np.ndarray, columns: np.ndarray, lo: int, hi: int
+        self, scores: np.ndarray, block_max: np.ndarray, values: np.ndarray, columns: np.ndarray, lo: int, hi: int
     ) -> None:
-        k = self.k
-        blocks = np.argpartition(-block_max[lo:hi], k - 1, axis=1)[:, :k]
-        candidates = (blocks[:, :, None] + self.offsets).reshape(hi - lo, -1)
-        cand_scores = torch.gather(scores[lo:hi], 1, torch.from_numpy(candidates)).numpy()
-        best = np.argpartition(-cand_scores, k - 1, axis=1)[:, :k]
+        k, rows = self.k, hi - lo
+        if self.two_stage:
+            blocks, block_out = _largest(block_max[lo:hi], k)
+            candidates = (blocks[:, :, None] + self.offsets).reshape(rows, -1)
+            cand_scores = np.take_along_axis(scores[lo:hi], candidates, axis=1)
+        else:
+            candidates = np.broadcast_to(np.arange(scores.shape[1]), (rows, scores.shape[1]))
+            cand_scores, block_out = scores[lo:hi], np.full(rows, -np.inf, dtype=np.float32)
+        best, cand_out = _largest(cand_scores, k)
         top_scores = np.take_along_axis(cand_scores, best, axis=1)
         top_columns = np.take_along_axis(candidates, best, axis=1)
-        by_column = np.argsort(top_columns, axis=1, kind="stable")
-        top_scores = np.take_along_axis(top_scores, by_column, axis=1)
-        top_columns = np.take_along_axis(top_columns, by_column, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")  # best first, ties: lowest column first
+        order = _best_first(top_scores, top_columns)
         values[lo:hi] = np.take_along_axis(top_scores, order, axis=1)
         columns[lo:hi] = np.take_along_axis(top_columns, order, axis=1)
+        kth = values[lo:hi, k - 1]
+        # An item left out that equals the k-th score may have a lower column: redo those rows on the full row.
+        for r in np.flatnonzero((cand_out >= kth) | (block_out >= kth)):
+            row = scores[lo + r]
+            tied = np.flatnonzero(row >= kth[r])
+            pick = tied[_best_first(row[tied][None, :], tied[None, :])[0, :k]]
+            values[lo + r], columns[lo + r] = row[pick], pick
+
+
+def _largest(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of the n largest entries per row (any order), and the largest entry left out (-inf if none)."""
+    rows, width = scores.shape
+    if width <= n:
+        return np.broadcast_to(np.arange(width), (rows, width)), np.full(rows, -np.inf, dtype=np.float32)
+    part = np.argpartition(scores, width - n - 1, axis=1)
+    return part[:, width - n :], _entries(scores, part[:, width - n - 1])
+
+
+def _entries(scores: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """scores[row, columns[row]] for every row."""
+    return np.take_along_axis(scores, columns[:, None], axis=1)[:, 0]
+
+
+def _best_first(scores: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """Per row, the order of the entries by descending score, equal scores lowest column first.
+
+    One int64 key per entry: an order-preserving int32 image of the float32 score
+    (negated), then the column (< 2^31).
+    """
+    bits = (scores.astype(np.float32) + np.float32(0.0)).view(np.int32)  # + 0.0: -0.0 ties with 0.0
+    key = (~(bits ^ ((bits >> 31) & 0x7FFFFFFF))).astype(np.int64) << 32 | columns
+    return np.argsort(key, axis=1)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -171,6 +456,13 @@ def _row_chunks(rows: int) -> list[tuple[int, int]]:
     parts = max(1, min(torch.get_num_threads(), rows // _MIN_CHUNK_ROWS))
     bounds = np.linspace(0, rows, parts + 1).astype(int)
     return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+
+def _in_threads(work: Callable[[int, int], T], chunks: list[tuple[int, int]]) -> list[T]:
+    """work(lo, hi) for every row chunk, in parallel threads when there are several (numpy releases the GIL)."""
+    if len(chunks) == 1:
+        return [work(*chunks[0])]
+    return list(_pool().map(lambda lo_hi: work(*lo_hi), chunks))
 
 
 def _pool() -> ThreadPoolExecutor:
@@ -190,6 +482,7 @@ def recommend_top_k(
     mmr_lambda: float | None = None,
     categories: np.ndarray | None = None,
     pool_factor: int = 3,
+    precision: Precision = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The published ranking: plain top-k, or MMR re-ranking of a top-(pool_factor*k) pool.
 
@@ -198,13 +491,15 @@ def recommend_top_k(
     (non-increasing; see ``recsys_core.serving.rerank``).
     """
     if mmr_lambda is None:
-        return score_top_k(user_vectors, item_matrix, k, exclude=exclude, batch_users=batch_users)
+        return score_top_k(user_vectors, item_matrix, k, exclude=exclude, batch_users=batch_users, precision=precision)
     from recsys_core.serving.rerank import mmr_rerank
 
     if categories is None:
         raise ValueError("MMR re-ranking needs the item categories")
     pool = min(max(pool_factor, 1) * k, item_matrix.shape[0])
-    pool_items, pool_scores = score_top_k(user_vectors, item_matrix, pool, exclude=exclude, batch_users=batch_users, min_valid=k)
+    pool_items, pool_scores = score_top_k(
+        user_vectors, item_matrix, pool, exclude=exclude, batch_users=batch_users, min_valid=k, precision=precision
+    )
     return mmr_rerank(pool_items, pool_scores, categories, k, mmr_lambda)
 
 

@@ -15,12 +15,15 @@ single-threaded task per core instead of oversubscribing the cores.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
+
+if TYPE_CHECKING:
+    from recsys_core.serving.score import Precision
 
 OUTPUT_SCHEMA = "user_id string, rank int, item_id string, score float"
 _ARROW_OUTPUT = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())])
@@ -48,6 +51,7 @@ def score_arrow_batch(
     mmr_lambda: float | None = None,
     categories: np.ndarray | None = None,
     pool_factor: int = 3,
+    precision: Precision = "fp32",
 ) -> pa.RecordBatch:
     """Score one Arrow batch of users (see ``user_batch_table``) → (user_id, rank, item_id, score) rows."""
     import torch
@@ -79,6 +83,7 @@ def score_arrow_batch(
         mmr_lambda=mmr_lambda,
         categories=categories,
         pool_factor=pool_factor,
+        precision=precision,
     )
     return pa.RecordBatch.from_arrays(
         [
@@ -105,6 +110,7 @@ def spark_top_k(
     categories: np.ndarray | None = None,
     pool_factor: int = 3,
     users_per_task: int | None = None,
+    precision: Precision = "fp32",
 ) -> pa.Table:
     """Top-k rows (user_id, rank, item_id, score) for every user, scored by Spark tasks, sorted by user and rank."""
     if k > len(item_ids):
@@ -119,7 +125,12 @@ def spark_top_k(
     b_items = sc.broadcast(matrix)
     b_ids = sc.broadcast(np.asarray(item_ids, dtype=object))
     b_cats = sc.broadcast(np.asarray(categories, dtype=bool)) if categories is not None else None
-    options: dict[str, Any] = {"batch_users": batch_users, "mmr_lambda": mmr_lambda, "pool_factor": pool_factor}
+    options: dict[str, Any] = {
+        "batch_users": batch_users,
+        "mmr_lambda": mmr_lambda,
+        "pool_factor": pool_factor,
+        "precision": precision,
+    }
 
     def score_partition(batches):
         import torch

@@ -255,7 +255,12 @@ def score_users(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-K item columns and scores for model users on the configured engine."""
     serve = settings.serve
-    options: dict[str, Any] = {"mmr_lambda": serve.mmr_lambda, "categories": categories, "pool_factor": serve.mmr_pool_factor}
+    options: dict[str, Any] = {
+        "mmr_lambda": serve.mmr_lambda,
+        "categories": categories,
+        "pool_factor": serve.mmr_pool_factor,
+        "precision": serve.precision,
+    }
     if serve.engine == "local":
         return recommend_top_k(vectors, item_matrix, serve.top_k, exclude=exclude, batch_users=serve.score_batch_users, **options)
     from recsys_core.serving.spark_score import rows_to_matrices, spark_top_k
