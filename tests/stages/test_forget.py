@@ -54,7 +54,8 @@ def user_rows_in_file(path: Path, users: set[str]) -> int:
         table = pq.read_table(path, partitioning=None)
         found = 0
         if "user_id" in table.column_names:
-            found += pc.sum(pc.is_in(pc.utf8_trim_whitespace(table["user_id"].cast(pa.string())), pa.array(sorted(users)))).as_py() or 0
+            ids = pc.utf8_trim_whitespace(table["user_id"].cast(pa.string()))
+            found += pc.sum(pc.is_in(ids, pa.array(sorted(users)))).as_py() or 0
         if "raw" in table.column_names:
             found += sum(1 for raw in table["raw"].to_pylist() if raw and line_belongs(raw, users, pattern))
         return found
@@ -107,7 +108,8 @@ def test_forget_users_everywhere_survives_kill_9_and_is_idempotent(pipeline, tmp
     assert any("/raw/events/" in p for p in held) and any("/interactions/" in p for p in held)
     assert any("/recommendations/" in p for p in held) and any("/user_profiles/" in p for p in held)
     reader = RecommendationReader(settings)
-    others_before = {dt: reader.table(dt).filter(pc.invert(pc.is_in(reader.table(dt)["user_id"], pa.array(sorted(users))))) for dt in reader.dates()}
+    gone = pa.array(sorted(users))
+    others_before = {dt: reader.table(dt).filter(pc.invert(pc.is_in(reader.table(dt)["user_id"], gone))) for dt in reader.dates()}
     workspace_files = sorted((root / "work" / "train").glob("*/prepared-*.pt"))
     assert workspace_files
 
@@ -202,7 +204,8 @@ def test_forget_users_everywhere_survives_kill_9_and_is_idempotent(pipeline, tmp
     forgotten = sorted(users)[0]
     ts = f"{late_day.isoformat()}T10:00:00Z"
     event = settings.ingest.event_types[0]
-    lines = [json.dumps({"event_id": f"late-{n}", "user_id": "someone-else", "item_id": "i1", "event_type": event, "ts": ts}) for n in range(20)]
+    line = {"user_id": "someone-else", "item_id": "i1", "event_type": event, "ts": ts}
+    lines = [json.dumps({"event_id": f"late-{n}", **line}) for n in range(20)]
     lines[0] = json.dumps({"event_id": "late-x", "user_id": forgotten, "item_id": "i1", "event_type": event, "ts": ts})
     lines[2] = lines[2].replace('"someone-else"', json.dumps(f" {forgotten} "))
     with gzip.open(folder / "events-000.jsonl.gz", "wb") as handle:
