@@ -203,7 +203,7 @@ class Forgetter:
             self._count(name, path, table.num_rows, 0)
 
     def scrub_json_file(self, path: str) -> None:
-        with self.lake.fs.open_input_stream(path) as stream:
+        with self.lake.fs.open_input_stream(path, compression=None) as stream:  # the bytes as stored
             content = stream.read()
         compressed = path.endswith(".gz") or content[:2] == b"\x1f\x8b"
         data = decompress(path, content)
@@ -269,10 +269,10 @@ class Forgetter:
     def step_training(self) -> None:
         import json
 
-        import torch
-
         root = self.settings.work_dir / "train"
         for prepared in sorted(root.glob("*/prepared-*.pt")) if root.exists() else []:
+            import torch
+
             content = torch.load(prepared, map_location="cpu", weights_only=True)
             ids = json.loads(content["user_ids_json"])
             hit = sum(1 for u in ids if u in self.users)
