@@ -187,20 +187,24 @@ class Forgetter:
     def scrub_parquet_file(self, contract: Table, path: str, table_name: str | None = None, **detail) -> None:
         """One Parquet file without the users' rows (temp file + rename)."""
         name = table_name or contract.name
-        table = pq.read_table(path, filesystem=self.lake.fs, partitioning=None)
         column = "raw" if contract is QUARANTINE else "user_id"
-        if column not in table.column_names:
-            self._count(name, path, table.num_rows, 0)
+        with self.lake.fs.open_input_file(path) as handle:
+            meta = pq.ParquetFile(handle)
+            names, rows = meta.schema_arrow.names, meta.metadata.num_rows
+        if column not in names:
+            self._count(name, path, rows, 0)
             return
-        hit = self.mask(table, contract)
+        # The key column first: most files hold none of the users and are never read whole.
+        hit = self.mask(pq.read_table(path, filesystem=self.lake.fs, columns=[column], partitioning=None), contract)
         removable = pc.sum(hit).as_py() or 0
-        if removable:
-            kept = table.filter(pc.invert(hit))
-            self._intent(name, path, table.num_rows, kept.num_rows, **detail)
-            self._replace(path, lambda tmp: pq.write_table(kept, tmp, filesystem=self.lake.fs, compression="zstd"))
-            self._count(name, path, kept.num_rows, 0)
-        else:
-            self._count(name, path, table.num_rows, 0)
+        if not removable:
+            self._count(name, path, rows, 0)
+            return
+        table = pq.read_table(path, filesystem=self.lake.fs, partitioning=None)
+        kept = table.filter(pc.invert(hit))
+        self._intent(name, path, table.num_rows, kept.num_rows, **detail)
+        self._replace(path, lambda tmp: pq.write_table(kept, tmp, filesystem=self.lake.fs, compression="zstd"))
+        self._count(name, path, kept.num_rows, 0)
 
     def scrub_json_file(self, path: str) -> None:
         with self.lake.fs.open_input_stream(path, compression=None) as stream:  # the bytes as stored
