@@ -76,7 +76,12 @@ def check_tables(lake: Lake) -> None:
     for contract in (*ALL_TABLES.values(),):
         base = Path(lake.table_path(contract))
         for path in sorted(base.rglob("*.parquet")) if base.exists() else []:
-            conform(pq.read_table(path, partitioning=None), contract, where=str(path))
+            table = pq.read_table(path, partitioning=None)
+            for part in path.relative_to(base).parts[:-1]:  # hive folders (interactions: dt and ingest_dt)
+                key, _, value = part.partition("=")
+                if key in contract.columns and key != contract.partition and key not in table.column_names:
+                    table = table.append_column(key, pa.array([value] * table.num_rows).cast(contract.schema.field(key).type))
+            conform(table, contract, where=str(path))
         if contract.partition is None or contract.name.startswith("raw/") or contract is INTERACTIONS:
             continue
         for value in lake.partitions(contract):
