@@ -80,16 +80,32 @@ def split_keep(data: bytes, users: set[str], pattern: re.Pattern[bytes]) -> tupl
     """
     if not data:
         return data, 0, 0
-    lines = data.split(b"\n")
-    ends_with_newline = lines[-1] == b""
-    if ends_with_newline:
-        lines.pop()
-    if not pattern.search(data):
-        return data, len(lines), 0
+    ends_with_newline = data.endswith(b"\n")
+    lines = data.count(b"\n") + (0 if ends_with_newline else 1)
+    # The regex scans the whole content in C; only the lines around its matches are looked at here.
     # Lines are split on "\n" only, as the ingest does; a "\r" before it belongs to the line.
-    kept = [line for line in lines if not line_belongs(line.removesuffix(b"\r"), users, pattern)]
-    body = b"\n".join(kept)
-    return (body + b"\n" if kept and ends_with_newline else body), len(lines), len(lines) - len(kept)
+    spans: list[tuple[int, int]] = []
+    last_end = -1
+    for match in pattern.finditer(data):
+        start = data.rfind(b"\n", 0, match.start()) + 1
+        if start <= last_end:
+            continue  # a second match on a line already decided
+        end = data.find(b"\n", match.end())
+        end = len(data) if end == -1 else end
+        if line_belongs(data[start:end].removesuffix(b"\r"), users, pattern):
+            spans.append((start, min(end + 1, len(data))))
+        last_end = end
+    if not spans:
+        return data, lines, 0
+    pieces, position = [], 0
+    for start, end in spans:
+        pieces.append(data[position:start])
+        position = end
+    pieces.append(data[position:])
+    kept = b"".join(pieces)
+    if kept.endswith(b"\n") and not ends_with_newline:
+        kept = kept[:-1]  # the last line went: the one before it ends the file, as the last did
+    return kept, lines, len(spans)
 
 
 def quarantine_forgotten(classified, hashes: list[str], salt: str):

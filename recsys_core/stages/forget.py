@@ -216,7 +216,7 @@ class Forgetter:
             self._count(RAW_EVENTS.name, path, lines, 0)
             return
         self._intent(RAW_EVENTS.name, path, lines, lines - removed)
-        payload = gzip.compress(kept, mtime=0) if compressed else kept
+        payload = gzip.compress(kept, compresslevel=6, mtime=0) if compressed else kept
 
         def write(tmp: str) -> None:
             with self.lake.fs.open_output_stream(tmp) as out:
