@@ -220,7 +220,8 @@ def test_forget_users_everywhere_survives_kill_9_and_is_idempotent(pipeline, tmp
     quarantined = lake.read_partition(QUARANTINE, late_day)
     assert sorted(quarantined["line_no"].to_pylist()) == [1, 3]
     assert set(quarantined["reason"].to_pylist()) == {"forgotten"} and set(quarantined["raw"].to_pylist()) == {REDACTED}
-    accepted = ds.dataset(lake.table_path(INTERACTIONS), format="parquet", partitioning="hive").to_table(
+    hive = ds.partitioning(pa.schema([("dt", pa.date32()), ("ingest_dt", pa.date32())]), flavor="hive")
+    accepted = ds.dataset(lake.table_path(INTERACTIONS), format="parquet", partitioning=hive).to_table(
         filter=ds.field("ingest_dt") == pa.scalar(late_day, pa.date32())
     )
     assert set(accepted["user_id"].to_pylist()) == {"someone-else"}
