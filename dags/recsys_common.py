@@ -46,7 +46,9 @@ def daily() -> CronDataIntervalTimetable:
     return CronDataIntervalTimetable(OPS.daily_cron, timezone="UTC")
 
 
-def recsys_dag(dag_id: str, *, description: str, schedule, doc_md: str | None, tags: list[str]) -> DAG:
+def recsys_dag(
+    dag_id: str, *, description: str, schedule, doc_md: str | None, tags: list[str], params: dict | None = None
+) -> DAG:
     """The settings every recsys DAG shares.
 
     - ``max_active_runs=1``: runs of one DAG share the lake's pointers and the training workspace,
@@ -54,6 +56,7 @@ def recsys_dag(dag_id: str, *, description: str, schedule, doc_md: str | None, t
     - ``catchup=False``: the ingest catches up every landed day by itself, so missed days need no
       replay; history is rebuilt on purpose with ``airflow backfill create``.
     - Unpaused at creation: the chain features → train → nightly runs from one trigger.
+    - ``params``: the DAG's own Params instead of the run date (``recsys_forget``).
     """
     return DAG(
         dag_id=dag_id,
@@ -63,7 +66,7 @@ def recsys_dag(dag_id: str, *, description: str, schedule, doc_md: str | None, t
         catchup=False,
         max_active_runs=1,
         is_paused_upon_creation=False,
-        params={"run_date": RUN_DATE_PARAM},
+        params=params if params is not None else {"run_date": RUN_DATE_PARAM},
         default_args={
             "owner": OPS.owner,
             "retries": OPS.retries,

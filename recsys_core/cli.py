@@ -146,6 +146,35 @@ def cmd_recs_show(args, settings: Settings) -> None:
     console.print(table)
 
 
+def cmd_forget(args, settings: Settings) -> None:
+    from recsys_core.stages.forget import run_forget
+
+    report = run_forget(settings, args.user, args.request_id)
+    print_forget_report(report)
+
+
+def print_forget_report(report) -> None:
+    note = " (already done: nothing changed)" if report.already_done else ""
+    tables = RichTable(title=f"forget {report.request_id}: {report.users} user(s){note}")
+    for column in ("table", "files", "rows before", "rows after", "removed"):
+        tables.add_column(column, justify="left" if column == "table" else "right")
+    for name, t in report.tables.items():
+        removed = t["rows_before"] - t["rows_after"]
+        tables.add_row(name, f"{t['files']:,}", f"{t['rows_before']:,}", f"{t['rows_after']:,}", f"{removed:,}")
+    console.print(tables)
+    files = RichTable(title="files changed")
+    for column in ("table", "file", "rows before", "rows after"):
+        files.add_column(column, justify="left" if column in ("table", "file") else "right")
+    for change in report.changes:
+        files.add_row(change.table, change.path, f"{change.before:,}", f"{change.after:,}")
+    console.print(files)
+    tagged = ", ".join(f"v{v}" for v in report.tagged_versions) or "none"
+    console.print(
+        f"removed {sum(report.rows_removed.values()):,} rows in {len(report.changes):,} files; "
+        f"model versions tagged contains_forgotten_users: {tagged}; {report.seconds:.1f}s"
+    )
+
+
 def cmd_mlflow_ui(args, settings: Settings) -> None:
     from recsys_core.io.registry import configure_tracking, mlflow_server_command
 
@@ -198,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", type=_date, default=None)
     p.add_argument("--limit", type=int, default=10)
     p.set_defaults(func=cmd_recs_show)
+    p = add("forget", cmd_forget, "remove every row of the given users from the lake and training data", False)
+    p.add_argument("--user", action="append", required=True, help="a user id to forget (repeat for several)")
+    p.add_argument("--request-id", required=True, help="names the request in the tombstone log; a rerun resumes it")
     p = add("mlflow-ui", cmd_mlflow_ui, "start the MLflow UI on the project's store", False)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)

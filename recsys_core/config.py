@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -385,6 +385,13 @@ class OrchestrationSettings(Section):
         return self.task_timeout_minutes.get(task_id, self.default_timeout_minutes)
 
 
+class ForgetSettings(Section):
+    # The secret salt of the tombstones' user hashes (RECSYS_FORGET__SALT). Unset: one is generated on
+    # first use into <data_root>/secrets/forget_salt (mode 0600). Every machine that ingests or
+    # forgets must use the same salt: on a cluster, set it from the secret store.
+    salt: SecretStr | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RECSYS_",
@@ -404,6 +411,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = RegistrySettings()
     serve: ServeSettings = ServeSettings()
     orchestration: OrchestrationSettings = OrchestrationSettings()
+    forget: ForgetSettings = ForgetSettings()
 
     @field_validator("data_root")
     @classmethod

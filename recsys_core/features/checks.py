@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from recsys_core.contracts import INTERACTIONS, ITEM_FEATURES, QUARANTINE, TS, USER_PROFILES, Table
 from recsys_core.errors import PublishError
-from recsys_core.features.ingest import REASONS
+from recsys_core.features.forget import QUARANTINE_REASONS
 from recsys_core.windows import ACTIVITY_WINDOWS_DAYS, POPULARITY_WINDOWS_DAYS, activity_column, popularity_column
 
 with warnings.catch_warnings():
@@ -140,7 +140,7 @@ class QuarantineCheck(pdx.DataFrameModel):
 
     source_file: pa.string() = pdx.Field(nullable=False)
     line_no: pa.int64() = pdx.Field(nullable=False, ge=1)
-    reason: pa.string() = pdx.Field(nullable=False, isin=list(REASONS))
+    reason: pa.string() = pdx.Field(nullable=False, isin=list(QUARANTINE_REASONS))
     detail: pa.string() = pdx.Field(nullable=True)
     raw: pa.string() = pdx.Field(nullable=False)
     dt: pa.date32() = pdx.Field(nullable=False)

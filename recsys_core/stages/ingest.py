@@ -22,6 +22,7 @@ from recsys_core.config import Settings
 from recsys_core.contracts import INTERACTIONS, QUARANTINE, RAW_EVENTS
 from recsys_core.errors import MissingInput
 from recsys_core.features.checks import DataCheckFailed, check_table
+from recsys_core.features.forget import quarantine_forgotten
 from recsys_core.features.ingest import (
     LINES_SCHEMA,
     PARQUET_SUFFIX,
@@ -30,6 +31,7 @@ from recsys_core.features.ingest import (
     classify,
     lines_from_files,
 )
+from recsys_core.io.forget_log import forgotten_for_ingest
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import commit_ingest, completed_ingests, spark_ingested
 
@@ -104,7 +106,10 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
     lookback = timedelta(days=settings.ingest.lateness_days + settings.ingest.dedup_lookback_days)
     earlier = [d for d in completed_ingests(lake) if dates[0] - lookback <= d < dates[-1] and d not in dates]
     known = spark_ingested(spark, lake, earlier).select("event_id", "ingest_dt") if earlier else None
-    classified = classify(lines, settings.ingest, known).persist()
+    classified = classify(lines, settings.ingest, known)
+    # Forget hook: later events of a forgotten user are quarantined as "forgotten" (recsys_core.stages.forget).
+    forgotten, salt = forgotten_for_ingest(settings, lake)
+    classified = quarantine_forgotten(classified, forgotten, salt).persist()
     staged_interactions = lake.new_staging_path(INTERACTIONS, f"ingest-{dates[0]}-{dates[-1]}")
     staged_quarantine = lake.new_staging_path(QUARANTINE, f"ingest-{dates[0]}-{dates[-1]}")
     try:

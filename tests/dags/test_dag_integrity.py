@@ -151,3 +151,22 @@ def test_failure_summary_finds_the_first_error_line(dagbag, tmp_path):
     log_file.write_text("\n".join(json.dumps({"event": e}) for e in events))
     assert first_error_line(log_file, None) == "recsys_core.errors.MissingInput: no trained model at /x/best.pt"
     assert first_error_line(tmp_path / "missing.log", RuntimeError("boom\nmore")) == "boom"
+
+
+def test_forget_dag_is_manual_with_user_and_request_params(dagbag, tmp_path):
+    import json
+    import subprocess
+
+    dag = dagbag.dags["recsys_forget"]
+    assert dag.timetable.can_be_scheduled is False, "forgetting runs only when triggered by hand"
+    assert dag.max_active_runs == 1 and dag.catchup is False and "Writes" in dag.doc_md
+    assert dag.params.get_param("user_ids").schema["type"] == "array"
+    assert dag.params.get_param("request_id").schema["type"] == "string"
+    [task] = dag.tasks
+    assert task.doc_md and task.retries >= 1 and task.execution_timeout is not None and task.on_failure_callback
+    # The Params reach the job as JSON in the environment: a hostile id stays a string, runs nothing.
+    rendered = dag.params.get_param("user_ids").resolve(["42", '"; touch pwned; "'])
+    env = {"FORGET_USERS": json.dumps(rendered)}
+    out = subprocess.run(["bash", "-c", 'printf %s "$FORGET_USERS"'], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert json.loads(out.stdout) == rendered and not (tmp_path / "pwned").exists()
+    assert "$FORGET_USERS" in task.bash_command and "{{" not in task.bash_command

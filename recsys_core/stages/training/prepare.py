@@ -10,6 +10,7 @@ from datetime import date
 
 from recsys_core.config import Settings
 from recsys_core.io.provenance import code_version, config_digest, flat_params
+from recsys_core.stages.forget import forget_lineage
 from recsys_core.stages.training.handoff import save_prepared
 from recsys_core.stages.training.protocols import feasible_protocols, input_lineage, load_inputs, prepared_protocols
 from recsys_core.stages.training.runs import log_inputs, reported_protocols, run_params, start_model_run
@@ -51,6 +52,9 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
     with mlflow.start_run(run_name=f"train-{as_of}", description=pending) as parent:
         digest = config_digest(settings)
         mlflow.set_tags({"as_of": as_of.isoformat(), "stage": "train", **code_version(), "config_digest": digest})
+        # The forget requests done before this training: its data is cut after them (the lineage of the cut).
+        forgotten = forget_lineage(settings)
+        mlflow.set_tags(forgotten)
         mlflow.log_params(flat_params("", settings.model_dump(mode="json", include={"train", "eval", "features"})))
         users, items_count, events = len(data.sequences.user_ids), data.prep.n_items, interactions.num_rows
         sizes = {"data.users": users, "data.items": items_count, "data.interactions": events}
@@ -62,7 +66,7 @@ def prepare_training(settings: Settings, as_of: date) -> dict:
         for protocol in protocols:
             name = "seqrec" if protocol == "loo" else f"seqrec-{protocol}"
             with start_model_run(settings, as_of, "seqrec", reported_protocols(protocol, protocols), data_version, name) as child:
-                mlflow.set_tag("protocol", protocol)
+                mlflow.set_tags({"protocol": protocol, **forgotten})
                 mlflow.log_params(flat_params("model", config.to_dict()))
             runs[protocol] = child.info.run_id
     (ws / RUNS).write_text(json.dumps(runs))

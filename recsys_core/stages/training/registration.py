@@ -122,7 +122,7 @@ def _log_seqrec_runs(settings: Settings, runs: dict, train_results: dict[str, di
             log_metrics(train_results[protocol], model_id=model_id)
             mlflow.log_figure(report.training_curves_figure(train_results[protocol]["history"]), "plots/training_curves.png")
             if protocol == "loo":
-                example = _input_example(evaluation.leave_last_out.data, evaluation.profiles)
+                example = _input_example(evaluation.leave_last_out.data)
                 info = log_bundle(bundle_dir, "model", example, registered_model_name=settings.train.model_name)
     return info
 
@@ -173,10 +173,13 @@ def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[st
     return summary
 
 
-def _input_example(data: PreparedData, profiles):
+def _input_example(data: PreparedData):
+    """A synthetic request for MLflow's signature and example: the first catalogue items and the first
+    known categories, never a real user's history or profile (MLflow stores the example as an artifact)."""
     import pandas as pd
 
-    first = next(i for i, s in enumerate(data.sequences.items) if len(s))
-    history = [data.prep.item_ids[i - 1] for i in data.sequences.items[first][-5:]]
-    row = profiles.sort_by("user_id").slice(first, 1).to_pylist()[0]
-    return pd.DataFrame([{"history": history, "age": row["age"], "gender": row["gender"], "occupation": row["occupation"]}])
+    prep = data.prep
+    history = prep.item_ids[:5]
+    gender = prep.gender_vocab[0] if prep.gender_vocab else None
+    occupation = prep.occupation_vocab[0] if prep.occupation_vocab else None
+    return pd.DataFrame([{"history": history, "age": 30, "gender": gender, "occupation": occupation}])
