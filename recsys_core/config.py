@@ -344,7 +344,7 @@ class ServeSettings(Section):
     mmr_lambda: float | None = Field(default=None, ge=0.0, le=1.0)
     mmr_pool_factor: int = Field(default=3, ge=1)
     # Each model row's reason is the one of the user's last reason_history events whose removal
-    # lowers the item's score the most (leave-one-out: this many extra encoder passes per user).
+    # lowers the item's score the most (leave-one-out; the cost grows with its square, see models.attribution).
     reason_history: PositiveInt = 10
 
 

@@ -4,10 +4,18 @@ For every explained user, the last ``n_last`` items of their history are each le
 (leave-one-out): each variant is the real history minus one event, re-encoded by
 ``models.inputs.encode`` exactly as a history that never held that event (the next event's gap
 and, when the last event goes, the recency are measured again). The variants are scored by the
-one ``Scorer`` on the user's K recommended items only: N extra encoder passes per user and
-N x K dot products, never a pass over the whole catalogue. An item's reason is the variant with
-the largest drop of its score; when no left-out item lowers it (the score comes from the
-profile and the trend prior, not from any one event), it has none.
+one ``Scorer`` on the user's K recommended items only: N x K dot products, never a pass over the
+whole catalogue.
+
+The encoder passes are shared: sequences are right-aligned, so leaving out the event t places
+from the end changes only the last t positions of the window; the positions before them hold
+what the history without its last event holds there. That variant is encoded whole once, and
+each other variant only over its last t positions, attending to the saved layer states
+(``SeqRec.last_hidden_after``): about 1 + N(N+1)/(2L) passes per user instead of N.
+
+An item's reason is the variant with the largest drop of its score; when no left-out item
+lowers it (the score comes from the profile and the trend prior, not from any one event), it
+has none.
 
 Pure torch/numpy; the nightly job and the tests call ``explain``.
 """
@@ -66,16 +74,19 @@ def explain(
     n_last: int,
     now: int | np.ndarray | None = None,
     batch_users: int = 256,
+    hidden: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reason items of the recommended ``columns`` ([n, K] catalogue columns of ``scorer``) of user
     ``rows`` (rows of ``scorer.inputs``), whose histories are ``items``/``times`` (model item
     indices and epoch seconds, oldest first, one per entry of ``rows``; the same histories, user
-    features and ``now`` the scorer's inputs were encoded from).
+    features and ``now`` the scorer's inputs were encoded from). ``hidden``: the users' last hidden
+    states [n, d] when the caller has them (the nightly job's scoring pass), else encoded here.
 
     Returns [n, K] model item indices of the reasons (0: none) and [n, K] float32 score drops
     (0 where there is none).
     """
     rows = np.asarray(rows, dtype=np.int64)
+    n_last = min(n_last, config.max_len)  # a variant changes at most the window's L positions
     n, k = columns.shape
     if len(items) != n or len(times) != n:
         raise ValueError(f"{n} user rows to explain, but {len(items)} histories and {len(times)} time lists")
@@ -91,11 +102,14 @@ def explain(
         variants += len(owner)
         user_rows = torch.as_tensor(rows[start:stop])
         chosen = torch.as_tensor(columns[start:stop])
-        base = scorer.scores_of(user_rows, chosen)  # [b, K]
+        if hidden is None:
+            base = scorer.scores_of(user_rows, chosen)  # [b, K]
+        else:
+            recency = scorer.inputs.query_gaps[user_rows, -1].to(scorer.device)
+            base = scorer.scores_of_hidden(hidden[start:stop], recency, user_rows, chosen)
         feats = scorer.inputs.user_feats[user_rows[owner]].numpy()
         inputs: ModelInputs = encode(config, var_items, var_times, feats, None if moments is None else moments[start:stop][owner])
-        trend_rows = None if scorer.trend_rows is None else scorer.trend_rows[user_rows[owner]]
-        varied = scorer.with_inputs(inputs, trend_rows).scores_of(np.arange(len(owner)), chosen[owner])  # [v, K]
+        varied = _variant_scores(scorer, inputs.to(scorer.device), user_rows[owner], chosen[owner], owner)  # [v, K]
         lowered = (base[owner] - varied).float().cpu().numpy()
         # The variants of one user are consecutive (oldest left-out event first): lay them out as
         # [users, n_last, K] and take the largest drop, ties to the most recent event.
@@ -121,3 +135,33 @@ def explain(
         time.monotonic() - started,
     )
     return reason, drop
+
+
+def _variant_scores(
+    scorer: Scorer, inputs: ModelInputs, user_rows: torch.Tensor, chosen: torch.Tensor, owner: np.ndarray
+) -> torch.Tensor:
+    """[v, K] scores of the variants ``inputs`` (each user's variants consecutive, the one without
+    the last event last) on their users' chosen columns, each encoder pass over only the positions
+    where a variant differs from its user's variant without the last event."""
+    model = scorer.model
+    last_of_user = np.r_[owner[1:] != owner[:-1], True]
+    # Events from the left-out one to the end of the history: the variant's last `tail` positions change.
+    ends = np.flatnonzero(last_of_user)
+    tail = ends[np.cumsum(np.r_[False, last_of_user[:-1]])] - np.arange(len(owner)) + 1
+    shared = np.flatnonzero(last_of_user)  # the variants without the last event, one per user
+    saved, shared_hidden = model.layer_states(*_fields(inputs.rows(shared)))
+    hidden = torch.empty(len(owner), model.config.d_model, device=scorer.device)
+    hidden[shared] = shared_hidden
+    shared_of = np.empty(int(owner.max()) + 1, dtype=np.int64)
+    shared_of[owner[shared]] = np.arange(len(shared))
+    length = inputs.items.shape[1]
+    for changed in np.unique(tail[tail > 1]):
+        picked = np.flatnonzero(tail == changed)
+        users = torch.as_tensor(shared_of[owner[picked]])
+        prefix = [(key[users, : length - changed], value[users, : length - changed]) for key, value in saved]
+        hidden[picked] = model.last_hidden_after(prefix, *_fields(inputs.rows(picked)))
+    return scorer.scores_of_hidden(hidden, inputs.query_gaps[:, -1], user_rows, chosen)
+
+
+def _fields(inputs: ModelInputs) -> tuple[torch.Tensor, ...]:
+    return inputs.items, inputs.gaps, inputs.user_feats, inputs.query_gaps

@@ -87,6 +87,14 @@ class Scorer:
         """[n, c] scores of user row i on its own catalogue columns ``columns[i]`` ([n, c]): the same
         score as ``scores(rows)[i, columns[i]]``, without scoring the rest of the catalogue."""
         hidden, recency = self.hidden(rows)
+        return self.scores_of_hidden(hidden, recency, rows, columns)
+
+    @torch.no_grad()
+    def scores_of_hidden(
+        self, hidden: torch.Tensor, recency: torch.Tensor, rows: np.ndarray | torch.Tensor, columns: torch.Tensor
+    ) -> torch.Tensor:
+        """``scores_of`` for last hidden states [n, d] and recency buckets [n] computed elsewhere (a
+        changed history of user row ``rows[i]``, whose popularity snapshot the score takes)."""
         columns = torch.as_tensor(columns, device=hidden.device)
         score = torch.einsum("nd,ncd->nc", hidden, self.item_vectors[columns])
         trend = self.user_trend(rows)

@@ -164,6 +164,28 @@ class SeqRec(nn.Module):
             weights = weights + self.content_projection(self.item_content)
         return weights
 
+    def embed(
+        self,
+        items: torch.Tensor,
+        gaps: torch.Tensor | None,
+        user_feats: torch.Tensor | None,
+        query_gaps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """items [B, L] (left-padded with 0) → the encoder's input [B, L, d]: item, position, time and
+        user embeddings summed (``encode`` explains the inputs)."""
+        _, length = items.shape
+        table = self.item_matrix()
+        x = table[items] * math.sqrt(self.config.d_model)
+        x = x + self.position_embedding.weight[-length:].unsqueeze(0)
+        if self.gap_embedding is not None and gaps is not None:
+            x = x + self.gap_embedding(gaps)
+        if self.query_gap_embedding is not None and query_gaps is not None:
+            x = x + self.query_gap_embedding(query_gaps)
+        if user_feats is not None and len(self.user_embeddings):
+            user = sum(emb(user_feats[:, i]) for i, emb in enumerate(self.user_embeddings))
+            x = x + user.unsqueeze(1)
+        return self.input_dropout(x)
+
     def encode(
         self,
         items: torch.Tensor,
@@ -176,24 +198,80 @@ class SeqRec(nn.Module):
         ``query_gaps`` [B, L]: at each position, the bucketed time from that event to the
         moment of the prediction made there (models.data.query_gaps_of, bucketed; 0 = no event).
         """
-        _, length = items.shape
-        table = self.item_matrix()
-        x = table[items] * math.sqrt(self.config.d_model)
-        x = x + self.position_embedding.weight[-length:].unsqueeze(0)
-        if self.gap_embedding is not None and gaps is not None:
-            x = x + self.gap_embedding(gaps)
-        if self.query_gap_embedding is not None and query_gaps is not None:
-            x = x + self.query_gap_embedding(query_gaps)
-        if user_feats is not None and len(self.user_embeddings):
-            user = sum(emb(user_feats[:, i]) for i, emb in enumerate(self.user_embeddings))
-            x = x + user.unsqueeze(1)
-        x = self.input_dropout(x)
+        x = self.embed(items, gaps, user_feats, query_gaps)
+        length = x.shape[1]
         # No key-padding mask: with left padding and a causal mask, a padded
         # query could otherwise see no key at all (NaN rows). Padded keys hold
         # only position/user signal and sit before every real event.
         mask = self.causal_mask[:length, :length]
         h = self.encoder(x, mask=mask, is_causal=True)
         return self.final_norm(h)
+
+    # A pass over the changed end of a sequence whose beginning was encoded before -----------------
+    # Causal attention makes position i depend only on positions <= i, so sequences that share their
+    # first s positions (items and every per-position input) share every layer's keys and values
+    # there: a pass over the other L - s positions, attending to the saved ones, gives the same last
+    # hidden state as encoding the whole sequence. Leave-one-out attribution (models.attribution)
+    # uses it. Inference only (no dropout).
+    @torch.no_grad()
+    def layer_states(
+        self,
+        items: torch.Tensor,
+        gaps: torch.Tensor | None,
+        user_feats: torch.Tensor | None,
+        query_gaps: torch.Tensor | None = None,
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Every layer's attention keys and values [B, L, d] (one pair per layer), and the last hidden state [B, d]."""
+        x, saved = self.embed(items, gaps, user_feats, query_gaps), []
+        for layer in self.encoder.layers:
+            x, keys_values = self._layer_after(cast(nn.TransformerEncoderLayer, layer), x, None)
+            saved.append(keys_values)
+        return saved, self.final_norm(x[:, -1])
+
+    @torch.no_grad()
+    def last_hidden_after(
+        self,
+        prefix: list[tuple[torch.Tensor, torch.Tensor]],
+        items: torch.Tensor,
+        gaps: torch.Tensor | None,
+        user_feats: torch.Tensor | None,
+        query_gaps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``last_hidden`` of sequences [B, L] whose first s positions have the layers' keys and values
+        ``prefix`` (``layer_states``' pairs cut to [B, s, d]), encoding only positions s..L-1."""
+        start = prefix[0][0].shape[1]
+        # Right-aligned positions: the last L - s inputs alone embed as they do in the whole sequence.
+        x = self.embed(
+            items[:, start:],
+            None if gaps is None else gaps[:, start:],
+            user_feats,
+            None if query_gaps is None else query_gaps[:, start:],
+        )
+        for layer, saved in zip(self.encoder.layers, prefix):
+            x, _ = self._layer_after(cast(nn.TransformerEncoderLayer, layer), x, saved)
+        return self.final_norm(x[:, -1])
+
+    def _layer_after(
+        self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, saved: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """One pre-norm encoder layer (``nn.TransformerEncoderLayer``, norm_first) over positions ``x``
+        [B, q, d] that follow the positions of the ``saved`` keys and values; returns the layer's
+        output and the keys and values of all positions."""
+        attention = layer.self_attn
+        batch, queries, width = x.shape
+        query, key, value = F.linear(layer.norm1(x), attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+        if saved is not None:
+            key, value = torch.cat([saved[0], key], dim=1), torch.cat([saved[1], value], dim=1)
+        length, heads = key.shape[1], attention.num_heads
+
+        def by_head(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(batch, t.shape[1], heads, width // heads).transpose(1, 2)
+
+        allowed = ~self.causal_mask[length - queries : length, :length]
+        attended = F.scaled_dot_product_attention(by_head(query), by_head(key), by_head(value), attn_mask=allowed)
+        x = x + layer.dropout1(attention.out_proj(attended.transpose(1, 2).reshape(batch, queries, width)))
+        feed = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x)))))
+        return x + layer.dropout2(feed), (key, value)
 
     def scores(
         self, hidden: torch.Tensor, trend: torch.Tensor | None = None, query_gaps: torch.Tensor | None = None

@@ -148,6 +148,7 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
             n_last=serve.reason_history,
             now=now,
             batch_users=serve.score_batch_users,
+            hidden=vectors[:, : bundle.config.d_model],  # the scoring pass's states: not encoded twice
         )
     reasons_seconds = time.monotonic() - reasons_started
 

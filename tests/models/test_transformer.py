@@ -307,3 +307,37 @@ def test_step_weights_weigh_each_position_loss():
     torch.testing.assert_close(
         model(items, gaps, user_feats, targets, step_weights=ones), model(items, gaps, user_feats, targets)
     )
+
+
+@pytest.mark.parametrize("fastpath", [True, False])
+def test_a_pass_over_the_changed_end_equals_encoding_the_whole_sequence(fastpath):
+    """Sequences that share their first s positions: the saved layer states of one, then a pass over
+    the other's last L - s positions, give the other's last hidden state (whatever path encodes it)."""
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(fastpath)
+    try:
+        cfg = config(use_query_gap=True)
+        model = model_for(cfg).eval()
+        with torch.no_grad():
+            for parameter in model.parameters():  # weights as large as trained ones, so errors would show
+                parameter.mul_(4.0)
+        items, gaps, user_feats, _ = batch()
+        query_gaps = torch.randint(1, GAP_BUCKETS, items.shape, generator=torch.Generator().manual_seed(3)) * (items > 0)
+        saved, last = model.layer_states(items, gaps, user_feats, query_gaps)
+        assert len(saved) == cfg.n_layers
+        assert torch.allclose(last, model.last_hidden(items, gaps, user_feats, query_gaps), atol=1e-5)
+        for shared in range(L):
+            other = [t.clone() for t in (items, gaps, query_gaps)]
+            for tensor in other:  # a different end from position `shared` on
+                tensor[:, shared:] = torch.roll(tensor[:, shared:], 1, dims=1).flip(1)
+            other[0][:, shared:] = (other[0][:, shared:] % N_ITEMS) + 1
+            prefix = [(key[:, :shared], value[:, :shared]) for key, value in saved]
+            got = model.last_hidden_after(prefix, other[0], other[1], user_feats, other[2])
+            want = model.last_hidden(other[0], other[1], user_feats, other[2])
+            assert torch.allclose(got, want, atol=1e-4), shared
+            if shared:  # the saved beginning matters: another user's gives another state
+                wrong = [(key.roll(1, dims=0), value.roll(1, dims=0)) for key, value in prefix]
+                wrong_state = model.last_hidden_after(wrong, other[0], other[1], user_feats, other[2])
+                assert not torch.allclose(wrong_state, want, atol=1e-3)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
