@@ -293,7 +293,7 @@ def movielens_section(epochs: int, resume: bool, keep: bool, save) -> dict:
     section: dict = {"date": ML_DATE.isoformat(), "user": ML_USER, "epochs": epochs, "prep": {}, "forget": {}}
     marker = root / "built.json"
     if resume and marker.exists() and json.loads(marker.read_text()).get("epochs") == epochs:
-        section["prep"] = json.loads(marker.read_text())["prep"]
+        section["prep"] = {k: {**v, "resumed": True} for k, v in json.loads(marker.read_text())["prep"].items()}
         print(f"reusing the MovieLens lake built in {pristine}", flush=True)
     else:
         shutil.rmtree(root, ignore_errors=True)
@@ -509,7 +509,10 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
     ml = r.get("movielens")
     if ml and ml.get("prep"):
         lines += [f"### MovieLens-100K (demo lake as of {ml['date']}, user {ml['user']})", ""]
-        prep_rows = [[stage, s["wall_s"], s["cpu_s"], s["peak_rss_mb"]] for stage, s in ml["prep"].items()]
+        prep_rows = [
+            [stage + (" (reused)" if s.get("resumed") else ""), s["wall_s"], s["cpu_s"], s["peak_rss_mb"]]
+            for stage, s in ml["prep"].items()
+        ]
         phases += list(ml["prep"].values())
         lines += [
             f"Built with the CLI chain (train: {ml['epochs']} epochs)"
@@ -546,6 +549,8 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
         "",
         noise_note(phases),
     ]
+    if r.get("note"):  # written into the JSON by hand: what the figures show, the state of the machine
+        lines += ["", r["note"]]
     return "\n".join(lines)
 
 
