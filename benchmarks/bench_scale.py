@@ -569,6 +569,8 @@ def _scoring_kernel() -> dict | None:
     saved = json.loads(path.read_text())
     try:
         shape, local = saved["shape"], saved["local"]
+        if "users_per_s" not in local:  # one entry per precision: the one serving uses (the fastest exact one)
+            local = local[saved.get("fastest_passing_precision") or "fp32"]
         cpus = saved.get("cpu_count") or saved["machine"]["cpu_count_logical"]
         per_g = cpus / (local["users_per_s"] * shape["items"]) * 1e9
     except (KeyError, TypeError, ZeroDivisionError):
