@@ -140,7 +140,6 @@ def new_users_line(new_users: dict) -> str:
 def operating_point_line(point: dict) -> str:
     """Where the served point sits on the backtest's accuracy/coverage frontier, beside the most
     accurate point and the most accurate one of the reference coverage (all chosen on the calibration window)."""
-
     k = point["k"]
 
     def describe(p: dict | None) -> str:
