@@ -48,6 +48,8 @@ def test_features_are_point_in_time(pipeline):
 def test_training_logged_and_registered(pipeline, tmp_path):
     import mlflow
 
+    from recsys_core.evaluation.metric_names import metric_key
+
     summary = pipeline.training
     assert set(summary["metrics"]) == {"seqrec", "popularity", "ease", "als"}
     assert all(np.isfinite(v) for m in summary["metrics"].values() for v in m.values())
@@ -87,8 +89,8 @@ def test_training_logged_and_registered(pipeline, tmp_path):
     assert new_users["at_least_best_trending"] == (new_users["seqrec"] >= max(new_users["trending"].values()))
     logged = client.download_artifacts(parent.info.run_id, "evaluation/frontier.json", str(tmp_path))
     assert json.loads(Path(logged).read_text()) == point
-    assert parent.data.metrics["backtest/served_point/ndcg@10"] == pytest.approx(point["served"]["ndcg"])
-    assert "backtest/seqrec/new_users/ndcg@10" in parent.data.metrics
+    assert parent.data.metrics[metric_key("backtest/served_point/ndcg@10")] == pytest.approx(point["served"]["ndcg"])
+    assert metric_key("backtest/seqrec/new_users/ndcg@10") in parent.data.metrics
     assert set(summary["train"]) == {"loo", "backtest", "calibration"}
 
 
