@@ -205,6 +205,23 @@ class CalibrationSettings(Section):
     grid: list[float] = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     returning_after_hours: float = Field(default=24.0, gt=0)
     min_users: int = Field(default=20, ge=1)  # a group with fewer users in the window keeps offset 0
+    # The accuracy/coverage frontier (recsys_core.evaluation.frontier) sweeps these multiples of the
+    # fitted offsets and these MMR lambdas (null: no re-ranking); serve.min_coverage picks the point.
+    frontier_trend_scales: list[float] = Field(default=[0.0, 0.25, 0.5, 1.0], min_length=1)
+    frontier_mmr_lambdas: list[Annotated[float, Field(ge=0, le=1)] | None] = Field(default=[None, 0.8, 0.6, 0.4], min_length=1)
+    # Besides the served point, the report gives the most accurate point and the most accurate one
+    # whose coverage@k reaches this share of the catalogue (both chosen on the calibration window).
+    frontier_reference_coverage: float = Field(default=0.3, gt=0, le=1)
+
+    @field_validator("frontier_trend_scales")
+    @classmethod
+    def _frontier_has_the_calibration_as_fitted(cls, scales: list[float]) -> list[float]:
+        if 1.0 not in scales or min(scales) < 0:
+            raise ValueError(
+                f"train.calibration.frontier_trend_scales: {scales} must contain 1.0 (the calibration as fitted, "
+                "served when serve.min_coverage is unset) and no negative scale"
+            )
+        return scales
 
     @field_validator("grid")
     @classmethod
@@ -346,6 +363,10 @@ class ServeSettings(Section):
     # Each model row's reason is the one of the user's last reason_history events whose removal
     # lowers the item's score the most (leave-one-out; the cost grows with its square, see models.attribution).
     reason_history: PositiveInt = 10
+    # The served operating point (recsys_core.evaluation.frontier): the most accurate point of the
+    # frontier, on the calibration window, whose catalogue coverage@k reaches this (null: the most
+    # accurate of all). Its MMR lambda is served unless mmr_lambda is set.
+    min_coverage: float | None = Field(default=None, ge=0, le=1)
 
 
 class OrchestrationSettings(Section):

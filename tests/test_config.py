@@ -258,3 +258,19 @@ def test_invalid_yaml_syntax_is_a_config_error(monkeypatch, tmp_path):
 def test_shipped_yaml_files_load(monkeypatch, shipped):
     monkeypatch.setenv("RECSYS_CONFIG", str(PROJECT / shipped))
     assert settings_for().registry.gate_metric == "ndcg@10"
+
+
+def test_frontier_keeps_the_calibration_as_fitted_and_min_coverage_is_a_share():
+    from recsys_core.config import settings_for
+    from recsys_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="frontier_trend_scales"):
+        settings_for(train={"calibration": {"frontier_trend_scales": [0.0, 0.5]}})
+    with pytest.raises(ConfigError, match=r"serve\.min_coverage"):
+        settings_for(serve={"min_coverage": 1.5})
+    with pytest.raises(ConfigError, match=r"frontier_mmr_lambdas"):
+        settings_for(train={"calibration": {"frontier_mmr_lambdas": [None, 1.2]}})
+    with pytest.raises(ConfigError, match="frontier_reference_coverage"):
+        settings_for(train={"calibration": {"frontier_reference_coverage": 0}})
+    assert settings_for(serve={"min_coverage": 0.3}).serve.min_coverage == 0.3
+    assert settings_for().serve.min_coverage is None  # the most accurate point, the calibration as fitted

@@ -82,7 +82,8 @@ def evaluate(
 
 def _history_segments(case: EvalCase, cold_user_max_events: int) -> dict[str, np.ndarray]:
     cold = case.history_lengths <= cold_user_max_events
-    return {"cold_users": cold, "warm_users": ~cold}
+    # New users have only a profile: what the model knows of them is who they are and what is trending.
+    return {"cold_users": cold, "warm_users": ~cold, "new_users": case.history_lengths == 0}
 
 
 def _list_metrics(

@@ -20,11 +20,13 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from recsys_core.evaluation.frontier import OperatingPoint, pareto
 from recsys_core.evaluation.metric_names import DEFAULT_KS, metric_name
 from recsys_core.evaluation.metrics import _as_popularity, _slots, catalog_coverage
 
 __all__ = [
     "coverage_figure",
+    "frontier_figure",
     "metric_at_k_figure",
     "popularity_bias_figure",
     "training_curves_figure",
@@ -214,6 +216,32 @@ def calibration_figure(curves: Mapping[str, Sequence[tuple[float, float]]], chos
     ax.set_title("Trend prior calibration (out of sample)")
     ax.set_xlabel("offset added to the trend weight")
     ax.set_ylabel("NDCG@10 on the calibration window")
+    ax.grid(True, alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize="small")
+    return fig
+
+
+def frontier_figure(points: Sequence[OperatingPoint], served: OperatingPoint | None, k: int = 10) -> Figure:
+    """Backtest NDCG@k against catalogue coverage@k of every operating point (``evaluation.frontier``),
+    one line per MMR lambda, labelled with the trend scale; the Pareto front dashed, the served point starred."""
+    fig, (ax,) = _new_figure(1, width=6.0, height=4.4)
+    front = pareto(list(points))
+    if len(front) > 1:
+        ax.plot([p.coverage for p in front], [p.ndcg for p in front], color="grey", linestyle="--", label="Pareto front")
+    for lam in dict.fromkeys(p.mmr_lambda for p in points):
+        group = [p for p in points if p.mmr_lambda == lam]
+        label = "no re-ranking" if lam is None else f"MMR lambda {lam:g}"
+        ax.plot([p.coverage for p in group], [p.ndcg for p in group], marker="o", linestyle="-", label=label)
+        for p in group:
+            ax.annotate(
+                f"x{p.trend_scale:g}", (p.coverage, p.ndcg), fontsize="x-small", xytext=(3, 3), textcoords="offset points"
+            )
+    if served is not None:
+        ax.plot([served.coverage], [served.ndcg], marker="*", markersize=16, color="black", linestyle="none", label="served")
+    ax.set_title("Accuracy/coverage frontier (temporal backtest)")
+    ax.set_xlabel(f"catalogue coverage@{k}")
+    ax.set_ylabel(f"NDCG@{k}")
     ax.grid(True, alpha=0.3)
     if ax.get_lines():
         ax.legend(fontsize="small")

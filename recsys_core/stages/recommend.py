@@ -44,7 +44,7 @@ from recsys_core.io.lake import STAGING, TRASH, Lake, partition_name
 from recsys_core.io.recommendations import LATEST
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.attribution import explain
-from recsys_core.models.bundle import ModelBundle, bundle_trained_as_of
+from recsys_core.models.bundle import ModelBundle, bundle_metadata, bundle_trained_as_of
 from recsys_core.serving.output import build_table, content_digest, format_report
 from recsys_core.serving.rerank import category_matrix
 from recsys_core.serving.score import recommend_top_k, score_top_k, seen_matrix
@@ -60,14 +60,17 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
 
     started = time.monotonic()
     lake = Lake(settings.lake)
-    serve = settings.serve
-    k = serve.top_k
+    k = settings.serve.top_k
     current = champion(settings, settings.work_dir / "registry")
     if current is None:
         raise RegistryError(f"no model holds @{settings.registry.champion_alias} for {settings.train.model_name}")
     tidy_leftovers(lake, run_date)
     bundle = ModelBundle.load(current.bundle_dir)
     trained_as_of = bundle_trained_as_of(current.bundle_dir)
+    operating_point = bundle_metadata(current.bundle_dir).get("operating_point")
+    settings = served_settings(settings, operating_point)
+    serve = settings.serve
+    served_point = served_point_report(operating_point, serve.mmr_lambda)
     if trained_as_of and trained_as_of > run_date:
         log.warning(
             "%s v%s was trained on events up to the end of %s, after this run date %s: "
@@ -170,6 +173,7 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
 
     report = nightly_report(top_items, use_model, catalogue, has_history=has_history, unavailable=len(excluded))
     report["rows_with_reason_item"] = int((reason_index > 0).sum())
+    report.update(served_point)
     target = lake.partition_path(RECOMMENDATIONS, run_date)
     previous = lake.read_manifest(target) if lake.is_complete(RECOMMENDATIONS, run_date) else None
     unchanged = previous is not None and previous.get("content_digest") == digest
@@ -240,6 +244,47 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         seconds,
     )
     return summary
+
+
+def served_point_report(operating_point: dict | None, mmr_lambda: float | None) -> dict:
+    """The night's operating point for its report: the champion's trend scale, the MMR lambda served,
+    and the point's backtest NDCG@k and coverage@k when the night serves the point that was measured."""
+    if not operating_point:
+        return {"served_mmr_lambda": mmr_lambda}
+    report = {"served_trend_scale": operating_point["trend_scale"], "served_mmr_lambda": mmr_lambda}
+    measured = operating_point.get("backtest")
+    if measured is None:
+        return report
+    if mmr_lambda != operating_point["mmr_lambda"]:
+        log.warning(
+            "serve.mmr_lambda %s is not the champion's operating point (mmr lambda %s): its backtest figures do not "
+            "describe tonight's lists; unset serve.mmr_lambda or retrain with it",
+            mmr_lambda,
+            operating_point["mmr_lambda"],
+        )
+        return report
+    k = operating_point["k"]
+    report.update({f"served_backtest_ndcg@{k}": measured["ndcg"], f"served_backtest_coverage@{k}": measured["coverage"]})
+    log.info(
+        "served operating point (chosen at training): trend scale x%g, mmr lambda %s; on the backtest ndcg@%d %.4f, "
+        "coverage@%d %.1f%%",
+        operating_point["trend_scale"],
+        mmr_lambda,
+        k,
+        measured["ndcg"],
+        k,
+        100 * measured["coverage"],
+    )
+    return report
+
+
+def served_settings(settings: Settings, operating_point: dict | None) -> Settings:
+    """The settings the night is served with: the MMR lambda of the champion's operating point
+    (chosen on its frontier, see ``evaluation.frontier``) unless ``serve.mmr_lambda`` is set."""
+    lam = (operating_point or {}).get("mmr_lambda")
+    if settings.serve.mmr_lambda is not None or lam is None:
+        return settings
+    return settings.model_copy(update={"serve": settings.serve.model_copy(update={"mmr_lambda": lam})})
 
 
 # Scoring ------------------------------------------------------------------------

@@ -86,12 +86,26 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
                 f"trend prior calibrated on an earlier window: {offsets}; "
                 f"backtest ndcg@10 of seqrec before calibration {calibration['backtest_uncalibrated_ndcg@10']:.4f}"
             )
+        new_users = training.get("new_users")
+        if new_users:
+            console.print(new_users_line(new_users))
+        point = training.get("operating_point")
+        if point and point["served"]:
+            console.print(operating_point_line(point))
         console.print(f"gate: {training['gate']}")
     if recs:
         console.print(
             f"recommendations: {s['recs_path']}  (catalogue coverage {recs['report']['catalogue_coverage']:.1%}, "
             f"fallback users {recs['report']['fallback_users']})"
         )
+        served = recs["report"]
+        measured = {key.removeprefix("served_backtest_"): v for key, v in served.items() if key.startswith("served_backtest_")}
+        if measured:
+            figures = ", ".join(f"{name} {value:.4f}" for name, value in measured.items())
+            console.print(
+                f"served operating point: trend x{served['served_trend_scale']:g}, {_mmr(served['served_mmr_lambda'])}; "
+                f"on the backtest {figures}"
+            )
         reader = RecommendationReader(settings)
         # The first user in id order; one column read, nothing sorted.
         user = pc.min(reader.lake.read_partition(RECOMMENDATIONS, run_date, columns=["user_id"])["user_id"]).as_py()
@@ -111,6 +125,39 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
         console.print(table)
     console.print(f"MLflow UI: make mlflow  (store {settings.tracking_uri}); Airflow UI: make airflow")
     return s
+
+
+def new_users_line(new_users: dict) -> str:
+    """New users (profile only) on the backtest against the best of every trending window."""
+    verdict = "at least as well as" if new_users["at_least_best_trending"] else "worse than"
+    windows = ", ".join(f"{name} {value:.4f}" for name, value in new_users["trending"].items())
+    return (
+        f"new users (profile only, {new_users['users']:.0f} on the backtest) are served {verdict} the best trending "
+        f"window: seqrec {new_users['metric']} {new_users['seqrec']:.4f} vs {windows}"
+    )
+
+
+def operating_point_line(point: dict) -> str:
+    """Where the served point sits on the backtest's accuracy/coverage frontier, beside the most
+    accurate point and the most accurate one of the reference coverage (all chosen on the calibration window)."""
+    k = point["k"]
+
+    def describe(p: dict | None) -> str:
+        if p is None:
+            return "none on the grid"
+        return (
+            f"ndcg@{k} {p['ndcg']:.4f}, coverage@{k} {p['coverage']:.1%} (trend x{p['trend_scale']:g}, {_mmr(p['mmr_lambda'])})"
+        )
+
+    return (
+        f"served point on the backtest frontier (serve.min_coverage {point['min_coverage']}): {describe(point['served'])}; "
+        f"most accurate: {describe(point['most_accurate'])}; most accurate with coverage >= {point['reference_coverage']:.0%}: "
+        f"{describe(point['most_accurate_with_reference_coverage'])}"
+    )
+
+
+def _mmr(mmr_lambda: float | None) -> str:
+    return "no MMR" if mmr_lambda is None else f"MMR lambda {mmr_lambda:g}"
 
 
 def _metrics_table(title: str, by_model: dict[str, dict[str, float]]) -> Table:

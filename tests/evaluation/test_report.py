@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from recsys_core.evaluation.frontier import OperatingPoint
 from recsys_core.evaluation.metrics import top_k
 from recsys_core.evaluation.report import (
     calibration_figure,
     coverage_figure,
+    frontier_figure,
     metric_at_k_figure,
     popularity_bias_figure,
     training_curves_figure,
@@ -146,6 +148,22 @@ def test_calibration_figure_marks_the_chosen_offsets(tmp_path: Path) -> None:
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0", "1", "4"]
     _assert_labelled(fig)
     _save(fig, tmp_path / "calibration.png")
+
+
+def test_frontier_figure_marks_the_served_point_and_the_pareto_front(tmp_path: Path) -> None:
+    points = [
+        OperatingPoint(0.0, None, ndcg=0.30, coverage=0.10),
+        OperatingPoint(1.0, None, ndcg=0.25, coverage=0.35),
+        OperatingPoint(0.0, 0.6, ndcg=0.20, coverage=0.30),
+        OperatingPoint(1.0, 0.6, ndcg=0.18, coverage=0.60),
+    ]
+    fig = frontier_figure(points, served=points[1])
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert set(lines) == {"Pareto front", "no re-ranking", "MMR lambda 0.6", "served"}
+    assert lines["Pareto front"].get_xdata().tolist() == [0.10, 0.35, 0.60]
+    assert lines["served"].get_xdata().tolist() == [0.35] and lines["served"].get_ydata().tolist() == [0.25]
+    _assert_labelled(fig)
+    _save(fig, tmp_path / "frontier.png")
 
 
 def test_figures_are_deterministic(tmp_path: Path) -> None:

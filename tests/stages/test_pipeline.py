@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pyarrow.compute as pc
 import pytest
@@ -42,8 +45,10 @@ def test_features_are_point_in_time(pipeline):
     assert all(profile_counts[u] == n for u, n in by_user.items())
 
 
-def test_training_logged_and_registered(pipeline):
+def test_training_logged_and_registered(pipeline, tmp_path):
     import mlflow
+
+    from recsys_core.evaluation.metric_names import metric_key
 
     summary = pipeline.training
     assert set(summary["metrics"]) == {"seqrec", "popularity", "ease", "als"}
@@ -69,7 +74,23 @@ def test_training_logged_and_registered(pipeline):
         "plots/popularity_bias.png",
         "plots/coverage.png",
         "plots/trend_calibration.png",
+        "plots/accuracy_coverage_frontier.png",
     } <= artifacts
+    windows = pipeline.settings.features.popularity_windows_days
+    assert set(summary["new_users"]["trending"]) == {f"trending_{days}d" for days in windows}
+    # The served point is on the backtest sweep; without serve.min_coverage it is the calibration as fitted,
+    # unre-ranked: the same lists, so the same NDCG, as the calibrated backtest evaluation.
+    point, backtest = summary["operating_point"], summary["backtest"]["seqrec"]
+    swept = [{key: value for key, value in p.items() if key != "pareto"} for p in point["backtest"]]
+    assert point["served"] in swept and (point["served"]["trend_scale"], point["served"]["mmr_lambda"]) == (1.0, None)
+    assert point["served"]["ndcg"] == pytest.approx(backtest["ndcg@10"], abs=1e-4)
+    assert any(p["pareto"] for p in point["backtest"]) and point["most_accurate"] in swept
+    new_users = summary["new_users"]
+    assert new_users["at_least_best_trending"] == (new_users["seqrec"] >= max(new_users["trending"].values()))
+    logged = client.download_artifacts(parent.info.run_id, "evaluation/frontier.json", str(tmp_path))
+    assert json.loads(Path(logged).read_text()) == point
+    assert parent.data.metrics[metric_key("backtest/served_point/ndcg@10")] == pytest.approx(point["served"]["ndcg"])
+    assert metric_key("backtest/seqrec/new_users/ndcg@10") in parent.data.metrics
     assert set(summary["train"]) == {"loo", "backtest", "calibration"}
 
 
@@ -122,6 +143,9 @@ def test_published_table_honours_the_contract(pipeline):
     assert (np.diff(scores, axis=1) <= 0).all()
     manifest = lake.read_manifest(lake.partition_path(RECOMMENDATIONS, pipeline.run_date))
     assert manifest["rows"] == table.num_rows and manifest["model_version"] == pipeline.training["model_version"]
+    served = pipeline.training["operating_point"]["served"]  # the nightly report states the champion's operating point
+    assert manifest["report"]["served_trend_scale"] == served["trend_scale"]
+    assert manifest["report"]["served_backtest_ndcg@10"] == served["ndcg"]
 
 
 def test_nightly_rerun_is_idempotent(pipeline):

@@ -8,17 +8,20 @@ from datetime import date
 
 import numpy as np
 import pyarrow as pa
+import scipy.sparse as sp
 import torch
 
 from recsys_core.config import Settings
 from recsys_core.errors import MissingInput
 from recsys_core.evaluation.calibration import TrendCalibration, fit_trend_offsets
+from recsys_core.evaluation.frontier import OperatingPoint, choose, point_at, sweep
 from recsys_core.evaluation.protocols import EvalResult, evaluate
 from recsys_core.models.bundle import ModelBundle
 from recsys_core.models.data import Sequences
 from recsys_core.models.inputs import ModelInputs
 from recsys_core.models.transformer import GAP_BUCKETS, SeqRec, gap_buckets
-from recsys_core.stages.training.baselines import evaluate_baselines
+from recsys_core.serving.rerank import mmr_rerank
+from recsys_core.stages.training.baselines import evaluate_baselines, trending_windows
 from recsys_core.stages.training.handoff import load_prepared
 from recsys_core.stages.training.protocols import (
     ScoredCase,
@@ -53,21 +56,61 @@ def returning_bucket(settings: Settings) -> int:
     return int(gap_buckets(torch.tensor([int(settings.train.calibration.returning_after_hours * 3600)]))[0])
 
 
-def calibrate_trend(settings: Settings, as_of: date, datasets: dict[str, PreparedData], items_table) -> TrendCalibration:
-    """Fit the trend prior's out-of-sample offsets with the calibration model, on the horizon after its cut."""
-    scored = backtest_scored(settings, datasets["backtest"], datasets["calibration"])
-    bundle = load_trained(settings, as_of, scored.data, "calibration")
+@dataclass
+class ScoredWindow:
+    """A temporal window's users scored by a model before the calibration offsets: what the
+    calibration and the accuracy/coverage frontier (``evaluation.frontier``) read."""
+
+    scores: np.ndarray  # [users, items]
+    popularity: np.ndarray  # [items] log1p events in the longest trend window, as of the cut
+    query: np.ndarray  # [users] recency bucket at prediction time
+    seen: sp.csr_matrix
+    relevant: list[np.ndarray]
+    categories: np.ndarray  # [items, genres] bool
+
+    def sweep(self, settings: Settings, offsets: dict[str, float]) -> list[OperatingPoint]:
+        frontier = settings.train.calibration
+        return sweep(
+            self.scores,
+            self.popularity,
+            self.query,
+            self.seen,
+            self.relevant,
+            offsets=offsets,
+            returning_bucket=returning_bucket(settings),
+            trend_scales=tuple(frontier.frontier_trend_scales),
+            mmr_lambdas=tuple(dict.fromkeys([*frontier.frontier_mmr_lambdas, settings.serve.mmr_lambda])),
+            categories=self.categories,
+            pool_factor=settings.serve.mmr_pool_factor,
+            rerank=mmr_rerank,
+            k=min(settings.eval.ks),
+        )
+
+
+def scored_window(bundle: ModelBundle, scored: ScoredCase, items_table) -> ScoredWindow:
     encoded = bundle.encode_inputs(scored.inputs, scored.data.user_feats, now=scored.now)
     scores = _scorer(bundle, encoded, scored, items_table)(scored.case.rows)
     query = encoded.query_gaps[torch.as_tensor(scored.case.rows), -1].numpy()
     trend = scored.data.trend
     popularity = trend.values[trend.row(scored.data.until_day)][1:, -1]  # log1p events in the longest window
+    categories = scored.context["item_categories"].toarray() > 0
+    return ScoredWindow(scores, popularity, query, scored.case.seen, scored.case.relevant, categories)
+
+
+def calibrate_trend(
+    settings: Settings, as_of: date, datasets: dict[str, PreparedData], items_table
+) -> tuple[TrendCalibration, ScoredWindow]:
+    """Fit the trend prior's out-of-sample offsets with the calibration model, on the horizon after
+    its cut; and that scored window, where the served operating point is chosen."""
+    scored = backtest_scored(settings, datasets["backtest"], datasets["calibration"])
+    bundle = load_trained(settings, as_of, scored.data, "calibration")
+    window = scored_window(bundle, scored, items_table)
     calibration = fit_trend_offsets(
-        scores,
-        popularity,
-        query,
-        scored.case.seen,
-        scored.case.relevant,
+        window.scores,
+        window.popularity,
+        window.query,
+        window.seen,
+        window.relevant,
         grid=tuple(settings.train.calibration.grid),
         returning_bucket=returning_bucket(settings),
         min_users=settings.train.calibration.min_users,
@@ -76,16 +119,17 @@ def calibrate_trend(settings: Settings, as_of: date, datasets: dict[str, Prepare
     offsets = calibration.offsets
     users, groups = len(scored.case.rows), calibration.users
     log.info("trend calibration on %d users after %s: offsets %s (users per group %s)", users, cut, offsets, groups)
-    return calibration
+    return calibration, window
 
 
-def apply_calibration(bundle: ModelBundle, calibration: TrendCalibration, settings: Settings) -> None:
-    """Add the fitted offsets to the model's trend weight of new and returning users' predictions."""
-    if not any(calibration.offsets.values()):
+def apply_calibration(bundle: ModelBundle, calibration: TrendCalibration, settings: Settings, scale: float = 1.0) -> None:
+    """Add the fitted offsets (times ``scale``, the served operating point's) to the model's trend
+    weight of new and returning users' predictions."""
+    if not any(calibration.offsets.values()) or scale == 0:
         return
     start = returning_bucket(settings)
-    bundle.model.shift_trend_weight(torch.tensor([0]), calibration.offsets["new"])
-    bundle.model.shift_trend_weight(torch.arange(start, GAP_BUCKETS), calibration.offsets["returning"])
+    bundle.model.shift_trend_weight(torch.tensor([0]), scale * calibration.offsets["new"])
+    bundle.model.shift_trend_weight(torch.arange(start, GAP_BUCKETS), scale * calibration.offsets["returning"])
 
 
 def _resequence(sequences: Sequences, item_ids: list[str], bundle: ModelBundle) -> Sequences:
@@ -118,6 +162,11 @@ class EvaluationReport:
     evaluations: dict[str, dict[str, EvalResult]]  # protocol → model name ("seqrec", baselines) → result
     calibration: TrendCalibration
     uncalibrated_backtest: dict[str, float] | None  # the backtest model before the offsets, when calibrated
+    knobs: tuple[float, float | None]  # the served (trend scale, MMR lambda)
+    served_point: OperatingPoint | None  # on the backtest: the knobs chosen on the calibration window
+    frontier: list[OperatingPoint]  # on the backtest, every point of the sweep
+    chosen_on: list[OperatingPoint]  # on the calibration window, where the served point was chosen
+    trending: dict[str, dict[str, float]]  # backtest metrics of trending popularity over each popularity window
     bundle: ModelBundle  # the served model, calibrated
     leave_last_out: ScoredCase
     profiles: pa.Table
@@ -131,23 +180,61 @@ def evaluate_models(settings: Settings, as_of: date, protocols: list[str]) -> Ev
     ws = workspace(settings, as_of)
     datasets = {protocol: load_prepared(prepared_path(ws, protocol)) for protocol in protocols}  # the prepare task's
     data = datasets["loo"]
-    calibration = calibrate_trend(settings, as_of, datasets, items) if "calibration" in protocols else TrendCalibration.none()
     bundle = load_trained(settings, as_of, data, "loo")
-    apply_calibration(bundle, calibration, settings)
+    calibration, chosen_on, knobs = TrendCalibration.none(), [], (1.0, settings.serve.mmr_lambda)
+    if "calibration" in protocols:
+        calibration, window = calibrate_trend(settings, as_of, datasets, items)
+        chosen_on = window.sweep(settings, calibration.offsets)
+        # Without a minimum coverage the calibration is served as fitted. A configured
+        # serve.mmr_lambda is served as is: the choice is among its points.
+        lam, min_coverage = settings.serve.mmr_lambda, settings.serve.min_coverage
+        if min_coverage is not None:
+            point = choose([p for p in chosen_on if lam is None or p.mmr_lambda == lam], min_coverage)
+            knobs = point.knobs
+            if point.coverage < min_coverage:
+                log.warning(
+                    "no operating point reaches serve.min_coverage %.2f on the calibration window: serving the widest, "
+                    "coverage@k %.3f; widen train.calibration.frontier_* or lower serve.min_coverage",
+                    min_coverage,
+                    point.coverage,
+                )
+        log.info(
+            "operating point chosen on the calibration window (min coverage %s): trend scale %g, mmr lambda %s",
+            min_coverage,
+            *knobs,
+        )
+    apply_calibration(bundle, calibration, settings, knobs[0])
     loo = leave_last_out_scored(settings, data)
     loo_seqrec = evaluate(_seqrec_scorer(bundle, loo, items), loo.case, **loo.context)
     evaluations = {"loo": {"seqrec": loo_seqrec, **evaluate_baselines(settings, loo)}}
-    uncalibrated = None
+    uncalibrated, served, frontier, trending = None, None, [], {}
     if "backtest" in protocols:
         backtest = backtest_scored(settings, data, datasets["backtest"])
         bt_bundle = load_trained(settings, as_of, backtest.data, "backtest")
         scorer = _seqrec_scorer(bt_bundle, backtest, items)
         if "calibration" in protocols:  # the model before calibration, for the record: what the offsets add
             uncalibrated = evaluate(scorer, backtest.case, **backtest.context).metrics
-        apply_calibration(bt_bundle, calibration, settings)
+            frontier = scored_window(bt_bundle, backtest, items).sweep(settings, calibration.offsets)
+            served = point_at(frontier, knobs)
+        apply_calibration(bt_bundle, calibration, settings, knobs[0])
         bt_seqrec = evaluate(scorer, backtest.case, **backtest.context)
         evaluations["backtest"] = {"seqrec": bt_seqrec, **evaluate_baselines(settings, backtest)}
-    return EvaluationReport(protocols, evaluations, calibration, uncalibrated, bundle, loo, profiles, items)
+        trending = trending_windows(settings, backtest)
+    return EvaluationReport(
+        protocols,
+        evaluations,
+        calibration,
+        uncalibrated,
+        knobs,
+        served,
+        frontier,
+        chosen_on,
+        trending,
+        bundle,
+        loo,
+        profiles,
+        items,
+    )
 
 
 def champion_metric(report: EvaluationReport, champion: ModelBundle, metric: str) -> float:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from datetime import date
 
 from recsys_core.config import Settings
+from recsys_core.evaluation.frontier import choose, pareto, point_at
 from recsys_core.evaluation.gate import gate_decision
+from recsys_core.evaluation.metric_names import metric_name
 from recsys_core.io.provenance import code_version
 from recsys_core.io.registry import (
     apply_gate,
@@ -61,7 +64,15 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
     metric = settings.registry.gate_metric
     configure_tracking(settings)
     bundle.remember_popularity(evaluation.items)  # the MLflow model's trend prior
-    extra = {"as_of": as_of.isoformat(), "trend_calibration": calibration.offsets, **code_version()}
+    served = evaluation.served_point
+    operating = {
+        "trend_scale": evaluation.knobs[0],
+        "mmr_lambda": evaluation.knobs[1],
+        "min_coverage": settings.serve.min_coverage,
+        "k": min(settings.eval.ks),
+        "backtest": served.to_dict() if served else None,  # its NDCG@k and coverage@k on the backtest
+    }
+    extra = {"as_of": as_of.isoformat(), "trend_calibration": calibration.offsets, "operating_point": operating, **code_version()}
     bundle_dir = bundle.save(workspace(settings, as_of) / "bundle", extra=extra)
     with mlflow.start_run(run_id=runs["parent"]):
         info = _log_seqrec_runs(settings, runs, train_results, evaluation, bundle_dir)
@@ -98,6 +109,8 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
         "metrics": {n: {k: summary["loo"][n][k] for k in headline} for n in summary["loo"]},
         "backtest": {n: {k: summary["backtest"][n][k] for k in backtest_headline} for n in summary.get("backtest", {})},
         "calibration": calibrated,
+        "operating_point": operating_summary(settings, evaluation),
+        "new_users": new_users_summary(settings, evaluation),
         "train": {p: {k: v for k, v in r.items() if k != "history"} for p, r in train_results.items()},
         "parent_run_id": runs["parent"],
     }
@@ -164,6 +177,21 @@ def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[st
         log_metrics({"backtest/seqrec_uncalibrated/ndcg@10": evaluation.uncalibrated_backtest["ndcg@10"]})
         mlflow.log_dict(calibration.to_dict(), "evaluation/calibration.json")
         mlflow.log_figure(report.calibration_figure(calibration.curves, calibration.offsets), "plots/trend_calibration.png")
+    new_users = new_users_summary(settings, evaluation)
+    if new_users is not None:
+        seqrec = evaluations["backtest"]["seqrec"].metrics
+        for name, metrics in {"seqrec": seqrec, **evaluation.trending}.items():
+            log_metrics({k: v for k, v in metrics.items() if k.startswith("new_users/")}, prefix=f"backtest/{name}/")
+        mlflow.log_dict(new_users, "evaluation/new_users.json")
+    frontier = operating_summary(settings, evaluation)
+    if frontier is not None:
+        k, served = min(ks), evaluation.served_point
+        mlflow.log_params({"serve.min_coverage": settings.serve.min_coverage, "served.trend_scale": evaluation.knobs[0]})
+        mlflow.log_params({"served.mmr_lambda": evaluation.knobs[1]})
+        mlflow.log_dict(frontier, "evaluation/frontier.json")
+        mlflow.log_figure(report.frontier_figure(evaluation.frontier, served, k), "plots/accuracy_coverage_frontier.png")
+        if served is not None:
+            log_metrics({f"ndcg@{k}": served.ndcg, f"coverage@{k}": served.coverage}, prefix="backtest/served_point/")
     loo = evaluations["loo"]
     recommended = {n: r.recommended for n, r in loo.items()}
     popularity = evaluation.leave_last_out.context["item_popularity"]
@@ -171,6 +199,53 @@ def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[st
     n_items = evaluation.leave_last_out.data.prep.n_items
     mlflow.log_figure(report.coverage_figure(recommended, n_items, ks), "plots/coverage.png")
     return summary
+
+
+def new_users_summary(settings: Settings, evaluation: EvaluationReport) -> dict | None:
+    """On the backtest, users with only a profile (no history): the model against trending
+    popularity over every popularity window, and whether it does at least as well as the best one."""
+    if not evaluation.trending:
+        return None
+    key = f"new_users/{metric_name('ndcg', min(settings.eval.ks))}"
+    seqrec = evaluation.evaluations["backtest"]["seqrec"].metrics
+    trending = {name: metrics[key] for name, metrics in evaluation.trending.items()}
+    best = max(trending, key=lambda name: -math.inf if math.isnan(trending[name]) else trending[name])
+    return {
+        "metric": key,
+        "users": seqrec["new_users/users"],
+        "seqrec": seqrec[key],
+        "best_trending": best,
+        "best_trending_value": trending[best],
+        # False too when the backtest has no new user (both NaN): nothing shows they are served well.
+        "at_least_best_trending": bool(seqrec[key] >= trending[best]),
+        "trending": trending,
+    }
+
+
+def operating_summary(settings: Settings, evaluation: EvaluationReport) -> dict | None:
+    """Where the served point sits on the backtest frontier, beside two reference points: the most
+    accurate, and the most accurate whose coverage reaches train.calibration.frontier_reference_coverage.
+    Like the served point, both are chosen on the calibration window and reported on the backtest."""
+    if not evaluation.frontier:
+        return None
+    share = settings.train.calibration.frontier_reference_coverage
+    wide = choose(evaluation.chosen_on, share)
+    front = pareto(evaluation.frontier)
+
+    def on_backtest(knobs: tuple[float, float | None]) -> dict:
+        return point_at(evaluation.frontier, knobs).to_dict()
+
+    served = evaluation.served_point
+    return {
+        "min_coverage": settings.serve.min_coverage,
+        "k": min(settings.eval.ks),
+        "served": served.to_dict() if served else None,
+        "most_accurate": on_backtest(choose(evaluation.chosen_on, None).knobs),
+        "reference_coverage": share,
+        "most_accurate_with_reference_coverage": on_backtest(wide.knobs) if wide.coverage >= share else None,
+        "chosen_on_calibration_window": [p.to_dict() for p in evaluation.chosen_on],
+        "backtest": [{**p.to_dict(), "pareto": p in front} for p in evaluation.frontier],
+    }
 
 
 def _input_example(data: PreparedData):

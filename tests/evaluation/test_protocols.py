@@ -1,0 +1,29 @@
+"""recsys_core.evaluation.protocols: segments of the evaluated users."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys_core.evaluation.protocols import EvalCase, evaluate
+
+
+def test_new_users_are_the_segment_with_no_history():
+    n_items = 6
+    case = EvalCase(
+        rows=np.arange(4),
+        seen=sp.csr_matrix((4, n_items)),
+        relevant=[np.array([0]), np.array([1]), np.array([0]), np.array([5])],
+        history_lengths=np.array([0, 0, 3, 40]),
+    )
+    scores = np.tile(np.arange(n_items, 0, -1, dtype=np.float32), (4, 1))  # item 0 first for everybody
+    result = evaluate(
+        lambda rows: scores[rows],
+        case,
+        ks=(1, 5),
+        item_popularity=np.ones(n_items),
+        item_categories=sp.csr_matrix((n_items, 1)),
+        cold_user_max_events=5,
+    ).metrics
+    assert result["new_users/users"] == 2 and result["new_users/hitrate@1"] == 0.5
+    assert result["cold_users/users"] == 3 and result["warm_users/users"] == 1
