@@ -145,10 +145,9 @@ def _variant_scores(
     where a variant differs from its user's variant without the last event."""
     model = scorer.model
     last_of_user = np.r_[owner[1:] != owner[:-1], True]
-    # Events from the left-out one to the end of the history: the variant's last `tail` positions change.
-    ends = np.flatnonzero(last_of_user)
-    tail = ends[np.cumsum(np.r_[False, last_of_user[:-1]])] - np.arange(len(owner)) + 1
     shared = np.flatnonzero(last_of_user)  # the variants without the last event, one per user
+    # Events from the left-out one to the end of the history: the variant's last `tail` positions change.
+    tail = shared[np.cumsum(np.r_[False, last_of_user[:-1]])] - np.arange(len(owner)) + 1
     saved, shared_hidden = model.layer_states(*_fields(inputs.rows(shared)))
     hidden = torch.empty(len(owner), model.config.d_model, device=scorer.device)
     hidden[shared] = shared_hidden
