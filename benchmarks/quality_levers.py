@@ -40,6 +40,7 @@ def train_and_score(as_of: date, lever: str) -> dict:
     from recsys_core.evaluation.protocols import evaluate
     from recsys_core.models.bundle import ModelBundle
     from recsys_core.models.transformer import SeqRec
+    from recsys_core.stages.training.evaluation import seqrec_scorer
     from recsys_core.stages.training.launch import JOB, torchrun_env
     from recsys_core.stages.training.protocols import leave_last_out_scored, load_inputs
     from recsys_core.timeutil import end_of_day, epoch_day
@@ -71,14 +72,7 @@ def train_and_score(as_of: date, lever: str) -> dict:
     model.load_state_dict(best["model"])
     bundle = ModelBundle(config, data.prep, model.eval())
     loo = leave_last_out_scored(settings, data)
-    scorer = bundle.scorer(
-        bundle.encode_inputs(loo.inputs, data.user_feats, now=loo.now),
-        items,
-        catalogue=data.prep.item_ids,
-        trend=data.trend,
-        trend_days=loo.trend_days,
-    )
-    metrics = evaluate(scorer, loo.case, **loo.context).metrics
+    metrics = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context).metrics
     trained = json.loads((out / "checkpoints" / RESULT).read_text())
     overrides = {k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSYS_") and k != "RECSYS_DATA_ROOT"}
     return {

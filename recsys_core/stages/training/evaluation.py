@@ -15,7 +15,7 @@ from recsys_core.config import Settings
 from recsys_core.errors import MissingInput
 from recsys_core.evaluation.calibration import TrendCalibration, fit_trend_offsets
 from recsys_core.evaluation.frontier import OperatingPoint, choose, point_at, sweep
-from recsys_core.evaluation.protocols import EvalResult, evaluate
+from recsys_core.evaluation.protocols import EvalResult, ScoreFn, evaluate
 from recsys_core.models.bundle import ModelBundle
 from recsys_core.models.data import Sequences
 from recsys_core.models.inputs import ModelInputs
@@ -61,12 +61,19 @@ class ScoredWindow:
     """A temporal window's users scored by a model before the calibration offsets: what the
     calibration and the accuracy/coverage frontier (``evaluation.frontier``) read."""
 
+    rows: np.ndarray  # the case's user rows, in the order of ``scores``
     scores: np.ndarray  # [users, items]
     popularity: np.ndarray  # [items] log1p events in the longest trend window, as of the cut
     query: np.ndarray  # [users] recency bucket at prediction time
     seen: sp.csr_matrix
     relevant: list[np.ndarray]
     categories: np.ndarray  # [items, genres] bool
+
+    def score_fn(self) -> ScoreFn:
+        """These scores as ``evaluate`` reads them (by user row), so the window is not scored twice."""
+        position = np.empty(int(self.rows.max(initial=-1)) + 1, dtype=np.int64)
+        position[self.rows] = np.arange(len(self.rows))
+        return lambda rows: self.scores[position[rows]]
 
     def sweep(self, settings: Settings, offsets: dict[str, float]) -> list[OperatingPoint]:
         frontier = settings.train.calibration
@@ -94,7 +101,7 @@ def scored_window(bundle: ModelBundle, scored: ScoredCase, items_table) -> Score
     trend = scored.data.trend
     popularity = trend.values[trend.row(scored.data.until_day)][1:, -1]  # log1p events in the longest window
     categories = scored.context["item_categories"].toarray() > 0
-    return ScoredWindow(scores, popularity, query, scored.case.seen, scored.case.relevant, categories)
+    return ScoredWindow(scored.case.rows, scores, popularity, query, scored.case.seen, scored.case.relevant, categories)
 
 
 def calibrate_trend(
@@ -150,7 +157,7 @@ def _scorer(bundle: ModelBundle, encoded: ModelInputs, scored: ScoredCase, items
     return bundle.scorer(encoded, items_table, catalogue=data.prep.item_ids, trend=data.trend, trend_days=scored.trend_days)
 
 
-def _seqrec_scorer(bundle: ModelBundle, scored: ScoredCase, items_table):
+def seqrec_scorer(bundle: ModelBundle, scored: ScoredCase, items_table):
     return _scorer(bundle, bundle.encode_inputs(scored.inputs, scored.data.user_feats, now=scored.now), scored, items_table)
 
 
@@ -205,16 +212,17 @@ def evaluate_models(settings: Settings, as_of: date, protocols: list[str]) -> Ev
         )
     apply_calibration(bundle, calibration, settings, knobs[0])
     loo = leave_last_out_scored(settings, data)
-    loo_seqrec = evaluate(_seqrec_scorer(bundle, loo, items), loo.case, **loo.context)
+    loo_seqrec = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context)
     evaluations = {"loo": {"seqrec": loo_seqrec, **evaluate_baselines(settings, loo)}}
     uncalibrated, served, frontier, trending = None, None, [], {}
     if "backtest" in protocols:
         backtest = backtest_scored(settings, data, datasets["backtest"])
         bt_bundle = load_trained(settings, as_of, backtest.data, "backtest")
-        scorer = _seqrec_scorer(bt_bundle, backtest, items)
+        scorer = seqrec_scorer(bt_bundle, backtest, items)
         if "calibration" in protocols:  # the model before calibration, for the record: what the offsets add
-            uncalibrated = evaluate(scorer, backtest.case, **backtest.context).metrics
-            frontier = scored_window(bt_bundle, backtest, items).sweep(settings, calibration.offsets)
+            window = scored_window(bt_bundle, backtest, items)
+            uncalibrated = evaluate(window.score_fn(), backtest.case, **backtest.context).metrics
+            frontier = window.sweep(settings, calibration.offsets)
             served = point_at(frontier, knobs)
         apply_calibration(bt_bundle, calibration, settings, knobs[0])
         bt_seqrec = evaluate(scorer, backtest.case, **backtest.context)
