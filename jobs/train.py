@@ -1,6 +1,7 @@
 """torchrun entry point: one process per rank trains the sequence model.
 
-    torchrun --standalone --nproc-per-node=2 jobs/train.py --dataset D --out DIR [--run-id ID]
+    torchrun --nnodes=1 --rdzv-backend=c10d-bound --rdzv-endpoint=127.0.0.1:0 --nproc-per-node=2 \
+        jobs/train.py --dataset D --out DIR [--run-id ID]
 
 Launched by `recsys train` / the recsys_train DAG, which prepare the dataset
 and the MLflow run first.

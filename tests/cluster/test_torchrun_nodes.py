@@ -35,8 +35,8 @@ def test_two_nodes_reach_the_quality_of_one(pipeline, tmp_path):
     settings_file.write_text(nodes.model_dump_json())
     out = tmp_path / "checkpoints"
     command = torchrun_command(nodes, pipeline.run_date, "loo", out=out, settings_file=settings_file, run_id=None)
-    assert "--nnodes=2" in command and "--rdzv-backend=c10d" in command
-    env = {**torchrun_env(nodes), "GLOO_SOCKET_IFNAME": "lo"}
+    assert "--nnodes=2" in command and "--rdzv-backend=c10d-bound" in command
+    env = torchrun_env(nodes)
 
     processes = []
     try:

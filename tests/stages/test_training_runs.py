@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 
 from recsys_core.config import Settings
 from recsys_core.stages.train import dataset_path, workspace
+from recsys_core.stages.training.launch import torchrun_launcher
 from recsys_core.training.loop import LAST, RESULT
 
 pytestmark = [pytest.mark.torchrun, pytest.mark.slow]
@@ -32,12 +32,7 @@ def torchrun(settings: Settings, dataset: Path, out: Path, nproc: int) -> list[s
     settings_file.parent.mkdir(parents=True, exist_ok=True)
     settings_file.write_text(settings.model_dump_json())
     return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nnodes=1",
-        f"--nproc-per-node={nproc}",
+        *torchrun_launcher(settings, f"test-{out.name}", nproc),
         str(JOB),
         "--dataset",
         str(dataset),

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from recsys_core.config import Settings
 from recsys_core.errors import ModelError
+from recsys_core.io.network import LOOPBACK, RENDEZVOUS_BACKEND, is_loopback
 from recsys_core.stages.training.workspace import RUNS, SETTINGS, checkpoint_dir, dataset_path, workspace
 from recsys_core.training.loop import RESULT
 
@@ -36,20 +37,8 @@ def torchrun_command(
     ws = workspace(settings, as_of)
     if run_id is _FROM_WORKSPACE:
         run_id = json.loads((ws / RUNS).read_text())[protocol]
-    nproc = nproc or settings.train.nproc_per_node
-    launcher = [sys.executable, "-m", "torch.distributed.run"]
-    if settings.train.nnodes > 1:
-        launcher += [
-            f"--nnodes={settings.train.nnodes}",
-            "--rdzv-backend=c10d",
-            f"--rdzv-endpoint={settings.train.rdzv_endpoint}",
-            f"--rdzv-id=recsys-{as_of}-{protocol}",
-        ]
-    else:
-        launcher += ["--standalone", "--nnodes=1"]
     return [
-        *launcher,
-        f"--nproc-per-node={nproc}",
+        *torchrun_launcher(settings, f"recsys-{as_of}-{protocol}", nproc),
         str(JOB),
         *("--dataset", str(dataset_path(ws, protocol))),
         *("--out", str(out or checkpoint_dir(ws, protocol))),
@@ -58,8 +47,38 @@ def torchrun_command(
     ]
 
 
+def torchrun_launcher(settings: Settings, rdzv_id: str, nproc: int | None = None) -> list[str]:
+    """torchrun up to the script: the rendezvous of ``settings.train`` and its processes per node."""
+    endpoint = rendezvous_endpoint(settings)
+    return [
+        *(sys.executable, "-m", "torch.distributed.run"),
+        f"--nnodes={settings.train.nnodes}",
+        f"--rdzv-backend={RENDEZVOUS_BACKEND}",
+        f"--rdzv-endpoint={endpoint}",
+        f"--rdzv-id={rdzv_id}",
+        # On loopback the node advertises (and its workers' store binds) 127.0.0.1, not its hostname.
+        *((f"--local-addr={LOOPBACK}",) if _on_loopback(endpoint) else ()),
+        f"--nproc-per-node={nproc or settings.train.nproc_per_node}",
+    ]
+
+
+def rendezvous_endpoint(settings: Settings) -> str:
+    """One node meets itself on loopback, on a port the system picks (what ``--standalone`` does,
+    but bound to 127.0.0.1); several meet at the configured endpoint."""
+    return settings.train.rdzv_endpoint if settings.train.nnodes > 1 else f"{LOOPBACK}:0"  # type: ignore[return-value]
+
+
+def _on_loopback(endpoint: str) -> bool:
+    return is_loopback(endpoint.rsplit(":", 1)[0].strip("[]"))
+
+
 def torchrun_env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "OMP_NUM_THREADS": str(settings.train.torch_threads)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri, "OMP_NUM_THREADS": str(settings.train.torch_threads)}
+    if _on_loopback(rendezvous_endpoint(settings)):
+        # gloo's and NCCL's own sockets bind the hostname's address unless told the interface.
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        env.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    return env
 
 
 def run_torchrun(settings: Settings, as_of: date, nproc: int | None = None) -> dict:
