@@ -12,7 +12,7 @@ Random user vectors and item matrix (float32), a few seen items per user
   interleaved rounds with fp32 GEMM passes: users/s, effective FLOP/s
   (2 * users * items * d / time) as a fraction of the fp32 GEMM rate, the share
   of users whose top-K equals the exact fp32 one (score gaps of mismatches),
-  and the time per stage (GEMM, mask, block maxima, top-k, re-rank, fp32 fallback);
+  and the time per stage (GEMM, mask or bf16 candidate pool, re-rank, top-k, fp32 fallback);
 - the implementation before the optimisation (COO mask per batch, one topk over
   the row), same inputs, for reference;
 - (b) ``recsys_core.serving.spark_score.spark_top_k`` on local[*] (Arrow batches
@@ -144,9 +144,9 @@ def summarise(run: dict, args, flops: float, gemm_best: float) -> dict:
     times, gemms = run["seconds"], run["gemm_seconds"]
     ratios = [g / t for g, t in zip(gemms, times, strict=True)]
     stage = lambda key: statistics.median(s.get(f"{key}_s", 0.0) for s in run["stats"])  # noqa: E731
-    split = {"gemm": stage("gemm"), "mask": stage("mask"), "block_max": stage("block_max")}
-    split["top_k"] = stage("select") - stage("rerank")  # the re-rank runs inside the selection threads
-    split["rerank"], split["fallback_fp32"] = stage("rerank"), stage("fallback")
+    # fp32: gemm, mask, top_k; bf16: gemm, pool (masking, block maxima, the candidate pool), rerank, top_k
+    split = {key: stage(key) for key in ("gemm", "mask", "pool", "rerank")}
+    split["top_k"], split["fallback_fp32"] = stage("select"), stage("fallback")
     split["other"] = statistics.median(times) - sum(split.values())  # checks, copies out
     return {
         "seconds": [round(t, 3) for t in times],

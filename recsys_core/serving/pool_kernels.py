@@ -1,0 +1,157 @@
+"""Compiled per-row loops of the bf16 scoring path (numba): the candidate pool and its final top-k.
+
+They replace what would otherwise be numpy fancy indexing over whole batches (index arrays of
+rows x pool x children, allocated every batch): here each row is handled in one pass over its own
+scores while they are in cache, rows in parallel threads.
+
+Scores arrive as the raw bits of bf16 values viewed as int16. For values >= 0 the int16 order is
+the bf16 order, and every negative value (-inf included) is below every value >= 0, so a threshold
+that is >= 0 selects the same items in both orders; rows whose threshold is negative are left to
+the exact fp32 path by the caller.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+NEG_INF_BITS = -128  # 0xFF80: bf16 -inf, as int16
+NO_POOL = -1  # counts[r]: no pool (negative threshold, or more members than the pool's capacity)
+
+
+@numba.njit(cache=True, nogil=True)
+def _level_max(below: np.ndarray, out: np.ndarray, group: int) -> None:
+    """out[j] = max(below[j], below[j + w], ..., below[j + (group - 1) w]), w = len(out): strided blocks."""
+    width = out.shape[0]
+    out[:] = below[:width]
+    for m in range(1, group):
+        part = below[m * width : (m + 1) * width]
+        for j in range(width):
+            if part[j] > out[j]:
+                out[j] = part[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def bf16_pools(
+    lo: int,
+    hi: int,
+    scores: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    first_row: int,
+    n_items: int,
+    n_levels: int,
+    group: int,
+    pool: int,
+    sentinel: int,
+    members: np.ndarray,
+    counts: np.ndarray,
+    threshold_bits: np.ndarray,
+) -> None:
+    """Rows [lo, hi) of ``scores`` (int16 bits [rows, padded]): mask the row's seen items (CSR rows from
+    ``first_row``) and the padding, build ``n_levels`` levels of strided block maxima (``group``
+    per block), take ``t``, the ``pool``-th best top-level maximum, and keep every item whose score
+    reaches ``t``: ``members[r, :counts[r]]`` (the rest ``sentinel``), ``threshold_bits[r] = t``.
+    Every item outside the pool scores at most ``t``."""
+    padded = scores.shape[1]
+    capacity = members.shape[1]
+    widths = np.empty(n_levels + 1, dtype=np.int64)
+    starts = np.zeros(n_levels + 1, dtype=np.int64)
+    widths[0] = padded
+    for level in range(1, n_levels + 1):
+        widths[level] = widths[level - 1] // group
+        if level > 1:
+            starts[level] = starts[level - 1] + widths[level - 1]
+    level_rows = np.empty(padded // (group - 1) + 1, dtype=np.int16)  # levels 1..n_levels
+    nodes = np.empty(capacity, dtype=np.int64)
+    kept = np.empty(capacity, dtype=np.int64)
+    for r in range(lo, hi):
+        row = scores[r]
+        for p in range(indptr[first_row + r], indptr[first_row + r + 1]):
+            row[indices[p]] = NEG_INF_BITS
+        row[n_items:] = NEG_INF_BITS
+        # levels 1..n_levels live in level_rows, at starts[level]
+        for level in range(1, n_levels + 1):
+            out = level_rows[starts[level] : starts[level] + widths[level]]
+            if level == 1:
+                _level_max(row, out, group)
+            else:
+                _level_max(level_rows[starts[level - 1] : starts[level - 1] + widths[level - 1]], out, group)
+        top = row if n_levels == 0 else level_rows[starts[n_levels] : starts[n_levels] + widths[n_levels]]
+        t = np.partition(top.copy(), top.shape[0] - pool)[top.shape[0] - pool]
+        threshold_bits[r] = t
+        members[r, :] = sentinel
+        counts[r] = NO_POOL
+        if t < 0:
+            continue
+        n = 0
+        for j in range(top.shape[0]):
+            if top[j] >= t:
+                if n == capacity:
+                    break
+                nodes[n] = j
+                n += 1
+        if n == capacity:
+            continue
+        overflow = False
+        for level in range(n_levels, 0, -1):  # children of node j: j, j + w, ... (w: its level's width)
+            width, m = widths[level], 0
+            for i in range(n):
+                for child in range(nodes[i], nodes[i] + group * width, width):
+                    value = row[child] if level == 1 else level_rows[starts[level - 1] + child]
+                    if value >= t:
+                        if m == capacity:
+                            overflow = True
+                            break
+                        kept[m] = child
+                        m += 1
+                if overflow:
+                    break
+            if overflow:
+                break
+            nodes[:m] = kept[:m]
+            n = m
+        if overflow:
+            continue
+        members[r, :n] = nodes[:n]
+        counts[r] = n
+
+
+@numba.njit(cache=True, nogil=True)
+def finish_pools(
+    lo: int,
+    hi: int,
+    exact: np.ndarray,
+    members: np.ndarray,
+    counts: np.ndarray,
+    threshold: np.ndarray,
+    eps: np.ndarray,
+    output_rel: float,
+    values: np.ndarray,
+    columns: np.ndarray,
+    ok: np.ndarray,
+) -> None:
+    """Rows [lo, hi): the top-k of the pool by its fp32 scores ``exact`` (ties lowest column first), and
+    whether the error bound clears it: every item outside the pool scores at most
+    ``threshold[r] (1 + output_rel) + eps[r]`` in fp32, which must be strictly below the k-th score."""
+    k = values.shape[1]
+    exact_bits = exact.view(np.int32)
+    for r in range(lo, hi):
+        n = counts[r]
+        ok[r] = False
+        if n < k:
+            continue
+        keys = np.empty(n, dtype=np.int64)
+        finite = True
+        for i in range(n):
+            if np.isnan(exact[r, i]):
+                finite = False
+            # an order-preserving image of the score, negated, then the column (as _best_first)
+            bits = np.int64(0) if exact[r, i] == 0 else np.int64(exact_bits[r, i])  # -0.0 ties with 0.0
+            keys[i] = (~(bits ^ ((bits >> 31) & 0x7FFFFFFF)) << 32) | members[r, i]
+        order = np.argsort(keys)[:k]
+        for i in range(k):
+            values[r, i] = exact[r, order[i]]
+            columns[r, i] = members[r, order[i]]
+        bound = np.float64(threshold[r]) * (1.0 + output_rel) + eps[r]
+        ok[r] = finite and bound < values[r, k - 1]
