@@ -155,3 +155,41 @@ def finish_pools(
             columns[r, i] = members[r, order[i]]
         bound = np.float64(threshold[r]) * (1.0 + output_rel) + eps[r]
         ok[r] = finite and bound < values[r, k - 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def rerank_pools(
+    lo: int,
+    hi: int,
+    users: np.ndarray,
+    first_user: int,
+    items: np.ndarray,
+    members: np.ndarray,
+    counts: np.ndarray,
+    exact: np.ndarray,
+) -> None:
+    """Rows [lo, hi): ``exact[r, i]`` = the fp32 score of user ``first_user + r`` and pool member i.
+
+    The products of two fp32 values are exact in float64 and the sum is taken in float64 (eight
+    running partial sums, combined in a fixed order), so the one rounding that matters is the final
+    one to fp32: the score is the fp32 value nearest the real dot product except in cases of
+    double rounding, whatever order a GEMM library would have summed in."""
+    dim = users.shape[1]
+    for r in range(lo, hi):
+        user = users[first_user + r]
+        for i in range(counts[r]):
+            item = items[members[r, i]]
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+            for j in range(0, dim - dim % 8, 8):
+                a0 += np.float64(user[j]) * np.float64(item[j])
+                a1 += np.float64(user[j + 1]) * np.float64(item[j + 1])
+                a2 += np.float64(user[j + 2]) * np.float64(item[j + 2])
+                a3 += np.float64(user[j + 3]) * np.float64(item[j + 3])
+                a4 += np.float64(user[j + 4]) * np.float64(item[j + 4])
+                a5 += np.float64(user[j + 5]) * np.float64(item[j + 5])
+                a6 += np.float64(user[j + 6]) * np.float64(item[j + 6])
+                a7 += np.float64(user[j + 7]) * np.float64(item[j + 7])
+            total = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+            for j in range(dim - dim % 8, dim):
+                total += np.float64(user[j]) * np.float64(item[j])
+            exact[r, i] = np.float32(total)

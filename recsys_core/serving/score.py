@@ -207,8 +207,8 @@ class _Bf16Scorer:
     the pool-th best top-level maximum; then a descent that keeps, level by level,
     only the children whose maximum reaches ``t``; the items that reach ``t`` form
     the pool.
-    The pool's fp32 scores (gathered item vectors x user vector: the same fp32
-    products and order as the fp32 GEMM) give the top-k, ties lowest column first.
+    The pool's fp32 scores (``pool_kernels.rerank_pools``: float64 dot products
+    rounded once to fp32) give the top-k, ties lowest column first.
 
     Maxima are taken on the raw bf16 bits as int16, which orders every value >= 0
     correctly and puts every negative value below them; so the pool is exact
@@ -252,7 +252,7 @@ class _Bf16Scorer:
         self.members = np.empty((batch, _POOL_CAPACITY * self.pool), dtype=np.int64)
         self.counts = np.empty(batch, dtype=np.int64)
         self.threshold_bits = np.empty(batch, dtype=np.int16)
-        self.rerank_vectors, self.rerank_scores = items.new_empty(0), items.new_empty(0)
+        self.users_host, self.items_host = users.cpu().numpy(), self.items.cpu().numpy()  # the re-rank's inputs
         self.fallback_rows = 0
         self.clock = _Clock()
 
@@ -286,8 +286,12 @@ class _Bf16Scorer:
         )
         clock.lap("pool")
         width = max(int(counts.max()), self.k)
-        # torch, in this thread: its own threads do the work
-        exact = self._rerank(np.ascontiguousarray(members[:, :width]), start)
+        exact = np.empty((rows, width), dtype=np.float32)
+        users, items = self.users_host, self.items_host
+        _in_threads(
+            lambda lo, hi: pool_kernels.rerank_pools(lo, hi, users, start, items, members, counts, exact),
+            chunks,
+        )
         clock.lap("rerank")
         values = np.empty((rows, self.k), dtype=np.float32)
         columns = np.empty((rows, self.k), dtype=np.int64)
@@ -309,19 +313,6 @@ class _Bf16Scorer:
             values[redo], columns[redo] = v.numpy(), c.numpy()
             clock.lap("fallback")
         return torch.from_numpy(values), torch.from_numpy(columns)
-
-    def _rerank(self, members: np.ndarray, first_user: int) -> np.ndarray:
-        """fp32 scores of users [first_user, +rows) x their pool items (buffers reused across batches)."""
-        rows, width = members.shape
-        dim = self.items.shape[1]
-        if self.rerank_vectors.numel() < rows * width * dim:
-            self.rerank_vectors = self.items.new_empty(rows * width * dim)
-            self.rerank_scores = self.items.new_empty(rows * width)
-        gathered = self.rerank_vectors[: rows * width * dim].view(rows * width, dim)
-        torch.index_select(self.items, 0, torch.from_numpy(members).view(-1).to(self.items.device), out=gathered)
-        out = self.rerank_scores[: rows * width].view(rows, width, 1)
-        torch.bmm(gathered.view(rows, width, dim), self.users[first_user : first_user + rows].unsqueeze(2), out=out)
-        return out.view(rows, width).cpu().numpy()
 
 
 def _error_bound(users: torch.Tensor, users_bf16: torch.Tensor, items: torch.Tensor) -> np.ndarray:
