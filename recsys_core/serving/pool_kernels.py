@@ -17,6 +17,7 @@ import numpy as np
 
 NEG_INF_BITS = -128  # 0xFF80: bf16 -inf, as int16
 NO_POOL = -1  # counts[r]: no pool (negative threshold, or more members than the pool's capacity)
+GROUP = 4  # items per block at each level of the block-maximum tree
 
 
 @numba.njit(cache=True, nogil=True)
@@ -27,8 +28,30 @@ def _level_max(below: np.ndarray, out: np.ndarray, group: int) -> None:
     for m in range(1, group):
         part = below[m * width : (m + 1) * width]
         for j in range(width):
-            if part[j] > out[j]:
-                out[j] = part[j]
+            out[j] = max(out[j], part[j])
+
+
+@numba.njit(cache=True, nogil=True)
+def _kth_largest(values: np.ndarray, k: int, counts: np.ndarray) -> int:
+    """The k-th largest of int16 ``values`` (1 <= k <= len): a radix selection on the high byte,
+    then on the low byte among the values in the high byte's bucket (``counts``: 256 scratch)."""
+    counts[:] = 0
+    for v in values:
+        counts[(v + 32768) >> 8] += 1
+    above, high = 0, 255
+    while above + counts[high] < k:
+        above += counts[high]
+        high -= 1
+    counts[:] = 0
+    for v in values:
+        key = v + 32768
+        if key >> 8 == high:
+            counts[key & 255] += 1
+    low = 255
+    while above + counts[low] < k:
+        above += counts[low]
+        low -= 1
+    return (high << 8 | low) - 32768
 
 
 @numba.njit(cache=True, nogil=True)
@@ -41,80 +64,65 @@ def bf16_pools(
     first_row: int,
     n_items: int,
     n_levels: int,
-    group: int,
     pool: int,
     sentinel: int,
     members: np.ndarray,
     counts: np.ndarray,
     threshold_bits: np.ndarray,
 ) -> None:
-    """Rows [lo, hi) of ``scores`` (int16 bits [rows, padded]): mask the row's seen items (CSR rows from
-    ``first_row``) and the padding, build ``n_levels`` levels of strided block maxima (``group``
-    per block), take ``t``, the ``pool``-th best top-level maximum, and keep every item whose score
-    reaches ``t``: ``members[r, :counts[r]]`` (the rest ``sentinel``), ``threshold_bits[r] = t``.
-    Every item outside the pool scores at most ``t``."""
+    """Rows [lo, hi) of ``scores`` (int16 bits [rows, padded]): mask the row's seen items (CSR rows
+    from ``first_row``) and the padding, build ``n_levels`` (0 to 2) levels of block maxima
+    (``GROUP`` strided items per block), take ``t``, the ``pool``-th best top-level maximum, and
+    keep every item whose score reaches ``t``: ``members[r, :counts[r]]`` (the rest ``sentinel``),
+    ``threshold_bits[r] = t``. Every item outside the pool scores at most ``t``."""
     padded = scores.shape[1]
     capacity = members.shape[1]
-    widths = np.empty(n_levels + 1, dtype=np.int64)
-    starts = np.zeros(n_levels + 1, dtype=np.int64)
-    widths[0] = padded
-    for level in range(1, n_levels + 1):
-        widths[level] = widths[level - 1] // group
-        if level > 1:
-            starts[level] = starts[level - 1] + widths[level - 1]
-    level_rows = np.empty(padded // (group - 1) + 1, dtype=np.int16)  # levels 1..n_levels
+    level1 = np.empty(padded // GROUP, dtype=np.int16)
+    level2 = np.empty(padded // GROUP // GROUP, dtype=np.int16)
     nodes = np.empty(capacity, dtype=np.int64)
     kept = np.empty(capacity, dtype=np.int64)
+    histogram = np.empty(256, dtype=np.int64)
     for r in range(lo, hi):
         row = scores[r]
         for p in range(indptr[first_row + r], indptr[first_row + r + 1]):
             row[indices[p]] = NEG_INF_BITS
         row[n_items:] = NEG_INF_BITS
-        # levels 1..n_levels live in level_rows, at starts[level]
-        for level in range(1, n_levels + 1):
-            out = level_rows[starts[level] : starts[level] + widths[level]]
-            if level == 1:
-                _level_max(row, out, group)
-            else:
-                _level_max(level_rows[starts[level - 1] : starts[level - 1] + widths[level - 1]], out, group)
-        top = row if n_levels == 0 else level_rows[starts[n_levels] : starts[n_levels] + widths[n_levels]]
-        t = np.partition(top.copy(), top.shape[0] - pool)[top.shape[0] - pool]
+        if n_levels >= 1:
+            _level_max(row, level1, GROUP)
+        if n_levels == 2:
+            _level_max(level1, level2, GROUP)
+        top = row if n_levels == 0 else (level1 if n_levels == 1 else level2)
+        t = _kth_largest(top, pool, histogram)
         threshold_bits[r] = t
         members[r, :] = sentinel
         counts[r] = NO_POOL
         if t < 0:
             continue
-        n = 0
-        for j in range(top.shape[0]):
-            if top[j] >= t:
-                if n == capacity:
-                    break
-                nodes[n] = j
-                n += 1
-        if n == capacity:
-            continue
-        overflow = False
-        for level in range(n_levels, 0, -1):  # children of node j: j, j + w, ... (w: its level's width)
-            width, m = widths[level], 0
+        n = _reaching(top, 0, top.shape[0], 1, t, nodes, 0)
+        level = n_levels
+        while level > 0 and n <= capacity:  # children of node j: j, j + w, ... (w: its level's width)
+            below = row if level == 1 else level1
+            width, m = below.shape[0] // GROUP, 0
             for i in range(n):
-                for child in range(nodes[i], nodes[i] + group * width, width):
-                    value = row[child] if level == 1 else level_rows[starts[level - 1] + child]
-                    if value >= t:
-                        if m == capacity:
-                            overflow = True
-                            break
-                        kept[m] = child
-                        m += 1
-                if overflow:
-                    break
-            if overflow:
-                break
-            nodes[:m] = kept[:m]
-            n = m
-        if overflow:
+                m = _reaching(below, nodes[i], nodes[i] + GROUP * width, width, t, kept, m)
+            nodes[: min(m, capacity)] = kept[: min(m, capacity)]
+            n, level = m, level - 1
+        if n > capacity:
             continue
         members[r, :n] = nodes[:n]
         counts[r] = n
+
+
+@numba.njit(cache=True, nogil=True)
+def _reaching(values: np.ndarray, start: int, stop: int, step: int, t: int, out: np.ndarray, n: int) -> int:
+    """Append to ``out[n:]`` the positions in range(start, stop, step) whose value reaches ``t``;
+    returns the new count, which exceeds ``len(out)`` (nothing more written) when they do not fit."""
+    for j in range(start, stop, step):
+        if values[j] >= t:
+            if n < out.shape[0]:
+                out[n] = j
+            n += 1
+    return n
 
 
 @numba.njit(cache=True, nogil=True)

@@ -58,9 +58,9 @@ _TWO_STAGE_MIN_RATIO = 8
 # a wider pool costs re-rank time, a narrower one more rows failing the exactness check.
 _POOL_MARGIN = 0.5
 _POOL_MARGIN_MIN = 16
-# bf16 path: items per block at each level of the block-maximum tree, bottom up (a level is
-# used while the catalogue has 4 x pool blocks at it).
-_LEVELS = (4, 4)
+# bf16 path: up to this many levels of block maxima (pool_kernels.GROUP items per block; a
+# level is used while the catalogue has 4 x pool blocks at it).
+_MAX_LEVELS = 2
 # bf16 path: a row whose pool (the items reaching the threshold) holds more than this many times
 # ``pool`` items (ties at the threshold) is scored again in fp32.
 _POOL_CAPACITY = 4
@@ -202,7 +202,7 @@ class _Bf16Scorer:
     Per batch: one bf16 GEMM (bf16 output, AMX/AVX-512 BF16 on CPU) into a reused
     buffer. Then, per row in one compiled pass while the row is in cache
     (``pool_kernels.bf16_pools``, row chunks in parallel threads): seen items set
-    to -inf; a tree of block maxima (strided blocks, ``_LEVELS`` items per level:
+    to -inf; a tree of block maxima (strided blocks, ``pool_kernels.GROUP`` items per level:
     block b of a level of width w holds b, b + w, ... of the level below); ``t``,
     the pool-th best top-level maximum; then a descent that keeps, level by level,
     only the children whose maximum reaches ``t``; the items that reach ``t`` form
@@ -234,10 +234,10 @@ class _Bf16Scorer:
         n_items, dim = items.shape
         self.users, self.csr, self.k, self.exact, self.n_items = users, csr, k, exact, n_items
         self.pool = min(n_items, k + max(_POOL_MARGIN_MIN, math.ceil(_POOL_MARGIN * k)))
-        self.levels: list[int] = []
-        while len(self.levels) < len(_LEVELS) and n_items >= math.prod(self.levels) * _LEVELS[len(self.levels)] * 4 * self.pool:
-            self.levels.append(_LEVELS[len(self.levels)])
-        group = math.prod(self.levels)
+        self.levels = 0
+        while self.levels < _MAX_LEVELS and n_items >= pool_kernels.GROUP ** (self.levels + 1) * 4 * self.pool:
+            self.levels += 1
+        group = pool_kernels.GROUP**self.levels
         self.padded = group * -(-n_items // group)
         # one zero row past the padding: the pool's empty slots point at it
         items = torch.cat([items, items.new_zeros(self.padded + 1 - n_items, dim)])
@@ -263,7 +263,6 @@ class _Bf16Scorer:
         clock.lap("gemm")
         members, counts, threshold_bits = self.members[:rows], self.counts[:rows], self.threshold_bits[:rows]
         bits = scores.view(torch.int16).cpu().numpy()
-        levels, group = len(self.levels), _LEVELS[0]
         chunks = _row_chunks(rows)
         _in_threads(
             lambda lo, hi: pool_kernels.bf16_pools(
@@ -274,8 +273,7 @@ class _Bf16Scorer:
                 self.indices,
                 start,
                 self.n_items,
-                levels,
-                group,
+                self.levels,
                 self.pool,
                 self.padded,
                 members,
