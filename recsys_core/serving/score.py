@@ -46,6 +46,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from recsys_core.serving import pool_kernels
+
 T = TypeVar("T")
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
@@ -56,9 +58,12 @@ _TWO_STAGE_MIN_RATIO = 8
 # a wider pool costs re-rank time, a narrower one more rows failing the exactness check.
 _POOL_MARGIN = 0.5
 _POOL_MARGIN_MIN = 16
-# bf16 path: items per block at each level of the block-maximum tree, bottom up (a level is
-# used while the catalogue has 4 x pool blocks at it).
-_LEVELS = (4, 4)
+# bf16 path: up to this many levels of block maxima (pool_kernels.GROUP items per block; a
+# level is used while the catalogue has 4 x pool blocks at it).
+_MAX_LEVELS = 2
+# bf16 path: a row whose pool (the items reaching the threshold) holds more than this many times
+# ``pool`` items (ties at the threshold) is scored again in fp32.
+_POOL_CAPACITY = 4
 # The bf16 GEMM rounds its fp32 accumulator to the nearest bf16 (8 significant bits):
 # |c - acc| <= 2^-8 |acc|, so |c - acc| <= 2^-8 / (1 - 2^-8) |c|.
 _BF16_OUTPUT_REL = 2.0**-8 / (1 - 2.0**-8)
@@ -195,13 +200,15 @@ class _Bf16Scorer:
     """bf16 scores for the whole catalogue, a candidate pool, an exact fp32 re-rank of the pool.
 
     Per batch: one bf16 GEMM (bf16 output, AMX/AVX-512 BF16 on CPU) into a reused
-    buffer; seen items set to -inf; a tree of block maxima (strided blocks,
-    ``_LEVELS`` items per level: block b of a level of width w holds b, b + w, ...
-    of the level below); the ``pool`` best top-level blocks; then a descent
-    that keeps, level by level, only the children whose maximum reaches ``t``,
-    the pool-th best block maximum; the items that reach ``t`` form the pool.
-    The pool's fp32 scores (gathered item vectors x user vector: the same fp32
-    products and order as the fp32 GEMM) give the top-k, ties lowest column first.
+    buffer. Then, per row in one compiled pass while the row is in cache
+    (``pool_kernels.bf16_pools``, row chunks in parallel threads): seen items set
+    to -inf; a tree of block maxima (strided blocks, ``pool_kernels.GROUP`` items per level:
+    block b of a level of width w holds b, b + w, ... of the level below); ``t``,
+    the pool-th best top-level maximum; then a descent that keeps, level by level,
+    only the children whose maximum reaches ``t``; the items that reach ``t`` form
+    the pool.
+    The pool's fp32 scores (``pool_kernels.rerank_pools``: float64 dot products
+    rounded once to fp32) give the top-k, ties lowest column first.
 
     Maxima are taken on the raw bf16 bits as int16, which orders every value >= 0
     correctly and puts every negative value below them; so the pool is exact
@@ -209,8 +216,9 @@ class _Bf16Scorer:
     hence at most ``t (1 + _BF16_OUTPUT_REL) + eps[user]`` in fp32
     (``_error_bound``). When that is strictly below the k-th re-ranked score, no
     item outside the pool can enter or tie into the top-k: the result is the
-    exact fp32 top-k. Other rows (``t < 0``, fewer items than the pool, non-finite
-    scores, or a failed check) are scored again by the exact fp32 path;
+    exact fp32 top-k. Other rows (``t < 0``, fewer items than the pool, more than
+    ``_POOL_CAPACITY`` x pool items reaching ``t``, non-finite scores, or a failed
+    check) are scored again by the exact fp32 path;
     ``fallback_rows`` counts them.
     """
 
@@ -226,58 +234,74 @@ class _Bf16Scorer:
         n_items, dim = items.shape
         self.users, self.csr, self.k, self.exact, self.n_items = users, csr, k, exact, n_items
         self.pool = min(n_items, k + max(_POOL_MARGIN_MIN, math.ceil(_POOL_MARGIN * k)))
-        self.levels: list[int] = []
-        while len(self.levels) < len(_LEVELS) and n_items >= math.prod(self.levels) * _LEVELS[len(self.levels)] * 4 * self.pool:
-            self.levels.append(_LEVELS[len(self.levels)])
-        group = math.prod(self.levels)
+        self.levels = 0
+        while self.levels < _MAX_LEVELS and n_items >= pool_kernels.GROUP ** (self.levels + 1) * 4 * self.pool:
+            self.levels += 1
+        group = pool_kernels.GROUP**self.levels
         self.padded = group * -(-n_items // group)
-        self.widths = [self.padded // math.prod(self.levels[:i]) for i in range(len(self.levels) + 1)]
         # one zero row past the padding: the pool's empty slots point at it
         items = torch.cat([items, items.new_zeros(self.padded + 1 - n_items, dim)])
         self.items = items.contiguous()
         self.items_t = items[: self.padded].T.contiguous().to(torch.bfloat16)
         self.users_bf16 = users.to(torch.bfloat16)
         self.eps = _error_bound(users, self.users_bf16, items[:n_items])
-        device = users.device
-        self.buffers = [torch.empty(batch * w, dtype=torch.bfloat16, device=device) for w in self.widths]
-        # children of node j of level i + 1 in level i: j, j + w, ... (w: the width of level i + 1)
-        self.child_offsets = [np.arange(g, dtype=np.int64) * w for g, w in zip(self.levels, self.widths[1:], strict=True)]
-        self.rerank_vectors, self.rerank_scores = items.new_empty(0), items.new_empty(0)
+        self.buffer = torch.empty(batch * self.padded, dtype=torch.bfloat16, device=users.device)
+        empty = np.zeros(len(users) + 1, dtype=np.int64)
+        self.indptr = csr.indptr.astype(np.int64) if csr is not None else empty
+        self.indices = csr.indices.astype(np.int64) if csr is not None else empty[:0]
+        self.members = np.empty((batch, _POOL_CAPACITY * self.pool), dtype=np.int64)
+        self.counts = np.empty(batch, dtype=np.int64)
+        self.threshold_bits = np.empty(batch, dtype=np.int16)
+        self.users_host, self.items_host = users.cpu().numpy(), self.items.cpu().numpy()  # the re-rank's inputs
         self.fallback_rows = 0
         self.clock = _Clock()
 
     def __call__(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows, clock = stop - start, self.clock
-        scores = self.buffers[0][: rows * self.padded].view(rows, self.padded)
+        scores = self.buffer[: rows * self.padded].view(rows, self.padded)
         torch.mm(self.users_bf16[start:stop], self.items_t, out=scores)
         clock.lap("gemm")
-        if self.padded > self.n_items:
-            scores[:, self.n_items :] = float("-inf")
-        if self.csr is not None:
-            _mask_rows(scores.view(-1), self.csr, start, stop, self.padded)
-        clock.lap("mask")
-        levels = [scores.view(torch.int16)]
-        for group, width, buffer in zip(self.levels, self.widths[1:], self.buffers[1:], strict=True):
-            out = buffer[: rows * width].view(torch.int16).view(rows, width)
-            torch.amax(levels[-1].view(rows, group, width), dim=1, out=out)
-            levels.append(out)
-        top = levels[-1].view(torch.bfloat16).float().cpu().numpy()
-        flat = [level.reshape(-1).cpu().numpy() for level in levels[:-1]]
-        clock.lap("block_max")
+        members, counts, threshold_bits = self.members[:rows], self.counts[:rows], self.threshold_bits[:rows]
+        bits = scores.view(torch.int16).cpu().numpy()
         chunks = _row_chunks(rows)
-        parts = _in_threads(lambda lo, hi: self._pool_members(top, flat, lo, hi), chunks)
-        width = max(m.shape[1] for m, _ in parts)
-        members = np.full((rows, width), self.padded, dtype=np.int64)  # empty slots: the zero row
-        for (lo, hi), (part, _) in zip(chunks, parts, strict=True):
-            members[lo:hi, : part.shape[1]] = part
-        threshold = np.concatenate([t for _, t in parts])
-        clock.lap("select")
-        exact = self._rerank(members, start)  # torch, in this thread: its own threads do the work
+        _in_threads(
+            lambda lo, hi: pool_kernels.bf16_pools(
+                lo,
+                hi,
+                bits,
+                self.indptr,
+                self.indices,
+                start,
+                self.n_items,
+                self.levels,
+                self.pool,
+                self.padded,
+                members,
+                counts,
+                threshold_bits,
+            ),
+            chunks,
+        )
+        clock.lap("pool")
+        width = max(int(counts.max()), self.k)
+        exact = np.empty((rows, width), dtype=np.float32)
+        users, items = self.users_host, self.items_host
+        _in_threads(
+            lambda lo, hi: pool_kernels.rerank_pools(lo, hi, users, start, items, members, counts, exact),
+            chunks,
+        )
         clock.lap("rerank")
         values = np.empty((rows, self.k), dtype=np.float32)
         columns = np.empty((rows, self.k), dtype=np.int64)
         ok = np.empty(rows, dtype=bool)
-        _in_threads(lambda lo, hi: self._finish(exact, members, threshold, start, values, columns, ok, lo, hi), chunks)
+        threshold = (threshold_bits.astype(np.int32) << 16).view(np.float32)
+        eps = self.eps[start:stop]
+        _in_threads(
+            lambda lo, hi: pool_kernels.finish_pools(
+                lo, hi, exact, members, counts, threshold, eps, _BF16_OUTPUT_REL, values, columns, ok
+            ),
+            chunks,
+        )
         clock.lap("select")
         redo = np.flatnonzero(~ok)
         if len(redo):
@@ -287,62 +311,6 @@ class _Bf16Scorer:
             values[redo], columns[redo] = v.numpy(), c.numpy()
             clock.lap("fallback")
         return torch.from_numpy(values), torch.from_numpy(columns)
-
-    def _pool_members(self, top: np.ndarray, flat: list[np.ndarray], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Rows [lo, hi): the pool's item columns (padded with the zero row) and the threshold."""
-        rows, width, pool = hi - lo, top.shape[1], self.pool
-        best = np.argpartition(top[lo:hi], width - pool, axis=1)[:, width - pool :]
-        threshold = np.take_along_axis(top[lo:hi], best[:, :1], axis=1)[:, 0]  # the pool-th best block maximum
-        # Compared as raw bits: for a threshold >= 0 the int16 order is the bf16 order (checked in _finish).
-        threshold_bits = (threshold.view(np.int32) >> 16).astype(np.int16)
-        row = np.repeat(np.arange(rows), pool)
-        node = best.ravel()
-        for level in range(len(self.levels) - 1, -1, -1):  # down to the items, keeping what reaches the threshold
-            below = self.widths[level]
-            index = ((row + lo) * below + node)[:, None] + self.child_offsets[level]
-            keep_row, keep_col = np.nonzero(flat[level].take(index) >= threshold_bits[row][:, None])
-            row, node = row[keep_row], index[keep_row, keep_col] - (row[keep_row] + lo) * below
-        counts = np.bincount(row, minlength=rows)
-        slot = np.arange(len(row)) - (np.cumsum(counts) - counts)[row]
-        members = np.full((rows, max(int(counts.max()), self.k)), self.padded, dtype=np.int64)
-        members[row, slot] = node
-        return members, threshold
-
-    def _finish(
-        self,
-        exact: np.ndarray,
-        members: np.ndarray,
-        threshold: np.ndarray,
-        start: int,
-        values: np.ndarray,
-        columns: np.ndarray,
-        ok: np.ndarray,
-        lo: int,
-        hi: int,
-    ) -> None:
-        """Rows [lo, hi): the top-k of the re-ranked pool, and whether the error bound clears it."""
-        scores, pool = exact[lo:hi], members[lo:hi]
-        scores[pool == self.padded] = -np.inf
-        order = _best_first(scores, pool)[:, : self.k]
-        values[lo:hi] = np.take_along_axis(scores, order, axis=1)
-        columns[lo:hi] = np.take_along_axis(pool, order, axis=1)
-        with np.errstate(invalid="ignore", over="ignore"):
-            bound = threshold[lo:hi] * (1 + _BF16_OUTPUT_REL) + self.eps[start + lo : start + hi]
-            clear = (threshold[lo:hi] >= 0) & (bound < values[lo:hi, self.k - 1])
-            ok[lo:hi] = clear & ~np.isnan(values[lo:hi]).any(axis=1)
-
-    def _rerank(self, members: np.ndarray, first_user: int) -> np.ndarray:
-        """fp32 scores of users [first_user, +rows) x their pool items (buffers reused across batches)."""
-        rows, width = members.shape
-        dim = self.items.shape[1]
-        if self.rerank_vectors.numel() < rows * width * dim:
-            self.rerank_vectors = self.items.new_empty(rows * width * dim)
-            self.rerank_scores = self.items.new_empty(rows * width)
-        gathered = self.rerank_vectors[: rows * width * dim].view(rows * width, dim)
-        torch.index_select(self.items, 0, torch.from_numpy(members).view(-1).to(self.items.device), out=gathered)
-        out = self.rerank_scores[: rows * width].view(rows, width, 1)
-        torch.bmm(gathered.view(rows, width, dim), self.users[first_user : first_user + rows].unsqueeze(2), out=out)
-        return out.view(rows, width).cpu().numpy()
 
 
 def _error_bound(users: torch.Tensor, users_bf16: torch.Tensor, items: torch.Tensor) -> np.ndarray:

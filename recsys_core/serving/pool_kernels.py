@@ -1,0 +1,203 @@
+"""Compiled per-row loops of the bf16 scoring path (numba): the candidate pool and its final top-k.
+
+They replace what would otherwise be numpy fancy indexing over whole batches (index arrays of
+rows x pool x children, allocated every batch): here each row is handled in one pass over its own
+scores while they are in cache, rows in parallel threads.
+
+Scores arrive as the raw bits of bf16 values viewed as int16. For values >= 0 the int16 order is
+the bf16 order, and every negative value (-inf included) is below every value >= 0, so a threshold
+that is >= 0 selects the same items in both orders; rows whose threshold is negative are left to
+the exact fp32 path by the caller.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+NEG_INF_BITS = -128  # 0xFF80: bf16 -inf, as int16
+NO_POOL = -1  # counts[r]: no pool (negative threshold, or more members than the pool's capacity)
+GROUP = 4  # items per block at each level of the block-maximum tree
+
+
+@numba.njit(cache=True, nogil=True)
+def _level_max(below: np.ndarray, out: np.ndarray, group: int) -> None:
+    """out[j] = max(below[j], below[j + w], ..., below[j + (group - 1) w]), w = len(out): strided blocks."""
+    width = out.shape[0]
+    out[:] = below[:width]
+    for m in range(1, group):
+        part = below[m * width : (m + 1) * width]
+        for j in range(width):
+            out[j] = max(out[j], part[j])
+
+
+@numba.njit(cache=True, nogil=True)
+def _kth_largest(values: np.ndarray, k: int, counts: np.ndarray) -> int:
+    """The k-th largest of int16 ``values`` (1 <= k <= len): a radix selection on the high byte,
+    then on the low byte among the values in the high byte's bucket (``counts``: 256 scratch)."""
+    counts[:] = 0
+    for v in values:
+        counts[(v + 32768) >> 8] += 1
+    above, high = 0, 255
+    while above + counts[high] < k:
+        above += counts[high]
+        high -= 1
+    counts[:] = 0
+    for v in values:
+        key = v + 32768
+        if key >> 8 == high:
+            counts[key & 255] += 1
+    low = 255
+    while above + counts[low] < k:
+        above += counts[low]
+        low -= 1
+    return (high << 8 | low) - 32768
+
+
+@numba.njit(cache=True, nogil=True)
+def bf16_pools(
+    lo: int,
+    hi: int,
+    scores: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    first_row: int,
+    n_items: int,
+    n_levels: int,
+    pool: int,
+    sentinel: int,
+    members: np.ndarray,
+    counts: np.ndarray,
+    threshold_bits: np.ndarray,
+) -> None:
+    """Rows [lo, hi) of ``scores`` (int16 bits [rows, padded]): mask the row's seen items (CSR rows
+    from ``first_row``) and the padding, build ``n_levels`` (0 to 2) levels of block maxima
+    (``GROUP`` strided items per block), take ``t``, the ``pool``-th best top-level maximum, and
+    keep every item whose score reaches ``t``: ``members[r, :counts[r]]`` (the rest ``sentinel``),
+    ``threshold_bits[r] = t``. Every item outside the pool scores at most ``t``."""
+    padded = scores.shape[1]
+    capacity = members.shape[1]
+    level1 = np.empty(padded // GROUP, dtype=np.int16)
+    level2 = np.empty(padded // GROUP // GROUP, dtype=np.int16)
+    nodes = np.empty(capacity, dtype=np.int64)
+    kept = np.empty(capacity, dtype=np.int64)
+    histogram = np.empty(256, dtype=np.int64)
+    for r in range(lo, hi):
+        row = scores[r]
+        for p in range(indptr[first_row + r], indptr[first_row + r + 1]):
+            row[indices[p]] = NEG_INF_BITS
+        row[n_items:] = NEG_INF_BITS
+        if n_levels >= 1:
+            _level_max(row, level1, GROUP)
+        if n_levels == 2:
+            _level_max(level1, level2, GROUP)
+        top = row if n_levels == 0 else (level1 if n_levels == 1 else level2)
+        t = _kth_largest(top, pool, histogram)
+        threshold_bits[r] = t
+        members[r, :] = sentinel
+        counts[r] = NO_POOL
+        if t < 0:
+            continue
+        n = _reaching(top, 0, top.shape[0], 1, t, nodes, 0)
+        level = n_levels
+        while level > 0 and n <= capacity:  # children of node j: j, j + w, ... (w: its level's width)
+            below = row if level == 1 else level1
+            width, m = below.shape[0] // GROUP, 0
+            for i in range(n):
+                m = _reaching(below, nodes[i], nodes[i] + GROUP * width, width, t, kept, m)
+            nodes[: min(m, capacity)] = kept[: min(m, capacity)]
+            n, level = m, level - 1
+        if n > capacity:
+            continue
+        members[r, :n] = nodes[:n]
+        counts[r] = n
+
+
+@numba.njit(cache=True, nogil=True)
+def _reaching(values: np.ndarray, start: int, stop: int, step: int, t: int, out: np.ndarray, n: int) -> int:
+    """Append to ``out[n:]`` the positions in range(start, stop, step) whose value reaches ``t``;
+    returns the new count, which exceeds ``len(out)`` (nothing more written) when they do not fit."""
+    for j in range(start, stop, step):
+        if values[j] >= t:
+            if n < out.shape[0]:
+                out[n] = j
+            n += 1
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
+def finish_pools(
+    lo: int,
+    hi: int,
+    exact: np.ndarray,
+    members: np.ndarray,
+    counts: np.ndarray,
+    threshold: np.ndarray,
+    eps: np.ndarray,
+    output_rel: float,
+    values: np.ndarray,
+    columns: np.ndarray,
+    ok: np.ndarray,
+) -> None:
+    """Rows [lo, hi): the top-k of the pool by its fp32 scores ``exact`` (ties lowest column first), and
+    whether the error bound clears it: every item outside the pool scores at most
+    ``threshold[r] (1 + output_rel) + eps[r]`` in fp32, which must be strictly below the k-th score."""
+    k = values.shape[1]
+    exact_bits = exact.view(np.int32)
+    for r in range(lo, hi):
+        n = counts[r]
+        ok[r] = False
+        if n < k:
+            continue
+        keys = np.empty(n, dtype=np.int64)
+        finite = True
+        for i in range(n):
+            if np.isnan(exact[r, i]):
+                finite = False
+            # an order-preserving image of the score, negated, then the column (as _best_first)
+            bits = np.int64(0) if exact[r, i] == 0 else np.int64(exact_bits[r, i])  # -0.0 ties with 0.0
+            keys[i] = (~(bits ^ ((bits >> 31) & 0x7FFFFFFF)) << 32) | members[r, i]
+        order = np.argsort(keys)[:k]
+        for i in range(k):
+            values[r, i] = exact[r, order[i]]
+            columns[r, i] = members[r, order[i]]
+        bound = np.float64(threshold[r]) * (1.0 + output_rel) + eps[r]
+        ok[r] = finite and bound < values[r, k - 1]
+
+
+@numba.njit(cache=True, nogil=True)
+def rerank_pools(
+    lo: int,
+    hi: int,
+    users: np.ndarray,
+    first_user: int,
+    items: np.ndarray,
+    members: np.ndarray,
+    counts: np.ndarray,
+    exact: np.ndarray,
+) -> None:
+    """Rows [lo, hi): ``exact[r, i]`` = the fp32 score of user ``first_user + r`` and pool member i.
+
+    The products of two fp32 values are exact in float64 and the sum is taken in float64 (eight
+    running partial sums, combined in a fixed order), so the one rounding that matters is the final
+    one to fp32: the score is the fp32 value nearest the real dot product except in cases of
+    double rounding, whatever order a GEMM library would have summed in."""
+    dim = users.shape[1]
+    for r in range(lo, hi):
+        user = users[first_user + r]
+        for i in range(counts[r]):
+            item = items[members[r, i]]
+            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
+            for j in range(0, dim - dim % 8, 8):
+                a0 += np.float64(user[j]) * np.float64(item[j])
+                a1 += np.float64(user[j + 1]) * np.float64(item[j + 1])
+                a2 += np.float64(user[j + 2]) * np.float64(item[j + 2])
+                a3 += np.float64(user[j + 3]) * np.float64(item[j + 3])
+                a4 += np.float64(user[j + 4]) * np.float64(item[j + 4])
+                a5 += np.float64(user[j + 5]) * np.float64(item[j + 5])
+                a6 += np.float64(user[j + 6]) * np.float64(item[j + 6])
+                a7 += np.float64(user[j + 7]) * np.float64(item[j + 7])
+            total = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
+            for j in range(dim - dim % 8, dim):
+                total += np.float64(user[j]) * np.float64(item[j])
+            exact[r, i] = np.float32(total)
