@@ -40,6 +40,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import recsys_core  # noqa: F401  # before torch: it sets the OpenMP wait policy torch reads when it loads
+
+# isort: split
 import numpy as np
 import scipy.sparse as sp
 import torch
