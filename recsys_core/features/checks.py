@@ -551,7 +551,7 @@ def spark_check(df, contract: Table, *, where: str, event_types: Iterable[str] |
         if name == "event_type" and event_types is not None and contract.name == INTERACTIONS.name:
             checks = [pdx.Check.isin(sorted(event_types))]
         for check in checks:
-            rules.append((name, check.name, _column_rule(name, field, check, column.nullable), [name]))
+            rules.append((name, check.error or check.name, _column_rule(name, field, check, column.nullable), [name]))
     uniques: list[tuple[str, str, list[str]]] = []
     if schema.unique:
         uniques.append((contract.name, "multiple_fields_uniqueness", list(schema.unique)))
@@ -579,8 +579,10 @@ def spark_check(df, contract: Table, *, where: str, event_types: Iterable[str] |
             failures.append((label, check_name, repeated.agg(F.sum("count")).collect()[0][0], examples))
     if failures:
         lines = [
-            f"data check failed for table {contract.name} ({where}, {counts['rows']} rows): "
-            f"{len(failures)} check(s) failed; nothing was published."
+            (
+                f"data check failed for table {contract.name} ({where}, {counts['rows']} rows): "
+                f"{len(failures)} check(s) failed; nothing was published."
+            )
         ]
         for label, check_name, n, examples in failures[:MAX_FAILURES]:
             target = "" if label == contract.name else f"column {label!r}: "

@@ -502,9 +502,9 @@ def mark_duplicates(rows, known_event_ids=None):
     repeated = valid & F.col("_first").isNotNull() & (here != F.col("_first"))
     out = out.withColumn(
         "detail",
-        F.when(
-            repeated, F.concat(F.lit("first seen at "), F.concat_ws(":", "_first.source_file", "_first.line_no"))
-        ).otherwise(F.col("detail")),
+        F.when(repeated, F.concat(F.lit("first seen at "), F.concat_ws(":", "_first.source_file", "_first.line_no"))).otherwise(
+            F.col("detail")
+        ),
     ).withColumn("reason", F.when(repeated, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
     if known_event_ids is not None:
         known = known_event_ids.select("event_id", F.col("ingest_dt").alias("_known_dt"))

@@ -163,3 +163,187 @@ def rows_to_matrices(rows: pa.Table, user_ids: list[str], item_ids: list[str], k
     if (items < 0).any():
         raise ValueError("the Spark engine returned duplicate (user, rank) rows")
     return items, scores
+
+
+# Executors write the night ---------------------------------------------------------------------
+#
+# The driver writes the scoring inputs (one Parquet file per digest bucket of
+# users) to the shared file system; every Spark task reads one whole file, scores
+# its users and writes their rows to one output file, so each user's K rows sit
+# in one file and no row comes back to the driver. A second pass reads each
+# output file whole and returns only its bucket, row count and digest.
+
+_SCORED = "user_id string, rank int, item_id string, score float, source string"
+_ARROW_SCORED = pa.schema([*_ARROW_OUTPUT, ("source", pa.string())])
+# Every non-empty file a partition of its own, never split (see recsys_core.features.ingest).
+WHOLE_FILES = {"spark.sql.files.maxPartitionBytes": str(1 << 40), "spark.sql.files.openCostInBytes": str(1 << 40)}
+
+
+def write_score_inputs(
+    fs, folder: str, user_ids: list[str], user_vectors: np.ndarray, use_model: np.ndarray, exclude: sp.csr_matrix
+) -> int:
+    """One Parquet file per digest bucket under ``folder``: user_id, vector (null: fallback user), seen; returns files written."""
+    import pyarrow.parquet as pq
+
+    from recsys_core.serving.output import digest_buckets
+
+    n = len(user_ids)
+    dim = user_vectors.shape[1]
+    full = np.zeros((n, dim), dtype=np.float32)
+    full[use_model] = user_vectors
+    table = user_batch_table(user_ids, full, exclude)
+    vectors = table["vector"].combine_chunks()
+    vectors = pa.ListArray.from_arrays(vectors.offsets, vectors.values, mask=pa.array(~np.asarray(use_model, bool)))
+    table = table.set_column(1, "vector", vectors)
+    buckets = digest_buckets(table["user_id"])
+    fs.create_dir(folder, recursive=True)
+    written = 0
+    for b in np.unique(buckets):
+        rows = np.flatnonzero(buckets == b)
+        with fs.open_output_stream(f"{folder}/bucket-{int(b):02d}.parquet") as out:
+            pq.write_table(table.take(pa.array(rows)), out)
+        written += 1
+    return written
+
+
+def score_mixed_batch(
+    batch: pa.RecordBatch, item_matrix: np.ndarray, item_ids: pa.Array, k: int, trending: np.ndarray, **options
+) -> pa.RecordBatch:
+    """Score a batch of ``write_score_inputs`` rows: users with a vector by the model, the others by ``trending``."""
+    import torch
+
+    from recsys_core.serving.score import score_top_k
+    from recsys_core.sparse import exclusion_from_lists
+
+    model = pc.is_valid(batch.column("vector"))
+    out = []
+    modelled = batch.filter(model)
+    if modelled.num_rows:
+        scored = score_arrow_batch(modelled, item_matrix, item_ids, k, **options)
+        out.append(scored.append_column("source", pa.array(["model"] * scored.num_rows, pa.string())))
+    fallback = batch.filter(pc.invert(model))
+    n = fallback.num_rows
+    if n:
+        seen = fallback.column("seen")
+        exclude = exclusion_from_lists(
+            seen.offsets.to_numpy(),
+            seen.values.to_numpy(zero_copy_only=False)[seen.offsets[0].as_py() : seen.offsets[-1].as_py()],
+            item_matrix.shape[0],
+        )
+        items, scores = score_top_k(torch.ones(n, 1), torch.as_tensor(trending).unsqueeze(1), k, exclude=exclude)
+        out.append(
+            pa.RecordBatch.from_arrays(
+                [
+                    pc.take(fallback.column("user_id"), pa.array(np.repeat(np.arange(n), k))),
+                    pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), n)),
+                    pc.take(item_ids, pa.array(np.asarray(items).ravel())),
+                    pa.array(np.asarray(scores, dtype=np.float32).ravel()),
+                    pa.array(["fallback"] * (n * k), pa.string()),
+                ],
+                schema=_ARROW_SCORED,
+            )
+        )
+    if not out:
+        return pa.RecordBatch.from_pylist([], schema=_ARROW_SCORED)
+    return pa.concat_batches(out) if len(out) > 1 else out[0]
+
+
+def spark_write_top_k(
+    spark,
+    inputs_uri: str,
+    output_uri: str,
+    item_ids: list[str],
+    item_matrix: np.ndarray,
+    k: int,
+    trending: np.ndarray,
+    contract,
+    constants: dict[str, Any],
+    *,
+    batch_users: int = 1024,
+    mmr_lambda: float | None = None,
+    categories: np.ndarray | None = None,
+    pool_factor: int = 3,
+) -> dict[int, tuple[int, str]]:
+    """Score the users of ``inputs_uri`` in Spark tasks and write the night to ``output_uri``.
+
+    Returns each digest bucket's (rows, bucket_digest), read back from the written files.
+
+    The rows take ``contract``'s columns in order: the scored ones, ``constants``
+    (model name, version, generated_at), and null for any other (nullable) column.
+    The item matrix, ids, trending scores and categories are broadcast variables.
+    """
+    from pyspark.sql import functions as F
+
+    from recsys_core.contracts import spark_schema
+    from recsys_core.serving.output import bucket_digest, digest_buckets
+
+    if k > len(item_ids):
+        raise ValueError(f"K={k} is larger than the catalogue ({len(item_ids)} items)")
+    sc = spark.sparkContext
+    threads = int(sc.getConf().get("spark.task.cpus", "1"))
+    b_items = sc.broadcast(np.ascontiguousarray(item_matrix, dtype=np.float32))
+    b_ids = sc.broadcast(np.asarray(item_ids, dtype=object))
+    b_trending = sc.broadcast(np.asarray(trending, dtype=np.float32))
+    b_cats = sc.broadcast(np.asarray(categories, dtype=bool)) if categories is not None else None
+    options: dict[str, Any] = {"batch_users": batch_users, "mmr_lambda": mmr_lambda, "pool_factor": pool_factor}
+
+    def score_partition(batches):
+        import torch
+
+        torch.set_num_threads(threads)
+        ids = pa.array(b_ids.value, pa.string())
+        cats = b_cats.value if b_cats is not None else None
+        for batch in batches:
+            yield score_mixed_batch(batch, b_items.value, ids, k, b_trending.value, categories=cats, **options)
+
+    def digest_partition(batches):
+        table = pa.Table.from_batches(list(batches))
+        if table.num_rows == 0:
+            return
+        buckets = np.unique(digest_buckets(table["user_id"]))
+        if len(buckets) != 1:
+            raise ValueError(f"an output file holds users of digest buckets {buckets.tolist()}; expected one")
+        yield pa.RecordBatch.from_pylist(
+            [{"bucket": int(buckets[0]), "rows": table.num_rows, "digest": bucket_digest(table)}],
+            schema=pa.schema([("bucket", pa.int32()), ("rows", pa.int64()), ("digest", pa.string())]),
+        )
+
+    schema = spark_schema(contract)
+    previous = {key: spark.conf.get(key, None) for key in WHOLE_FILES}
+    for key, value in WHOLE_FILES.items():
+        spark.conf.set(key, value)
+    try:
+        scored = spark.read.parquet(inputs_uri).mapInArrow(score_partition, _SCORED)
+        columns = []
+        for field in schema.fields:
+            if field.name in scored.columns:
+                value = F.col(field.name)
+            elif field.name in constants:
+                value = F.lit(constants[field.name])
+            elif field.nullable:
+                value = F.lit(None)
+            else:
+                raise ValueError(f"{contract.name}: no value for the required column {field.name}")
+            columns.append(value.cast(field.dataType).alias(field.name))
+        scored.select(*columns).sortWithinPartitions("user_id", "rank").write.mode("overwrite").parquet(output_uri)
+        digests = (
+            spark.read.parquet(output_uri)
+            .select(*contract.columns)
+            .mapInArrow(digest_partition, "bucket int, rows long, digest string")
+            .collect()
+        )
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+        for broadcast in (b_items, b_ids, b_trending, b_cats):
+            if broadcast is not None:
+                broadcast.unpersist()
+    parts: dict[int, tuple[int, str]] = {}
+    for row in digests:
+        if row["bucket"] in parts:
+            raise ValueError(f"digest bucket {row['bucket']} is spread over several output files")
+        parts[row["bucket"]] = (row["rows"], row["digest"])
+    return parts

@@ -268,7 +268,9 @@ def _rows_per_file(checked) -> dict[str, int]:
     return {r["source_file"]: r["n"] for r in stats}
 
 
-def _check_staged(spark, lake: Lake, reports: list[IngestReport], staged_interactions: str, staged_quarantine: str, settings: Settings) -> None:
+def _check_staged(
+    spark, lake: Lake, reports: list[IngestReport], staged_interactions: str, staged_quarantine: str, settings: Settings
+) -> None:
     """Checks of the staged output, as Spark aggregates: the data checks, and each day's row counts against its report."""
     from pyspark.sql import functions as F
 

@@ -37,12 +37,12 @@ from recsys_core.errors import RegistryError
 from recsys_core.evaluation import metrics as M
 from recsys_core.io.lake import STAGING, TRASH, Lake, partition_name
 from recsys_core.io.recommendations import LATEST
-from recsys_core.io.tables import ingests_as_of, read_interactions
+from recsys_core.io.tables import ingests_as_of, read_interactions, spark_interactions
 from recsys_core.models.bundle import ModelBundle, bundle_trained_as_of
-from recsys_core.serving.output import build_table, content_digest, format_report
+from recsys_core.serving.output import build_table, combine_digests, content_digest, format_report
 from recsys_core.serving.rerank import category_matrix
 from recsys_core.serving.score import recommend_top_k, score_top_k, seen_matrix
-from recsys_core.serving.validate import InvalidRecommendations, validate_recommendations
+from recsys_core.serving.validate import InvalidRecommendations, validate_recommendations, validate_spark_recommendations
 from recsys_core.timeutil import end_of_day
 from recsys_core.windows import popularity_column
 
@@ -101,49 +101,67 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         serve.engine,
     )
 
-    top_items = np.empty((len(user_ids), k), dtype=np.int64)
-    top_scores = np.empty((len(user_ids), k), dtype=np.float32)
     model_rows = np.flatnonzero(use_model)
-    scoring_started = time.monotonic()
-    if len(model_rows):
-        vectors = scorer.user_vectors(model_rows)
-        categories = category_matrix(catalogue["genres"].to_pylist()) if serve.mmr_lambda is not None else None
-        top_items[model_rows], top_scores[model_rows] = score_users(
-            settings,
-            run_date,
-            [user_ids[i] for i in model_rows],
-            vectors,
-            catalogue_ids,
-            scorer.item_matrix(),
-            seen[model_rows],
-            categories,
-            spark=spark,
-        )
-    fallback_rows = np.flatnonzero(~use_model)
-    if len(fallback_rows):
-        trending = catalogue[popularity_column(settings.train.trending_window_days)].to_numpy().astype(np.float32)
-        trending = trending + catalogue["pop_all"].to_numpy().astype(np.float32) * 1e-6  # all-time breaks ties
-        top_items[fallback_rows], top_scores[fallback_rows] = score_top_k(
-            torch.ones(len(fallback_rows), 1), torch.as_tensor(trending).unsqueeze(1), k, exclude=seen[fallback_rows]
-        )
-    scoring_seconds = time.monotonic() - scoring_started
-
-    table = build_table(
-        user_ids,
-        catalogue_ids,
-        top_items,
-        top_scores,
-        np.where(use_model, "model", "fallback"),
-        current.name,
-        current.version,
-        datetime.now(UTC).replace(microsecond=0),
-    )
-    seen_sets = _seen_sets(interactions)
-    validate_recommendations(table, k=k, users=user_ids, catalogue=set(catalogue_ids), seen=seen_sets)
-    digest = content_digest(table)
-
-    report = nightly_report(top_items, use_model, catalogue, has_history=has_history, unavailable=len(excluded))
+    categories = category_matrix(catalogue["genres"].to_pylist()) if serve.mmr_lambda is not None else None
+    trending = catalogue[popularity_column(settings.train.trending_window_days)].to_numpy().astype(np.float32)
+    trending = trending + catalogue["pop_all"].to_numpy().astype(np.float32) * 1e-6  # all-time breaks ties
+    generated_at = datetime.now(UTC).replace(microsecond=0)
     target = lake.partition_path(RECOMMENDATIONS, run_date)
+    scoring_started = time.monotonic()
+    staged: str | None = None
+    if serve.engine == "spark":
+        # Executors score, write and check the night; only aggregates come back.
+        staged = lake.new_staging_path(RECOMMENDATIONS, partition_name("dt", run_date))
+        try:
+            digest, item_counts = _stage_on_spark(
+                settings,
+                lake,
+                run_date,
+                spark,
+                staged,
+                user_ids,
+                use_model,
+                scorer,
+                catalogue_ids,
+                seen,
+                categories,
+                trending,
+                {"model_name": current.name, "model_version": current.version, "generated_at": generated_at},
+            )
+        except BaseException:
+            lake.fs.delete_dir(staged)
+            raise
+        scoring_seconds = time.monotonic() - scoring_started
+        rows = len(user_ids) * k
+    else:
+        top_items = np.empty((len(user_ids), k), dtype=np.int64)
+        top_scores = np.empty((len(user_ids), k), dtype=np.float32)
+        if len(model_rows):
+            top_items[model_rows], top_scores[model_rows] = score_users(
+                settings, scorer.user_vectors(model_rows), scorer.item_matrix(), seen[model_rows], categories
+            )
+        fallback_rows = np.flatnonzero(~use_model)
+        if len(fallback_rows):
+            top_items[fallback_rows], top_scores[fallback_rows] = score_top_k(
+                torch.ones(len(fallback_rows), 1), torch.as_tensor(trending).unsqueeze(1), k, exclude=seen[fallback_rows]
+            )
+        scoring_seconds = time.monotonic() - scoring_started
+        table = build_table(
+            user_ids,
+            catalogue_ids,
+            top_items,
+            top_scores,
+            np.where(use_model, "model", "fallback"),
+            current.name,
+            current.version,
+            generated_at,
+        )
+        validate_recommendations(table, k=k, users=user_ids, catalogue=set(catalogue_ids), seen=_seen_sets(interactions))
+        digest = content_digest(table)
+        item_counts = np.bincount(top_items.ravel(), minlength=len(catalogue_ids))
+        rows = table.num_rows
+
+    report = nightly_report(item_counts, k, use_model, catalogue, has_history=has_history, unavailable=len(excluded))
     previous = lake.read_manifest(target) if lake.is_complete(RECOMMENDATIONS, run_date) else None
     unchanged = previous is not None and previous.get("content_digest") == digest
     if unchanged and previous is not None:
@@ -154,10 +172,13 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
             previous.get("created_at"),
         )
         rows = previous["rows"]
+        if staged is not None:
+            lake.fs.delete_dir(staged)
     else:
-        staged = lake.new_staging_path(RECOMMENDATIONS, partition_name("dt", run_date))
-        lake.write_parquet(table, staged)
-        _check_staged(lake, staged, table.num_rows, digest)
+        if staged is None:
+            staged = lake.new_staging_path(RECOMMENDATIONS, partition_name("dt", run_date))
+            lake.write_parquet(table, staged)
+            _check_staged(lake, staged, table.num_rows, digest)
         manifest = {
             "users": len(user_ids),
             "k": k,
@@ -177,14 +198,13 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
             "report": report,
         }
         lake.publish(RECOMMENDATIONS, run_date, staged, manifest)
-        rows = table.num_rows
     moved = _update_latest(lake, run_date, target)
     dropped = lake.drop_partitions_older_than(RECOMMENDATIONS, serve.keep_days)
     seconds = round(time.monotonic() - started, 1)
     log.info(
         "%s", format_report(report, title=f"nightly report {run_date} ({current.name} v{current.version}, {serve.engine} engine)")
     )
-    _log_nightly(settings, run_date, report, top_items, catalogue, current, seconds, unchanged=unchanged)
+    _log_nightly(settings, run_date, report, item_counts, k, catalogue, current, seconds, unchanged=unchanged)
     summary = {
         "dt": run_date.isoformat(),
         "path": target,
@@ -216,47 +236,86 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
 
 # Scoring ------------------------------------------------------------------------
 def score_users(
-    settings: Settings,
-    run_date: date,
-    user_ids: list[str],
-    vectors: torch.Tensor,
-    item_ids: list[str],
-    item_matrix: torch.Tensor,
-    exclude,
-    categories: np.ndarray | None,
-    spark=None,
+    settings: Settings, vectors: torch.Tensor, item_matrix: torch.Tensor, exclude, categories: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-K item columns and scores for model users on the configured engine."""
+    """Top-K item columns and scores for model users on the local engine."""
     serve = settings.serve
-    options: dict[str, Any] = {"mmr_lambda": serve.mmr_lambda, "categories": categories, "pool_factor": serve.mmr_pool_factor}
-    if serve.engine == "local":
-        return recommend_top_k(vectors, item_matrix, serve.top_k, exclude=exclude, batch_users=serve.score_batch_users, **options)
-    from recsys_core.serving.spark_score import rows_to_matrices, spark_top_k
+    return recommend_top_k(
+        vectors,
+        item_matrix,
+        serve.top_k,
+        exclude=exclude,
+        batch_users=serve.score_batch_users,
+        mmr_lambda=serve.mmr_lambda,
+        categories=categories,
+        pool_factor=serve.mmr_pool_factor,
+    )
 
+
+def _stage_on_spark(
+    settings: Settings,
+    lake: Lake,
+    run_date: date,
+    spark,
+    staged: str,
+    user_ids: list[str],
+    use_model: np.ndarray,
+    scorer,
+    catalogue_ids: list[str],
+    seen,
+    categories: np.ndarray | None,
+    trending: np.ndarray,
+    constants: dict[str, Any],
+) -> tuple[str, np.ndarray]:
+    """The Spark engine: executors score and write ``staged``, then check it; returns (content_digest, item counts)."""
+    from pyspark.sql import SparkSession
+
+    from recsys_core.io.spark import spark_session
+    from recsys_core.serving.spark_score import spark_write_top_k, write_score_inputs
+
+    serve = settings.serve
     session, owned = spark, False
     if session is None:
-        from pyspark.sql import SparkSession
-
-        from recsys_core.io.spark import spark_session
-
         owned = SparkSession.getActiveSession() is None
         session = spark_session(settings, f"recommend-{run_date}")
+    inputs = f"{staged}.inputs"
     try:
-        rows = spark_top_k(
+        model_rows = np.flatnonzero(use_model)
+        vectors = scorer.user_vectors(model_rows).numpy() if len(model_rows) else np.zeros((0, 1), np.float32)
+        dim = vectors.shape[1] if len(model_rows) else scorer.item_matrix().shape[1]
+        write_score_inputs(lake.fs, inputs, user_ids, vectors.reshape(len(model_rows), dim), use_model, seen)
+        parts = spark_write_top_k(
             session,
-            user_ids,
-            vectors.numpy(),
-            item_ids,
-            item_matrix.detach().numpy(),
+            lake.spark_uri(inputs),
+            lake.spark_uri(staged),
+            catalogue_ids,
+            scorer.item_matrix().detach().numpy(),
             serve.top_k,
-            exclude,
+            trending,
+            RECOMMENDATIONS,
+            constants,
             batch_users=serve.score_batch_users,
-            **options,
+            mmr_lambda=serve.mmr_lambda,
+            categories=categories,
+            pool_factor=serve.mmr_pool_factor,
+        )
+        lake.drop_spark_markers(staged)
+        written = session.read.parquet(lake.spark_uri(staged))
+        ingests = ingests_as_of(lake, run_date, settings.ingest.lateness_days)
+        counts = validate_spark_recommendations(
+            written,
+            k=serve.top_k,
+            users=session.read.parquet(lake.spark_uri(inputs)).select("user_id"),
+            catalogue=session.createDataFrame([(i,) for i in catalogue_ids], "item_id string"),
+            seen=spark_interactions(session, lake, run_date, ingests),
         )
     finally:
+        if lake.exists(inputs):
+            lake.fs.delete_dir(inputs)
         if owned:
             session.stop()
-    return rows_to_matrices(rows, user_ids, item_ids, serve.top_k)
+    item_counts = np.array([counts.get(i, 0) for i in catalogue_ids], dtype=np.int64)
+    return combine_digests(parts), item_counts
 
 
 def available_catalogue(items: pa.Table, serve: ServeSettings) -> tuple[pa.Table, list[str]]:
@@ -333,20 +392,22 @@ def _update_latest(lake: Lake, run_date: date, target: str) -> bool:
 
 # Report ---------------------------------------------------------------------------
 def nightly_report(
-    top_items: np.ndarray,
+    item_counts: np.ndarray,
+    k: int,
     use_model: np.ndarray,
     catalogue: pa.Table,
     *,
     has_history: np.ndarray | None = None,
     unavailable: int = 0,
 ) -> dict:
+    """The night's figures from how often each catalogue item is recommended (``item_counts``, catalogue order)."""
     popularity = catalogue["pop_all"].to_numpy().astype(np.float64)
-    k = top_items.shape[1]
-    bias = M.popularity_bias(top_items, popularity, k)
+    counts = np.asarray(item_counts, dtype=np.int64)
+    slots = int(counts.sum())
     report = {
-        "catalogue_coverage": round(M.catalog_coverage(top_items, len(popularity), k), 6),
-        "gini": round(float(bias["gini"]), 6),
-        "head_share": round(float(bias["head_share"]), 6),
+        "catalogue_coverage": round(float((counts > 0).sum() / len(popularity)), 6) if len(popularity) else 0.0,
+        "gini": round(float(M.gini_index(counts)), 6) if slots else float("nan"),
+        "head_share": round(float(counts[M.head_items(popularity)].sum() / slots), 6) if slots else float("nan"),
         "fallback_users": int((~use_model).sum()),
         "fallback_share": round(float((~use_model).mean()) if len(use_model) else 0.0, 6),
         "users": len(use_model),
@@ -361,7 +422,15 @@ def nightly_report(
 
 
 def _log_nightly(
-    settings: Settings, run_date: date, report: dict, top_items, catalogue, current, seconds: float, unchanged: bool = False
+    settings: Settings,
+    run_date: date,
+    report: dict,
+    item_counts: np.ndarray,
+    k: int,
+    catalogue,
+    current,
+    seconds: float,
+    unchanged: bool = False,
 ) -> None:
     import mlflow
 
@@ -382,7 +451,9 @@ def _log_nightly(
         )
         log_metrics({**report, "seconds": seconds})
         popularity = catalogue["pop_all"].to_numpy().astype(np.float64)
+        # The figure reads only which items fill the slots: the counts, unrolled.
+        slots = np.repeat(np.arange(len(item_counts)), item_counts).reshape(-1, k)
         mlflow.log_figure(
-            popularity_bias_figure({f"{current.name} v{current.version}": top_items}, popularity, k=top_items.shape[1]),
+            popularity_bias_figure({f"{current.name} v{current.version}": slots}, popularity, k=k),
             "plots/nightly_popularity.png",
         )
