@@ -11,9 +11,10 @@ Random user vectors and item matrix (float32), a few seen items per user
   its effective FLOP/s (2 * users * items * d / time) as a fraction of the GEMM rate;
 - the implementation before the optimisation (COO mask per batch, one topk over
   the row), same inputs, for reference;
-- (b) ``recsys_core.serving.spark_score.spark_top_k`` on local[*] (Arrow batches
-  via mapInArrow, item matrix broadcast), end to end (input DataFrame, tasks,
-  rows collected back to the driver as Arrow), users/s;
+- (b) the Spark engine on local[*] as the nightly job runs it, end to end: the
+  inputs written as one Parquet file per user bucket, tasks score them
+  (``spark_write_top_k``: mapInArrow, item matrix broadcast) and write the rows,
+  then each file is read back for its digest; users/s;
 - agreement of (a) and (b): same top-K lists, same order, max score difference.
 
 Figures go to benchmarks/results/scoring.json and scoring.md (``--quick``: a
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -122,11 +124,16 @@ def agreement(a_items, a_scores, b_items, b_scores) -> dict:
 
 
 def spark_path(args, user_vectors, item_matrix, exclude):
-    from recsys_core.config import settings_for
-    from recsys_core.io.spark import spark_session
-    from recsys_core.serving.spark_score import rows_to_matrices, spark_top_k
+    """The Spark engine as the nightly job runs it: inputs written as files, executors score and write, digests read back."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
 
-    work = Path(tempfile.mkdtemp(prefix="bench-spark-"))  # nothing is written there: settings need a data root
+    from recsys_core.config import settings_for
+    from recsys_core.contracts import RECOMMENDATIONS
+    from recsys_core.io.spark import spark_session
+    from recsys_core.serving.spark_score import rows_to_matrices, spark_write_top_k, write_score_inputs
+
+    work = Path(tempfile.mkdtemp(prefix="bench-spark-"))
     settings = settings_for(data_root=work, spark={"master": args.spark_master, "driver_memory": "6g", "shuffle_partitions": 4})
     started = time.perf_counter()
     spark = spark_session(settings, "bench-scoring")
@@ -134,17 +141,35 @@ def spark_path(args, user_vectors, item_matrix, exclude):
     user_ids = [f"u{i:07d}" for i in range(user_vectors.shape[0])]
     item_ids = [f"i{j:06d}" for j in range(item_matrix.shape[0])]
     vectors, matrix = user_vectors.numpy(), item_matrix.numpy()
-    try:
-        # Warm-up: Python workers started, torch imported in them.
-        spark_top_k(spark, user_ids[:2000], vectors[:2000], item_ids, matrix, args.k, exclude[:2000], batch_users=args.batch)
-        rows, times = timed(
-            lambda: spark_top_k(spark, user_ids, vectors, item_ids, matrix, args.k, exclude, batch_users=args.batch),
-            args.spark_repeats,
+    constants = {"model_name": "bench", "model_version": "1", "generated_at": datetime.now(UTC).replace(microsecond=0)}
+    trending = np.zeros(len(item_ids), np.float32)
+
+    def night(n: int) -> None:
+        inputs = str(work / f"inputs-{n}")
+        pafs.LocalFileSystem().delete_dir_contents(inputs, missing_dir_ok=True)
+        write_score_inputs(pafs.LocalFileSystem(), inputs, user_ids[:n], vectors[:n], np.ones(n, bool), exclude[:n])
+        spark_write_top_k(
+            spark,
+            inputs,
+            str(work / "night"),
+            item_ids,
+            matrix,
+            args.k,
+            trending,
+            RECOMMENDATIONS,
+            constants,
+            batch_users=args.batch,
         )
+
+    try:
+        night(2000)  # warm-up: Python workers started, torch imported in them
+        _, times = timed(lambda: night(len(user_ids)), args.spark_repeats)
+        rows = pq.read_table(str(work / "night"), columns=["user_id", "rank", "item_id", "score"])
         items, scores = rows_to_matrices(rows, user_ids, item_ids, args.k)
         parallelism = spark.sparkContext.defaultParallelism
     finally:
         spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
     return items, scores, times, startup, parallelism
 
 

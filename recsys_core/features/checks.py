@@ -529,10 +529,11 @@ def spark_check(df, contract: Table, *, where: str, event_types: Iterable[str] |
     got = {f.name: f.dataType for f in df.schema.fields}
     problems = [f"column {f.name!r} is missing" for f in expected.fields if f.name not in got]
     problems += [f"column {n!r} is not in the contract" for n in got if n not in expected.fieldNames()]
+    # simpleString: a type without its nullability flags, which Parquet does not keep.
     problems += [
         f"column {f.name!r} has type {got[f.name].simpleString()}, expected {f.dataType.simpleString()}"
         for f in expected.fields
-        if f.name in got and got[f.name] != f.dataType
+        if f.name in got and got[f.name].simpleString() != f.dataType.simpleString()
     ]
     if problems:
         raise DataCheckFailed(

@@ -492,10 +492,12 @@ def mark_duplicates(rows, known_event_ids=None):
     valid = F.col("reason").isNull()
     ids = rows.where(valid).select("event_id", "source_file", "line_no")
     repeated_ids = ids.groupBy("event_id").count().where(F.col("count") > 1).select("event_id")
+    # Cached: counted once to choose the join, then joined (a few rows normally).
     first = (
         ids.join(F.broadcast(repeated_ids), "event_id")
         .groupBy("event_id")
         .agg(F.min(F.struct("source_file", "line_no")).alias("_first"))
+        .cache()
     )
     out = rows.join(_small(first), "event_id", "left")
     here = F.struct("source_file", "line_no")
@@ -508,7 +510,7 @@ def mark_duplicates(rows, known_event_ids=None):
     ).withColumn("reason", F.when(repeated, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
     if known_event_ids is not None:
         known = known_event_ids.select("event_id", F.col("ingest_dt").alias("_known_dt"))
-        seen = ids.select("event_id").distinct().join(known, "event_id")
+        seen = ids.select("event_id").distinct().join(known, "event_id").cache()
         out = out.join(_small(seen), "event_id", "left")
         seen_before = F.col("reason").isNull() & F.col("_known_dt").isNotNull()
         out = out.withColumn(

@@ -274,7 +274,7 @@ def spark_write_top_k(
     """
     from pyspark.sql import functions as F
 
-    from recsys_core.contracts import spark_schema
+    from recsys_core.contracts import conform, spark_schema
     from recsys_core.serving.output import bucket_digest, digest_buckets
 
     if k > len(item_ids):
@@ -297,9 +297,10 @@ def spark_write_top_k(
             yield score_mixed_batch(batch, b_items.value, ids, k, b_trending.value, categories=cats, **options)
 
     def digest_partition(batches):
-        table = pa.Table.from_batches(list(batches))
-        if table.num_rows == 0:
+        batches = list(batches)
+        if not batches or not sum(b.num_rows for b in batches):
             return
+        table = conform(pa.Table.from_batches(batches), contract)  # the contract's Arrow types, as the local engine's
         buckets = np.unique(digest_buckets(table["user_id"]))
         if len(buckets) != 1:
             raise ValueError(f"an output file holds users of digest buckets {buckets.tolist()}; expected one")

@@ -94,7 +94,7 @@ def validate_spark_recommendations(staged, *, k: int, users, catalogue, seen) ->
     )
     increasing = F.exists(
         F.sequence(F.lit(2), F.greatest(F.size("scores"), F.lit(2))),
-        lambda i: F.element_at("scores", i) > F.element_at("scores", i - 1),
+        lambda i: F.try_element_at("scores", i) > F.try_element_at("scores", i - 1),
     )
 
     def first(condition):
