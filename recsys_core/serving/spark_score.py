@@ -318,14 +318,14 @@ def spark_write_top_k(
         columns = []
         for field in schema.fields:
             if field.name in scored.columns:
-                value = F.col(field.name)
+                column = F.col(field.name)
             elif field.name in constants:
-                value = F.lit(constants[field.name])
+                column = F.lit(constants[field.name])
             elif field.nullable:
-                value = F.lit(None)
+                column = F.lit(None)
             else:
                 raise ValueError(f"{contract.name}: no value for the required column {field.name}")
-            columns.append(value.cast(field.dataType).alias(field.name))
+            columns.append(column.cast(field.dataType).alias(field.name))
         scored.select(*columns).sortWithinPartitions("user_id", "rank").write.mode("overwrite").parquet(output_uri)
         digests = (
             spark.read.parquet(output_uri)
