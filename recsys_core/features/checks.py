@@ -2,16 +2,18 @@
 
 Every stage that writes ``interactions``, ``quarantine``, ``user_profiles`` or
 ``item_features`` first writes the table to staging, then calls
-:func:`check_table` on what it wrote, and publishes only if the checks pass.
+:func:`spark_check` on what it wrote, and publishes only if the checks pass.
 A failure raises :class:`DataCheckFailed` naming the table, each failed check
 and example rows, so the stage (and the Airflow task) fails and downstream
 tasks never read a bad partition.
 
-The checks use pandera's pyarrow API on the staged Parquet (all rows, not a
-sample). pandera's PySpark API is not usable here: it imports
-``pyspark.pandas``, which does not load with the pinned pandas 3.x. Staged
-partitions are one day of data, read with pyarrow in the driver (a million
-interactions take a few seconds and a few hundred MB).
+The rules are pandera models over pyarrow tables (``check_table``, the
+reference, all rows). The stages run the same rules as Spark aggregates over the
+staged Parquet (``spark_check``): column rules are read off the pandera models,
+dataframe-level checks have Spark twins, and only counts and a few example rows
+reach the driver, so a day of any size is checked where it lies. pandera's
+PySpark API is not usable here: it imports ``pyspark.pandas``, which does not
+load with the pinned pandas 3.x.
 
 Each model mirrors a contract of ``recsys_core.contracts`` column for column
 (``tests/features/test_checks.py`` holds them together); map columns are
