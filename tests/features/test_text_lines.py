@@ -94,7 +94,14 @@ def test_features_are_staged_by_every_task_in_key_order(spark, tmp_path):
     )
     for name in ("title", "release_year", "first_seen_ts", "days_since_first_seen", "text_embedding"):
         df = df.withColumn(name, F.lit(None))
-    staged = _stage(lake, ITEM_FEATURES, date(2024, 5, 1), df.repartition(4))
+    # 400 rows are far below AQE's advisory partition size: it would coalesce them into one task.
+    key = "spark.sql.adaptive.coalescePartitions.enabled"
+    previous = spark.conf.get(key)
+    spark.conf.set(key, "false")
+    try:
+        staged = _stage(lake, ITEM_FEATURES, date(2024, 5, 1), df.repartition(4))
+    finally:
+        spark.conf.set(key, previous)
     files = lake.data_files(staged)
     assert len(files) > 1
     ids = [pq.read_table(f)["item_id"].to_pylist() for f in files]

@@ -62,7 +62,9 @@ def test_spark_engine_publishes_the_same_table_as_local(pipeline, tmp_path, monk
     manifest = lake.read_manifest(lake.partition_path(RECOMMENDATIONS, pipeline.run_date))
     assert manifest["engine"] == "spark" and manifest["rows"] == published.num_rows
     local = pipeline.recommend
-    for figure in ("content_digest", "users", "rows", "fallback_users", "users_model_profile_only", "rows_with_reason_item"):
+    # Not the content digest: it hashes the scores' bits, and a user's score may differ in its last
+    # bits with the batch the GEMM saw it in (the tolerance of assert_same_table).
+    for figure in ("users", "rows", "fallback_users", "users_model_profile_only", "rows_with_reason_item"):
         assert summary[figure] == local[figure], figure
     # Each user's K rows sit in one file: the task that scored the user wrote them.
     files = lake.data_files(lake.partition_path(RECOMMENDATIONS, pipeline.run_date))
