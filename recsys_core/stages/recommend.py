@@ -130,7 +130,9 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         counts = dict(zip(*np.unique(table["item_id"].to_numpy(zero_copy_only=False), return_counts=True)))
         item_counts = np.array([counts.get(i, 0) for i in night.item_ids], dtype=np.int64)
         rows = table.num_rows
-    scoring_seconds = time.monotonic() - scoring_started
+    # Local: encoding and top-K, as before reasons existed (reasons_seconds apart); Spark: the whole
+    # engine (tasks score, explain and write; the checks), as the tasks' split is not collected.
+    scoring_seconds = stats.scoring_seconds if serve.engine == "local" else time.monotonic() - scoring_started
     log.info(
         "scored %d users (%d with history, %d profile only, %d fallback), %d rows with a reason item",
         stats.users,
@@ -199,7 +201,6 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         **report,
         "dropped_partitions": dropped,
         "scoring_seconds": round(scoring_seconds, 2),
-        # Local: this process's time on the reasons; Spark: summed over the tasks is not collected.
         "reasons_seconds": round(stats.reasons_seconds, 2) if serve.engine == "local" else None,
         "seconds": seconds,
     }
