@@ -223,17 +223,15 @@ def file_rows(path: str, content: bytes, max_line_bytes: int) -> Iterator[tuple]
     return split_lines(path, content, max_line_bytes)
 
 
-# Spark's file splitting: with the open cost of a file as large as a partition, every
-# non-empty file gets a partition of its own and is never split, so that
-# monotonically_increasing_id's low 33 bits (the row index in the partition) are the line index.
-WHOLE_FILE_PARTITIONS = {"spark.sql.files.maxPartitionBytes": str(1 << 40), "spark.sql.files.openCostInBytes": str(1 << 40)}
+# Under ``sparkconf.WHOLE_FILES`` every file is one partition, so that monotonically_increasing_id's
+# low 33 bits (the row index in the partition) are the line index.
 ROW_INDEX_BITS = 33
 
 
 def text_lines(spark, uris: list[str], max_line_bytes: int):
     """JSON Lines files (plain or gzipped) → line rows (source_file, line_no, raw, pre_reason, pre_detail).
 
-    The session must hold ``WHOLE_FILE_PARTITIONS`` while the result is computed
+    The session must hold ``sparkconf.WHOLE_FILES`` while the result is computed
     (``run_ingest`` checks afterwards that every file was numbered 1..n). Lines end
     at "\n" only, a trailing "\r" is dropped, as in ``split_lines``. A line that
     is not valid UTF-8 keeps its text with U+FFFD for the bad bytes in ``raw``.
@@ -457,20 +455,9 @@ def check_rows(lines, settings: IngestSettings):
     df = df.withColumn("reason", reason).withColumn("detail", detail)
 
     extra_keys = F.map_filter("m", lambda k, v: ~k.isin(*KNOWN_FIELDS))
+    renamed = ("event_id", "user_id", "item_id", "event_type")  # the ids as read (f_<name>), kept under their name
     return df.withColumn("extra", F.when(F.size(extra_keys) > 0, F.to_json(extra_keys))).select(
-        "ingest_dt",
-        "source_file",
-        "line_no",
-        "raw",
-        "reason",
-        "detail",
-        F.col("f_event_id").alias("event_id"),
-        F.col("f_user_id").alias("user_id"),
-        F.col("f_item_id").alias("item_id"),
-        F.col("f_event_type").alias("event_type"),
-        "event_ts",
-        "value",
-        "extra",
+        *[F.col(f"f_{c}").alias(c) if c in renamed else c for c in CLASSIFIED_COLUMNS]
     )
 
 

@@ -25,6 +25,7 @@ import pyarrow.fs as pafs
 import scipy.sparse as sp
 
 from recsys_core.serving.nightly import INTERACTION_COLUMNS, PROFILE_COLUMNS
+from recsys_core.sparkconf import WHOLE_FILES, spark_conf
 
 if TYPE_CHECKING:
     from recsys_core.config import ServeSettings
@@ -192,8 +193,6 @@ def rows_to_matrices(rows: pa.Table, user_ids: list[str], item_ids: list[str], k
 # no user encoding passes through the driver: it gets back one digest per bucket, read back from
 # the written files, and the aggregates of the publishing checks.
 
-# Every non-empty file a partition of its own, never split (see recsys_core.features.ingest).
-WHOLE_FILES = {"spark.sql.files.maxPartitionBytes": str(1 << 40), "spark.sql.files.openCostInBytes": str(1 << 40)}
 HISTORY = "_history"  # a scored row's user has a history (for the report; not written)
 
 
@@ -281,7 +280,6 @@ def spark_score_night(
     scored = (users.groupBy("_bucket").cogroup(events.groupBy("_bucket")).applyInArrow(score_bucket, schema)).persist(
         StorageLevel.MEMORY_AND_DISK
     )
-    previous = {key: spark.conf.get(key, None) for key in WHOLE_FILES}
     try:
         # Each task writes the buckets it scored: a user's K rows sit in one file, a bucket in one file.
         scored.select(*RECOMMENDATIONS.columns).sortWithinPartitions("user_id", "rank").write.mode("overwrite").parquet(
@@ -295,22 +293,16 @@ def spark_score_night(
             F.count(F.when(first & (F.col("source") == "fallback"), 1)).alias("fallback"),
             F.count("reason_item_id").alias("rows_with_reason_item"),
         ).collect()[0]
-        for key, value in WHOLE_FILES.items():
-            spark.conf.set(key, value)
-        digests = (
-            spark.read.parquet(output_uri)
-            .select(*RECOMMENDATIONS.columns)
-            .mapInArrow(_digest_file, "bucket int, rows long, digest string")
-            .collect()
-        )
+        with spark_conf(spark, WHOLE_FILES):
+            digests = (
+                spark.read.parquet(output_uri)
+                .select(*RECOMMENDATIONS.columns)
+                .mapInArrow(_digest_file, "bucket int, rows long, digest string")
+                .collect()
+            )
     finally:
         scored.unpersist()
         b_night.unpersist()
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
     parts: dict[int, tuple[int, str]] = {}
     for row in digests:
         if row["bucket"] in parts:
@@ -320,7 +312,7 @@ def spark_score_night(
 
 
 def _digest_file(batches):
-    """One written file (a whole partition: ``WHOLE_FILES``) → (bucket, rows, bucket_digest) per bucket in it."""
+    """One written file (a whole partition under ``WHOLE_FILES``) → (bucket, rows, bucket_digest) per bucket in it."""
     from recsys_core.contracts import RECOMMENDATIONS, conform
     from recsys_core.serving.output import bucket_digest, digest_buckets
 

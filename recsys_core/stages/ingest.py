@@ -24,7 +24,6 @@ from recsys_core.features.forget import quarantine_forgotten
 from recsys_core.features.ingest import (
     LINES_SCHEMA,
     PARQUET_SUFFIX,
-    WHOLE_FILE_PARTITIONS,
     IngestReport,
     UnreadableInput,
     check_rows,
@@ -35,6 +34,7 @@ from recsys_core.features.ingest import (
 from recsys_core.io.forget_log import forgotten_for_ingest
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import commit_ingest, completed_ingests, spark_ingested
+from recsys_core.sparkconf import WHOLE_FILES, spark_conf
 
 log = logging.getLogger(__name__)
 
@@ -92,71 +92,65 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
     files = {d: input_files(lake, d) for d in dates}
     all_files = [f for d in dates for f in files[d]]
     spark = spark or spark_session(settings, f"ingest-{dates[-1]}")
-    previous_conf = {key: spark.conf.get(key, None) for key in WHOLE_FILE_PARTITIONS}
-    for key, value in WHOLE_FILE_PARTITIONS.items():
-        spark.conf.set(key, value)
-    lines = _lines(spark, lake, all_files, settings.ingest.max_line_bytes)
-    lines = lines.withColumn("ingest_dt", F.to_date(F.regexp_extract("source_file", r"/dt=(\d{4}-\d{2}-\d{2})/", 1)))
+    # Every input file one partition: line numbers come from the row index (features.ingest.text_lines).
+    with spark_conf(spark, WHOLE_FILES):
+        lines = _lines(spark, lake, all_files, settings.ingest.max_line_bytes)
+        lines = lines.withColumn("ingest_dt", F.to_date(F.regexp_extract("source_file", r"/dt=(\d{4}-\d{2}-\d{2})/", 1)))
 
-    lookback = timedelta(days=settings.ingest.lateness_days + settings.ingest.dedup_lookback_days)
-    earlier = [d for d in completed_ingests(lake) if dates[0] - lookback <= d < dates[-1] and d not in dates]
-    known = spark_ingested(spark, lake, earlier).select("event_id", "ingest_dt") if earlier else None
-    # The one cached copy: every row parsed and checked once; duplicates, reports and writes read it.
-    checked = check_rows(lines, settings.ingest).persist(StorageLevel.MEMORY_AND_DISK)
-    forgotten, salt = forgotten_for_ingest(settings, lake)
-    staged_interactions = lake.new_staging_path(INTERACTIONS, f"ingest-{dates[0]}-{dates[-1]}")
-    staged_quarantine = lake.new_staging_path(QUARANTINE, f"ingest-{dates[0]}-{dates[-1]}")
-    try:
+        lookback = timedelta(days=settings.ingest.lateness_days + settings.ingest.dedup_lookback_days)
+        earlier = [d for d in completed_ingests(lake) if dates[0] - lookback <= d < dates[-1] and d not in dates]
+        known = spark_ingested(spark, lake, earlier).select("event_id", "ingest_dt") if earlier else None
+        # The one cached copy: every row parsed and checked once; duplicates, reports and writes read it.
+        checked = check_rows(lines, settings.ingest).persist(StorageLevel.MEMORY_AND_DISK)
+        forgotten, salt = forgotten_for_ingest(settings, lake)
+        staged_interactions = lake.new_staging_path(INTERACTIONS, f"ingest-{dates[0]}-{dates[-1]}")
+        staged_quarantine = lake.new_staging_path(QUARANTINE, f"ingest-{dates[0]}-{dates[-1]}")
         try:
-            per_file = _rows_per_file(checked)
-        except Exception as err:
-            # A file that cannot be read fails in a Spark task; say which, without the Java stack.
-            unreadable = _unreadable_input(err)
-            if unreadable:
-                raise UnreadableInput(unreadable) from err
+            try:
+                per_file = _rows_per_file(checked)
+            except Exception as err:
+                # A file that cannot be read fails in a Spark task; say which, without the Java stack.
+                unreadable = _unreadable_input(err)
+                if unreadable:
+                    raise UnreadableInput(unreadable) from err
+                raise
+            rows_in: dict[date, int] = {}
+            for path, n in per_file.items():
+                day = date.fromisoformat(_DAY.search(path).group(1))  # type: ignore[union-attr]
+                rows_in[day] = rows_in.get(day, 0) + n
+            classified = mark_duplicates(checked, known)
+            # Forget hook: later events of a forgotten user are quarantined as "forgotten" (recsys_core.stages.forget).
+            classified = quarantine_forgotten(classified, forgotten, salt)
+            reports = _reports(classified, dates, files, rows_in)
+            for report in reports:
+                report.check_balanced()
+                report.check_reject_rate(settings.ingest.max_reject_rate)
+            # Each task writes the files of its own input file's day: no shuffle of the wide rows.
+            (
+                classified.where(F.col("reason").isNull())
+                .withColumn("dt", F.to_date("event_ts"))
+                .select(*[c for c in INTERACTIONS.columns if c != "dt"], "dt")
+                .sortWithinPartitions("ingest_dt", "dt", "event_ts", "source_file", "line_no")
+                .write.mode("overwrite")
+                .partitionBy("ingest_dt", "dt")
+                .parquet(lake.spark_uri(staged_interactions))
+            )
+            (
+                classified.where(F.col("reason").isNotNull())
+                .select(*[c for c in QUARANTINE.columns if c != "dt"], F.col("ingest_dt").alias("dt"))
+                .sortWithinPartitions("dt", "source_file", "line_no")
+                .write.mode("overwrite")
+                .partitionBy("dt")
+                .parquet(lake.spark_uri(staged_quarantine))
+            )
+            # The data checks run on what was written, before anything is published.
+            _check_staged(spark, lake, reports, staged_interactions, staged_quarantine, settings)
+        except BaseException:
+            lake.fs.delete_dir(staged_interactions)
+            lake.fs.delete_dir(staged_quarantine)
             raise
-        rows_in: dict[date, int] = {}
-        for path, n in per_file.items():
-            day = date.fromisoformat(_DAY.search(path).group(1))  # type: ignore[union-attr]
-            rows_in[day] = rows_in.get(day, 0) + n
-        classified = mark_duplicates(checked, known)
-        # Forget hook: later events of a forgotten user are quarantined as "forgotten" (recsys_core.stages.forget).
-        classified = quarantine_forgotten(classified, forgotten, salt)
-        reports = _reports(classified, dates, files, rows_in)
-        for report in reports:
-            report.check_balanced()
-            report.check_reject_rate(settings.ingest.max_reject_rate)
-        # Each task writes the files of its own input file's day: no shuffle of the wide rows.
-        (
-            classified.where(F.col("reason").isNull())
-            .withColumn("dt", F.to_date("event_ts"))
-            .select(*[c for c in INTERACTIONS.columns if c != "dt"], "dt")
-            .sortWithinPartitions("ingest_dt", "dt", "event_ts", "source_file", "line_no")
-            .write.mode("overwrite")
-            .partitionBy("ingest_dt", "dt")
-            .parquet(lake.spark_uri(staged_interactions))
-        )
-        (
-            classified.where(F.col("reason").isNotNull())
-            .select(*[c for c in QUARANTINE.columns if c != "dt"], F.col("ingest_dt").alias("dt"))
-            .sortWithinPartitions("dt", "source_file", "line_no")
-            .write.mode("overwrite")
-            .partitionBy("dt")
-            .parquet(lake.spark_uri(staged_quarantine))
-        )
-        # The data checks run on what was written, before anything is published.
-        _check_staged(spark, lake, reports, staged_interactions, staged_quarantine, settings)
-    except BaseException:
-        lake.fs.delete_dir(staged_interactions)
-        lake.fs.delete_dir(staged_quarantine)
-        raise
-    finally:
-        checked.unpersist()
-        for key, value in previous_conf.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
+        finally:
+            checked.unpersist()
 
     for report in reports:
         day = report.run_date

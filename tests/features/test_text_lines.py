@@ -10,7 +10,8 @@ from datetime import date
 import pytest
 
 from recsys_core.errors import PublishError
-from recsys_core.features.ingest import WHOLE_FILE_PARTITIONS, split_lines, text_lines
+from recsys_core.features.ingest import split_lines, text_lines
+from recsys_core.sparkconf import WHOLE_FILES, spark_conf
 
 pytestmark = pytest.mark.spark
 
@@ -45,17 +46,8 @@ def test_spark_lines_equal_the_python_reference(spark, tmp_path):
         name.parent.mkdir(exist_ok=True)
         name.write_bytes(gzip.compress(data) if seed % 2 else data)
         files[f"file:{name}"] = name.read_bytes()  # as landed: split_lines un-gzips by the name, as Spark does
-    previous = {k: spark.conf.get(k, None) for k in WHOLE_FILE_PARTITIONS}
-    try:
-        for key, value in WHOLE_FILE_PARTITIONS.items():
-            spark.conf.set(key, value)
+    with spark_conf(spark, WHOLE_FILES):
         got = sorted(tuple(r) for r in text_lines(spark, sorted(files), MAX).collect())
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
     want = sorted(row for path, data in files.items() for row in split_lines(path, data, MAX))
     assert len(got) == len(want)
     for g, w in zip(got, want):
@@ -95,13 +87,8 @@ def test_features_are_staged_by_every_task_in_key_order(spark, tmp_path):
     for name in ("title", "release_year", "first_seen_ts", "days_since_first_seen", "text_embedding"):
         df = df.withColumn(name, F.lit(None))
     # 400 rows are far below AQE's advisory partition size: it would coalesce them into one task.
-    key = "spark.sql.adaptive.coalescePartitions.enabled"
-    previous = spark.conf.get(key)
-    spark.conf.set(key, "false")
-    try:
+    with spark_conf(spark, {"spark.sql.adaptive.coalescePartitions.enabled": "false"}):
         staged = _stage(lake, ITEM_FEATURES, date(2024, 5, 1), df.repartition(4))
-    finally:
-        spark.conf.set(key, previous)
     files = lake.data_files(staged)
     assert len(files) > 1
     ids = [pq.read_table(f)["item_id"].to_pylist() for f in files]
