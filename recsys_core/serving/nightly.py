@@ -2,7 +2,7 @@
 interactions and profiles) → their published rows, scores and reasons (pure: torch, numpy, Arrow).
 
 The local engine calls ``score_and_explain`` once over every user; the Spark engine calls it in
-each task over the users of one digest bucket (``serving.spark_score``), with the champion loaded
+each task over one group of users (``serving.spark_score``), with the champion loaded
 once per Python worker. ``NightCatalogue`` is what every batch is scored against: built once (on
 the driver) from the run date's item features, the same for every user.
 """

@@ -75,11 +75,13 @@ def build_table(
 
 # Users fall into this many digest buckets by CRC-32 of their id: a Spark task can digest a
 # bucket's rows on its own, and the table's digest combines the buckets' (see content_digest).
-DIGEST_BUCKETS = 64
+# A power of two: the Spark engine scores users in groups of crc32 mod G for any power of two
+# G <= DIGEST_BUCKETS, so that every bucket lies in one group (and one written file).
+DIGEST_BUCKETS = 4096
 
 
 def digest_buckets(user_ids) -> np.ndarray:
-    """Each row's digest bucket: CRC-32 of the UTF-8 user id, modulo DIGEST_BUCKETS (Spark: ``crc32(user_id) % 64``)."""
+    """Each row's digest bucket: CRC-32 of the UTF-8 user id mod DIGEST_BUCKETS (Spark: ``crc32(user_id) % DIGEST_BUCKETS``)."""
     column = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else pa.array(user_ids, pa.string())
     encoded = column.dictionary_encode()
     per_user = np.fromiter(

@@ -1,6 +1,6 @@
 """The Spark scoring engine.
 
-The nightly job's engine (``spark_score_night``): Spark tasks, one digest bucket of users each,
+The nightly job's engine (``spark_score_night``): Spark tasks, one group of users each (whole digest buckets),
 run the local engine's per-user function (``serving.nightly.score_and_explain``: encoding,
 top-K, reasons) with the champion loaded on the executor, and write the rows; see the section
 "Executors score and write the night" below.
@@ -185,13 +185,14 @@ def rows_to_matrices(rows: pa.Table, user_ids: list[str], item_ids: list[str], k
 
 # Executors score and write the night --------------------------------------------------------------
 #
-# Every Spark task takes the users of one digest bucket (the user table's rows, cogrouped with
-# their interactions), loads the champion once per Python worker (``load_bundle``: the bundle's
-# files on the shared file system or lake, checked against their digest, tensors read with
-# ``weights_only=True``), runs ``serving.nightly.score_and_explain`` (the local engine's function:
-# encoding, scoring, reasons) and returns its rows; the write follows in the same task. No row and
-# no user encoding passes through the driver: it gets back one digest per bucket, read back from
-# the written files, and the aggregates of the publishing checks.
+# Every Spark task takes the users of one scoring group (crc32(user_id) mod a power of two, so
+# whole digest buckets; the user table's rows cogrouped with their interactions), loads the
+# champion once per Python worker (``load_bundle``: the bundle's files on the shared file system
+# or lake, checked against their digest, tensors read with ``weights_only=True``), runs
+# ``serving.nightly.score_and_explain`` (the local engine's function: encoding, scoring, reasons)
+# and returns its rows; the write follows in the same task. No row and no user encoding passes
+# through the driver: it gets back one digest per bucket, read back from the written files, and
+# the aggregates of the publishing checks.
 
 HISTORY = "_history"  # a scored row's user has a history (for the report; not written)
 
@@ -273,11 +274,14 @@ def spark_score_night(
         table, _, history = score_and_explain(load_bundle(source), b_night.value, serve, events, users.sort_by("user_id"))
         return table.append_column(HISTORY, pa.array(np.repeat(history, k)))
 
-    bucket = (F.crc32(F.col("user_id").cast("binary")) % DIGEST_BUCKETS).alias("_bucket")
-    users = profiles.select(*PROFILE_COLUMNS, bucket)
-    events = interactions.select(*INTERACTION_COLUMNS, bucket)
+    # Scoring groups: crc32 mod a power of two, so that each digest bucket lies in one group. A few
+    # groups per core balance the tasks; each task holds its group's users and events.
+    groups = min(DIGEST_BUCKETS, 1 << max(0, 4 * sc.defaultParallelism - 1).bit_length())
+    group = (F.crc32(F.col("user_id").cast("binary")) % groups).alias("_group")
+    users = profiles.select(*PROFILE_COLUMNS, group)
+    events = interactions.select(*INTERACTION_COLUMNS, group)
     schema = StructType([*spark_schema(RECOMMENDATIONS).fields, StructField(HISTORY, BooleanType())])
-    scored = (users.groupBy("_bucket").cogroup(events.groupBy("_bucket")).applyInArrow(score_bucket, schema)).persist(
+    scored = (users.groupBy("_group").cogroup(events.groupBy("_group")).applyInArrow(score_bucket, schema)).persist(
         StorageLevel.MEMORY_AND_DISK
     )
     try:

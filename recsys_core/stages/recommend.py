@@ -2,7 +2,7 @@
 
 - Scoring: the per-user work (encoding, top-K, reasons) is one function,
   ``serving.nightly.score_and_explain``; the "local" engine runs it once in this
-  process, the "spark" engine in Spark tasks, one digest bucket of users each,
+  process, the "spark" engine in Spark tasks, one group of users each (whole digest buckets),
   which also write the rows (``serving.spark_score``): the driver builds the item
   side of the score once, copies the champion to the lake, and gets back only
   aggregates. ``serve.engine`` selects; both publish the same table.
