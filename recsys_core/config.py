@@ -345,8 +345,9 @@ class ServeSettings(Section):
     keep_days: PositiveInt = 30
     score_batch_users: PositiveInt = 1024
     unavailable_items: list[str] = Field(default_factory=list)
-    # "local": one process, torch (the reference). "spark": user batches scored by Spark tasks
-    # (mapInArrow) on spark.master, item matrix broadcast; both publish the same table.
+    # "local": one process, torch (the reference). "spark": Spark tasks on spark.master, one digest
+    # bucket of users each, encode, score, explain and write their users (the champion read from the
+    # lake, the item side broadcast); the driver gets only aggregates. Both publish the same table.
     engine: Literal["local", "spark"] = "local"
     # How the whole catalogue is scored: "bf16" (bf16 GEMM for a candidate pool, then the pool
     # re-ranked in fp32; faster where the CPU has AVX-512 BF16/AMX or on a GPU) or "fp32" (one fp32

@@ -8,7 +8,7 @@ from pathlib import Path
 import recsys_core
 
 ROOT = Path(recsys_core.__file__).parent
-BASE = {"__version__", "config", "contracts", "errors", "sparse", "timeutil", "windows"}
+BASE = {"__version__", "config", "contracts", "errors", "sparkconf", "sparse", "timeutil", "windows"}
 
 # Each top-level module or package of recsys_core → the others it may import (besides itself).
 ALLOWED: dict[str, set[str]] = {

@@ -2,16 +2,18 @@
 
 Every stage that writes ``interactions``, ``quarantine``, ``user_profiles`` or
 ``item_features`` first writes the table to staging, then calls
-:func:`check_table` on what it wrote, and publishes only if the checks pass.
+:func:`spark_check` on what it wrote, and publishes only if the checks pass.
 A failure raises :class:`DataCheckFailed` naming the table, each failed check
 and example rows, so the stage (and the Airflow task) fails and downstream
 tasks never read a bad partition.
 
-The checks use pandera's pyarrow API on the staged Parquet (all rows, not a
-sample). pandera's PySpark API is not usable here: it imports
-``pyspark.pandas``, which does not load with the pinned pandas 3.x. Staged
-partitions are one day of data, read with pyarrow in the driver (a million
-interactions take a few seconds and a few hundred MB).
+The rules are pandera models over pyarrow tables (``check_table``, the
+reference, all rows). The stages run the same rules as Spark aggregates over the
+staged Parquet (``spark_check``): column rules are read off the pandera models,
+dataframe-level checks have Spark twins, and only counts and a few example rows
+reach the driver, so a day of any size is checked where it lies. pandera's
+PySpark API is not usable here: it imports ``pyspark.pandas``, which does not
+load with the pinned pandas 3.x.
 
 Each model mirrors a contract of ``recsys_core.contracts`` column for column
 (``tests/features/test_checks.py`` holds them together); map columns are
@@ -25,6 +27,7 @@ import itertools
 import json
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -404,3 +407,213 @@ def _display(row: dict) -> dict:
             text = text[:117] + "..."
         out[key] = text
     return out
+
+
+# The same checks as Spark aggregates -------------------------------------------------------------
+#
+# Staged tables can be far larger than the driver: ``spark_check`` runs every rule
+# of a model above over a Spark DataFrame, as one pass of counters plus one
+# narrow aggregate per uniqueness rule, and collects only the counts and a few
+# example rows. Column rules are derived from the pandera models themselves;
+# dataframe-level checks have the Spark twins below (a test holds both sets equal).
+
+# Dataframe-level checks that are uniqueness rules over several columns.
+SPARK_UNIQUE_CHECKS: dict[str, list[str]] = {"one_row_per_input_line": ["source_file", "line_no"]}
+
+
+def _spark_chain_le(columns: list[str]):
+    from pyspark.sql import functions as F
+
+    ok = F.lit(True)
+    for low, high in itertools.pairwise(columns):
+        ok = ok & (F.col(low) <= F.col(high))
+    return ok
+
+
+def _spark_finite(column):
+    from pyspark.sql import functions as F
+
+    return column.isNotNull() & ~F.isnan(column) & ~column.isin(float("inf"), float("-inf"))
+
+
+def _spark_embeddings(df):
+    """Row rule of embeddings_share_one_dimension; the common length is one small aggregate."""
+    from pyspark.sql import functions as F
+
+    lengths = (
+        df.where(F.col("text_embedding").isNotNull())
+        .groupBy(F.size("text_embedding").alias("n"))
+        .count()
+        .orderBy(F.col("count").desc(), F.col("n"))
+        .limit(1)
+        .collect()
+    )
+    if not lengths:
+        return F.lit(True)
+    mode = lengths[0]["n"]
+    emb = F.col("text_embedding")
+    finite = F.forall(emb, lambda x: x.isNotNull() & ~F.isnan(x) & ~x.isin(float("inf"), float("-inf")))
+    return emb.isNull() | ((F.size(emb) == mode) & (F.size(emb) > 0) & finite)
+
+
+def _spark_event_times(df):
+    from pyspark.sql import functions as F
+
+    first, last = F.col("first_event_ts"), F.col("last_event_ts")
+    with_events = first.isNotNull() & last.isNotNull() & (first <= last)
+    return F.when(F.col("n_events") > 0, with_events).otherwise(first.isNull() & last.isNull())
+
+
+def _spark_type_sum(df):
+    from pyspark.sql import functions as F
+
+    total = F.aggregate(
+        F.map_values("events_by_type"), F.lit(0).cast("long"), lambda acc, x: acc + F.coalesce(x, F.lit(0).cast("long"))
+    )
+    return F.coalesce(total, F.lit(0).cast("long")) == F.col("n_events")
+
+
+def _spark_dt(df):
+    from pyspark.sql import functions as F
+
+    return F.to_date("event_ts") == F.col("dt")
+
+
+def _spark_trend(df):
+    from pyspark.sql import functions as F
+
+    return _spark_finite(F.col("trend"))
+
+
+# check name -> (DataFrame -> Column that is true for the rows that pass)
+SPARK_ROW_CHECKS = {
+    "dt_is_event_date": _spark_dt,
+    "windows_monotone": lambda df: _spark_chain_le(ACTIVITY_CHAIN),
+    "active_days_within_events": lambda df: _spark_chain_le(["active_days", "n_events"]),
+    "events_by_type_sum_to_n_events": _spark_type_sum,
+    "event_times_iff_events": _spark_event_times,
+    "popularity_monotone": lambda df: _spark_chain_le(POPULARITY_CHAIN),
+    "trend_is_finite": _spark_trend,
+    "embeddings_share_one_dimension": _spark_embeddings,
+}
+
+
+def _column_rule(name: str, field, check, nullable: bool):
+    """A pandera column check as a Spark Column (true = passes; nulls pass where the column may be null)."""
+    from pyspark.sql import functions as F
+
+    col = F.col(name)
+    stats = check.statistics
+    if check.name == "greater_than_or_equal_to":
+        ok = col >= stats["min_value"]
+    elif check.name == "greater_than":
+        ok = col > stats["min_value"]
+    elif check.name == "isin":
+        ok = col.isin(*stats["allowed_values"])
+    else:  # pragma: no cover - a new kind of column check needs its Spark twin here
+        raise NotImplementedError(f"no Spark twin for column check {check.name!r} of {name}")
+    if pa.types.is_floating(field.type):
+        ok = ok & ~F.isnan(col)  # Spark orders NaN above every number; pandera rejects it
+    return col.isNull() | ok if nullable else ok
+
+
+def spark_check(df, contract: Table, *, where: str, event_types: Iterable[str] | None = None) -> int:
+    """``check_table``'s rules over a Spark DataFrame (a whole staged partition); returns its rows.
+
+    Raises DataCheckFailed naming each failed check with its count and up to
+    EXAMPLES rows; only aggregates and those rows reach the driver.
+    """
+    from pyspark.sql import functions as F
+
+    from recsys_core.contracts import spark_schema
+
+    expected = spark_schema(contract)
+    got = {f.name: f.dataType for f in df.schema.fields}
+    problems = [f"column {f.name!r} is missing" for f in expected.fields if f.name not in got]
+    problems += [f"column {n!r} is not in the contract" for n in got if n not in expected.fieldNames()]
+    # simpleString: a type without its nullability flags, which Parquet does not keep.
+    problems += [
+        f"column {f.name!r} has type {got[f.name].simpleString()}, expected {f.dataType.simpleString()}"
+        for f in expected.fields
+        if f.name in got and got[f.name].simpleString() != f.dataType.simpleString()
+    ]
+    if problems:
+        raise DataCheckFailed(
+            f"data check failed for table {contract.name} ({where}): wrong schema; nothing was published.\n  - "
+            + "\n  - ".join(problems)
+        )
+    model = MODELS[contract.name]
+    schema = model.to_schema()
+    keys = [k for k in KEYS.get(contract.name, []) if k in got]
+    rules: list[tuple[str, str, Any, list[str]]] = []  # (column label, check, passing rows, columns shown)
+    for name, column in schema.columns.items():
+        field = contract.schema.field(name)
+        if not column.nullable:
+            rules.append((name, "not_nullable", F.col(name).isNotNull(), [name]))
+        checks = list(column.checks)
+        if name == "event_type" and event_types is not None and contract.name == INTERACTIONS.name:
+            checks = [pdx.Check.isin(sorted(event_types))]
+        for check in checks:
+            rules.append((name, check.error or check.name, _column_rule(name, field, check, column.nullable), [name]))
+    uniques: list[tuple[str, str, list[str]]] = []
+    if schema.unique:
+        uniques.append((contract.name, "multiple_fields_uniqueness", list(schema.unique)))
+    uniques += [(name, "field_uniqueness", [name]) for name, column in schema.columns.items() if column.unique]
+    for check in schema.checks:
+        if check.name in SPARK_UNIQUE_CHECKS:
+            uniques.append((contract.name, check.name, SPARK_UNIQUE_CHECKS[check.name]))
+        else:
+            rules.append((contract.name, check.name, SPARK_ROW_CHECKS[check.name](df), CHECK_COLUMNS.get(check.name, [])))
+
+    failing = [~F.coalesce(ok, F.lit(False)) for _, _, ok, _ in rules]
+    counts = df.agg(
+        F.count(F.lit(1)).alias("rows"), *[F.count(F.when(bad, 1)).alias(f"r{i}") for i, bad in enumerate(failing)]
+    ).collect()[0]
+    failures: list[tuple[str, str, int, list[dict]]] = []
+    for i, (label, check_name, _, shown) in enumerate(rules):
+        if counts[f"r{i}"]:
+            cols = keys + [c for c in shown if c not in keys]
+            examples = [r.asDict(recursive=True) for r in df.where(failing[i]).select(*cols).limit(EXAMPLES).collect()]
+            failures.append((label, check_name, counts[f"r{i}"], examples))
+    for label, check_name, columns in uniques:
+        repeated = df.groupBy(*columns).count().where(F.col("count") > 1)
+        examples = [r.asDict(recursive=True) for r in repeated.limit(EXAMPLES).collect()]
+        if examples:
+            failures.append((label, check_name, repeated.agg(F.sum("count")).collect()[0][0], examples))
+    if failures:
+        lines = [
+            (
+                f"data check failed for table {contract.name} ({where}, {counts['rows']} rows): "
+                f"{len(failures)} check(s) failed; nothing was published."
+            )
+        ]
+        for label, check_name, n, examples in failures[:MAX_FAILURES]:
+            target = "" if label == contract.name else f"column {label!r}: "
+            lines.append(f"  - {target}{check_name}: {n} failure case(s)")
+            lines.extend(f"      e.g. {json.dumps(_display(r), default=str, ensure_ascii=False)}" for r in examples)
+        if len(failures) > MAX_FAILURES:
+            lines.append(f"  ... and {len(failures) - MAX_FAILURES} more")
+        raise DataCheckFailed("\n".join(lines))
+    return int(counts["rows"])
+
+
+def staged_frame(spark, uri: str | None, contract: Table, constants: dict | None = None):
+    """A staged table (Parquet under ``uri``; None: nothing was written) as a Spark DataFrame for ``spark_check``.
+
+    ``constants`` are columns the files do not hold (e.g. the ``dt`` of a
+    features partition), added as literals of the contract's type.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
+
+    from recsys_core.contracts import spark_schema
+
+    schema = spark_schema(contract)
+    constants = constants or {}
+    if uri is None:
+        df = spark.createDataFrame([], StructType([f for f in schema.fields if f.name not in constants]))
+    else:
+        df = spark.read.parquet(uri)
+    for name, value in constants.items():
+        df = df.withColumn(name, F.lit(value).cast(schema[name].dataType))
+    return df

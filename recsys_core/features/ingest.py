@@ -1,10 +1,12 @@
 """Ingestion: raw event lines → typed interactions, or quarantine with a reason.
 
-Every input row ends in exactly one of the two outputs. The JVM does the
-heavy lifting (JSON parsing, checks, de-duplication); Python only splits files
-into lines, because only there can we keep exact line numbers, reject invalid
-UTF-8 instead of replacing it, and fail with the file's name on a truncated
-gzip file.
+Every input row ends in exactly one of the two outputs. The JVM does all the
+work for JSON Lines: Spark's text reader splits (and un-gzips) the files,
+each file is read whole by one task so that a line's number is its row index in
+that task (``text_lines``), invalid UTF-8 and oversized lines are flagged with
+Spark's own functions, and parsing, checks and de-duplication are Spark
+expressions. ``split_lines`` is the same cut in Python, kept as the reference
+the tests hold the reader to.
 
 Parquet exports land beside JSON Lines: each row of a ``*.parquet`` file
 becomes one input line (``line_no`` = row index + 1, ``raw`` = the row as a
@@ -50,6 +52,22 @@ REASONS = (
 )
 ID_FIELDS = ("event_id", "user_id", "item_id", "event_type", "ts")
 KNOWN_FIELDS = (*ID_FIELDS, "value")
+
+CLASSIFIED_COLUMNS = (
+    "ingest_dt",
+    "source_file",
+    "line_no",
+    "raw",
+    "reason",
+    "detail",
+    "event_id",
+    "user_id",
+    "item_id",
+    "event_type",
+    "event_ts",
+    "value",
+    "extra",
+)
 
 LINES_SCHEMA = pa.schema(
     [
@@ -205,6 +223,47 @@ def file_rows(path: str, content: bytes, max_line_bytes: int) -> Iterator[tuple]
     return split_lines(path, content, max_line_bytes)
 
 
+# Under ``sparkconf.WHOLE_FILES`` every file is one partition, so that monotonically_increasing_id's
+# low 33 bits (the row index in the partition) are the line index.
+ROW_INDEX_BITS = 33
+
+
+def text_lines(spark, uris: list[str], max_line_bytes: int):
+    """JSON Lines files (plain or gzipped) → line rows (source_file, line_no, raw, pre_reason, pre_detail).
+
+    The session must hold ``sparkconf.WHOLE_FILES`` while the result is computed
+    (``run_ingest`` checks afterwards that every file was numbered 1..n). Lines end
+    at "\n" only, a trailing "\r" is dropped, as in ``split_lines``. A line that
+    is not valid UTF-8 keeps its text with U+FFFD for the bad bytes in ``raw``.
+    """
+    from pyspark.sql import functions as F
+
+    value = F.col("value")
+    line = F.when(value.endswith("\r"), F.expr("substr(value, 1, length(value) - 1)")).otherwise(value)
+    size = F.octet_length("_line")
+    oversized = size > max_line_bytes
+    invalid = ~F.expr("is_valid_utf8(_line)")
+    shown = F.expr("make_valid_utf8(_line)")
+    return (
+        spark.read.option("lineSep", "\n")
+        .text(uris)
+        .select(
+            F.col("_metadata.file_path").alias("source_file"),
+            (F.monotonically_increasing_id().bitwiseAND((1 << ROW_INDEX_BITS) - 1) + 1).alias("line_no"),
+            line.alias("_line"),
+        )
+        .select(
+            "source_file",
+            "line_no",
+            F.when(oversized, F.substring(shown, 1, 1024)).when(invalid, shown).otherwise(F.col("_line")).alias("raw"),
+            F.when(oversized, F.lit("oversized_line")).when(invalid, F.lit("invalid_utf8")).alias("pre_reason"),
+            F.when(oversized, F.concat(size.cast("string"), F.lit(f" bytes > {max_line_bytes}")))
+            .when(invalid, F.lit("not valid UTF-8 (bad bytes shown as U+FFFD)"))
+            .alias("pre_detail"),
+        )
+    )
+
+
 def _batch(rows: list[tuple]) -> pa.RecordBatch:
     columns = list(zip(*rows))
     return pa.RecordBatch.from_arrays([pa.array(c, type=f.type) for c, f in zip(columns, LINES_SCHEMA)], schema=LINES_SCHEMA)
@@ -291,7 +350,11 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
     clock skew. ``known_event_ids`` (event_id, ingest_dt) are ids accepted on
     earlier days; a line repeating one is a duplicate.
     """
-    from pyspark.sql import Window
+    return mark_duplicates(check_rows(lines, settings), known_event_ids)
+
+
+def check_rows(lines, settings: IngestSettings):
+    """The per-row part of ``classify``: every reason except duplicate_event_id, in CLASSIFIED's columns."""
     from pyspark.sql import functions as F
 
     floor = datetime.combine(settings.min_event_time, time(), tzinfo=UTC)
@@ -391,41 +454,63 @@ def classify(lines, settings: IngestSettings, known_event_ids=None):
         detail = detail.when(condition, text)
     df = df.withColumn("reason", reason).withColumn("detail", detail)
 
-    # Duplicates: the first valid occurrence (by file, then line) of an event id wins.
+    extra_keys = F.map_filter("m", lambda k, v: ~k.isin(*KNOWN_FIELDS))
+    renamed = ("event_id", "user_id", "item_id", "event_type")  # the ids as read (f_<name>), kept under their name
+    return df.withColumn("extra", F.when(F.size(extra_keys) > 0, F.to_json(extra_keys))).select(
+        *[F.col(f"f_{c}").alias(c) if c in renamed else c for c in CLASSIFIED_COLUMNS]
+    )
+
+
+# Above this many repeated ids, the first occurrences are joined back by a shuffle, not broadcast.
+BROADCAST_DUPLICATES = 200_000
+
+
+def mark_duplicates(rows, known_event_ids=None):
+    """Rows of ``check_rows`` → the same rows, repeats of an accepted event id quarantined as duplicate_event_id.
+
+    The first valid occurrence (by file, then line) of an id wins; a valid row
+    whose id ``known_event_ids`` (event_id, ingest_dt) holds was ingested on an
+    earlier day. Only narrow columns are shuffled: the ids that occur more than
+    once, and their first occurrences, are found by aggregates and joined back
+    (broadcast while few), so the wide rows never move.
+    """
+    from pyspark.sql import functions as F
+
     valid = F.col("reason").isNull()
-    occurrence = Window.partitionBy("f_event_id").orderBy(F.when(valid, 0).otherwise(1), "source_file", "line_no")
-    df = df.withColumn("dup_rank", F.row_number().over(occurrence)).withColumn(
-        "first_seen", F.first(F.concat_ws(":", "source_file", "line_no")).over(occurrence)
+    ids = rows.where(valid).select("event_id", "source_file", "line_no")
+    repeated_ids = ids.groupBy("event_id").count().where(F.col("count") > 1).select("event_id")
+    # Cached: counted once to choose the join, then joined (a few rows normally).
+    first = (
+        ids.join(F.broadcast(repeated_ids), "event_id")
+        .groupBy("event_id")
+        .agg(F.min(F.struct("source_file", "line_no")).alias("_first"))
+        .cache()
     )
-    repeated = valid & (F.col("dup_rank") > 1)
-    df = df.withColumn(
-        "detail", F.when(repeated, F.concat(F.lit("first seen at "), F.col("first_seen"))).otherwise(F.col("detail"))
-    )
-    df = df.withColumn("reason", F.when(repeated, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
+    out = rows.join(_small(first), "event_id", "left")
+    here = F.struct("source_file", "line_no")
+    repeated = valid & F.col("_first").isNotNull() & (here != F.col("_first"))
+    out = out.withColumn(
+        "detail",
+        F.when(repeated, F.concat(F.lit("first seen at "), F.concat_ws(":", "_first.source_file", "_first.line_no"))).otherwise(
+            F.col("detail")
+        ),
+    ).withColumn("reason", F.when(repeated, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
     if known_event_ids is not None:
-        known = known_event_ids.select(F.col("event_id").alias("f_event_id"), F.col("ingest_dt").alias("_known_dt"))
-        df = df.join(known, on="f_event_id", how="left")
+        known = known_event_ids.select("event_id", F.col("ingest_dt").alias("_known_dt"))
+        seen = ids.select("event_id").distinct().join(known, "event_id").cache()
+        out = out.join(_small(seen), "event_id", "left")
         seen_before = F.col("reason").isNull() & F.col("_known_dt").isNotNull()
-        df = df.withColumn(
+        out = out.withColumn(
             "detail",
             F.when(seen_before, F.concat(F.lit("already ingested on "), F.col("_known_dt").cast("string"))).otherwise(
                 F.col("detail")
             ),
         ).withColumn("reason", F.when(seen_before, F.lit("duplicate_event_id")).otherwise(F.col("reason")))
+    return out.select(*CLASSIFIED_COLUMNS)
 
-    extra_keys = F.map_filter("m", lambda k, v: ~k.isin(*KNOWN_FIELDS))
-    return df.withColumn("extra", F.when(F.size(extra_keys) > 0, F.to_json(extra_keys))).select(
-        "ingest_dt",
-        "source_file",
-        "line_no",
-        "raw",
-        "reason",
-        "detail",
-        F.col("f_event_id").alias("event_id"),
-        F.col("f_user_id").alias("user_id"),
-        F.col("f_item_id").alias("item_id"),
-        F.col("f_event_type").alias("event_type"),
-        "event_ts",
-        "value",
-        "extra",
-    )
+
+def _small(df):
+    """``df`` marked for a broadcast join when it is small (its row count is one aggregate)."""
+    from pyspark.sql import functions as F
+
+    return F.broadcast(df) if df.count() <= BROADCAST_DUPLICATES else df

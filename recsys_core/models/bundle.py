@@ -12,6 +12,8 @@ catalogue the model never saw in training are scored through their content.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass
 from datetime import date
@@ -32,6 +34,7 @@ from recsys_core.windows import popularity_column
 WEIGHTS = "weights.pt"
 META = "bundle.json"
 POPULARITY = "popularity.parquet"
+FILES = (WEIGHTS, META, POPULARITY)
 
 
 @dataclass
@@ -60,13 +63,19 @@ class ModelBundle:
 
     @classmethod
     def load(cls, directory: Path) -> ModelBundle:
-        meta = bundle_metadata(directory)
+        return cls.from_files({name: (directory / name).read_bytes() for name in FILES if (directory / name).exists()})
+
+    @classmethod
+    def from_files(cls, files: dict[str, bytes]) -> ModelBundle:
+        """A bundle from the contents of its files (name -> bytes; ``POPULARITY`` optional), wherever
+        they were read from: the tensors with ``weights_only=True``, nothing else unpickled."""
+        meta = json.loads(files[META])
         config = SeqRecConfig.from_dict(meta["config"])
-        state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(files[WEIGHTS]), map_location="cpu", weights_only=True)
         model = SeqRec(config, state["item_content"])
         model.load_state_dict(state)
         model.eval()
-        popularity = pq.read_table(directory / POPULARITY) if (directory / POPULARITY).exists() else None
+        popularity = pq.read_table(pa.BufferReader(files[POPULARITY])) if POPULARITY in files else None
         return cls(config, Preprocessing.from_dict(meta["preprocessing"]), model, popularity)
 
     # Scoring ------------------------------------------------------------------
@@ -146,6 +155,15 @@ class ModelBundle:
 def bundle_metadata(directory: Path) -> dict:
     """What ``save`` recorded beside the weights: config, preprocessing and the caller's extras (e.g. ``as_of``)."""
     return json.loads((directory / META).read_text())
+
+
+def files_digest(files: dict[str, bytes]) -> str:
+    """SHA-256 over a bundle's files (names and contents): the identity of a copy wherever it lies."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(f"{name}:{len(files[name])}:".encode())
+        digest.update(files[name])
+    return digest.hexdigest()
 
 
 def bundle_trained_as_of(directory: Path) -> date | None:

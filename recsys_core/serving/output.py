@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zlib
 from datetime import datetime
 
 import numpy as np
@@ -72,8 +73,54 @@ def build_table(
     return conform(table, RECOMMENDATIONS)
 
 
+# Users fall into this many digest buckets by CRC-32 of their id: a Spark task can digest a
+# bucket's rows on its own, and the table's digest combines the buckets' (see content_digest).
+# A power of two: the Spark engine scores users in groups of crc32 mod G for any power of two
+# G <= DIGEST_BUCKETS, so that every bucket lies in one group (and one written file).
+DIGEST_BUCKETS = 4096
+
+
+def digest_buckets(user_ids) -> np.ndarray:
+    """Each row's digest bucket: CRC-32 of the UTF-8 user id mod DIGEST_BUCKETS (Spark: ``crc32(user_id) % DIGEST_BUCKETS``)."""
+    column = user_ids.combine_chunks() if isinstance(user_ids, pa.ChunkedArray) else pa.array(user_ids, pa.string())
+    encoded = column.dictionary_encode()
+    per_user = np.fromiter(
+        (zlib.crc32(u.encode()) % DIGEST_BUCKETS for u in encoded.dictionary.to_pylist()), np.int64, len(encoded.dictionary)
+    )
+    return per_user[encoded.indices.to_numpy(zero_copy_only=False)] if len(per_user) else np.zeros(len(column), np.int64)
+
+
 def content_digest(table: pa.Table) -> str:
     """SHA-256 of the rows' contract columns, ignoring row order and the volatile ones (generated_at).
+
+    The rows are split into digest buckets by user (``digest_buckets``), each
+    bucket gets ``bucket_digest``, and ``combine_digests`` joins them: the Spark
+    engine computes the same value from its executors' files without the rows
+    ever meeting in one place.
+    """
+    if table.num_rows == 0:
+        return combine_digests({})
+    buckets = digest_buckets(table["user_id"])
+    order = np.argsort(buckets, kind="stable")
+    bounds = np.searchsorted(buckets[order], np.arange(DIGEST_BUCKETS + 1))
+    parts = {}
+    for b in range(DIGEST_BUCKETS):
+        if bounds[b + 1] > bounds[b]:
+            parts[b] = (int(bounds[b + 1] - bounds[b]), bucket_digest(table.take(pa.array(order[bounds[b] : bounds[b + 1]]))))
+    return combine_digests(parts)
+
+
+def combine_digests(parts: dict[int, tuple[int, str]]) -> str:
+    """The table's digest from its buckets' (rows, bucket_digest), whichever process computed them."""
+    digest = hashlib.sha256()
+    digest.update(f"rows={sum(n for n, _ in parts.values())}".encode())
+    for bucket in sorted(parts):
+        digest.update(f"|{bucket}:{parts[bucket][0]}:{parts[bucket][1]}".encode())
+    return digest.hexdigest()
+
+
+def bucket_digest(table: pa.Table) -> str:
+    """SHA-256 of some rows' contract columns, ignoring row order and the volatile ones (generated_at).
 
     Canonical: rows sorted by (user_id, rank); per column its name, type, null
     mask and values (strings as lengths + UTF-8 bytes, numbers as little-endian

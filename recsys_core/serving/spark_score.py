@@ -1,13 +1,13 @@
-"""The Spark scoring engine: user batches scored by Spark tasks with the same torch kernel as the local engine.
+"""The Spark scoring engine.
 
-The driver computes the user vectors (one cheap pass of the model) and ships
-them as an Arrow column (``list<float>``) next to each user's seen item
-columns (``list<int>``). The item matrix, the item ids and (for MMR) the
-category matrix are broadcast as plain numpy arrays: no pickled torch module
-or other code object ever travels. Each task runs
-``recsys_core.serving.score.recommend_top_k`` (GEMM, seen-item masking, exact
-top-k, optional MMR) on its Arrow batches and returns one row per
-(user_id, rank, item_id, score).
+The nightly job's engine (``spark_score_night``): Spark tasks, one group of users each (whole digest buckets),
+run the local engine's per-user function (``serving.nightly.score_and_explain``: encoding,
+top-K, reasons) with the champion loaded on the executor, and write the rows; see the section
+"Executors score and write the night" below.
+
+``spark_top_k`` is the scoring kernel alone over user vectors computed elsewhere (Arrow batches
+via mapInArrow, the item matrix broadcast as a numpy array; rows come back to the caller): what
+``benchmarks/bench_scoring.py`` measures against the local kernel.
 
 Every task uses ``spark.task.cpus`` torch threads, so local[*] runs one
 single-threaded task per core instead of oversubscribing the cores.
@@ -15,14 +15,21 @@ single-threaded task per core instead of oversubscribing the cores.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import scipy.sparse as sp
 
+from recsys_core.serving.nightly import INTERACTION_COLUMNS, PROFILE_COLUMNS
+from recsys_core.sparkconf import WHOLE_FILES, spark_conf
+
 if TYPE_CHECKING:
+    from recsys_core.config import ServeSettings
+    from recsys_core.serving.nightly import NightCatalogue
     from recsys_core.serving.score import Precision
 
 OUTPUT_SCHEMA = "user_id string, rank int, item_id string, score float"
@@ -174,3 +181,154 @@ def rows_to_matrices(rows: pa.Table, user_ids: list[str], item_ids: list[str], k
     if (items < 0).any():
         raise ValueError("the Spark engine returned duplicate (user, rank) rows")
     return items, scores
+
+
+# Executors score and write the night --------------------------------------------------------------
+#
+# Every Spark task takes the users of one scoring group (crc32(user_id) mod a power of two, so
+# whole digest buckets; the user table's rows cogrouped with their interactions), loads the
+# champion once per Python worker (``load_bundle``: the bundle's files on the shared file system
+# or lake, checked against their digest, tensors read with ``weights_only=True``), runs
+# ``serving.nightly.score_and_explain`` (the local engine's function: encoding, scoring, reasons)
+# and returns its rows; the write follows in the same task. No row and no user encoding passes
+# through the driver: it gets back one digest per bucket, read back from the written files, and
+# the aggregates of the publishing checks.
+
+HISTORY = "_history"  # a scored row's user has a history (for the report; not written)
+
+
+@dataclass(frozen=True)
+class BundleSource:
+    """Where the executors read the champion: a folder of ``fs`` holding the bundle's files, and
+    the digest of those files (``models.bundle.files_digest``), checked on every load."""
+
+    fs: Any  # pyarrow.fs.FileSystem (picklable: local, S3, ...)
+    folder: str
+    digest: str
+
+
+_LOADED: dict[tuple[str, str], Any] = {}
+
+
+def load_bundle(source: BundleSource):
+    """The champion of ``source``, loaded once per Python worker (Spark reuses workers across tasks)."""
+    from recsys_core.errors import ModelError
+    from recsys_core.models.bundle import FILES, ModelBundle, files_digest
+
+    key = (source.folder, source.digest)
+    if key not in _LOADED:
+        files = {}
+        for name in FILES:
+            path = f"{source.folder}/{name}"
+            if source.fs.get_file_info(path).type == pafs.FileType.File:
+                with source.fs.open_input_stream(path) as stream:
+                    files[name] = stream.read()
+        if files_digest(files) != source.digest:
+            raise ModelError(
+                f"the model bundle under {source.folder} does not match its digest {source.digest[:12]}",
+                hint="rerun the nightly job: it copies the champion again",
+            )
+        _LOADED.clear()  # one champion per worker: a new night's replaces the last
+        _LOADED[key] = ModelBundle.from_files(files)
+    return _LOADED[key]
+
+
+def spark_score_night(
+    spark,
+    profiles,
+    interactions,
+    output_uri: str,
+    source: BundleSource,
+    night: NightCatalogue,
+    serve: ServeSettings,
+) -> tuple[dict[int, tuple[int, str]], dict[str, int]]:
+    """Score the users of ``profiles`` (a DataFrame of the user table) from their ``interactions``
+    (a DataFrame: every event up to the run date) in Spark tasks, and write their rows to ``output_uri``.
+
+    Returns each digest bucket's (rows, bucket_digest), read back from the written files, and the
+    night's user figures (users, with history, profile only, fallback, rows with a reason item).
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import BooleanType, StructField, StructType
+
+    from recsys_core.contracts import RECOMMENDATIONS, spark_schema
+    from recsys_core.serving.output import DIGEST_BUCKETS
+
+    if serve.top_k > len(night.item_ids):
+        raise ValueError(f"K={serve.top_k} is larger than the catalogue ({len(night.item_ids)} items)")
+    sc = spark.sparkContext
+    threads = int(sc.getConf().get("spark.task.cpus", "1"))
+    b_night = sc.broadcast(night)
+    k = serve.top_k
+    out_schema = pa.schema([*RECOMMENDATIONS.schema, pa.field(HISTORY, pa.bool_())])
+
+    def score_bucket(users: pa.Table, events: pa.Table) -> pa.Table:
+        import torch
+
+        from recsys_core.serving.nightly import score_and_explain
+
+        if users.num_rows == 0:  # events of users outside the user table: nobody to score
+            return out_schema.empty_table()
+        torch.set_num_threads(threads)
+        table, _, history = score_and_explain(load_bundle(source), b_night.value, serve, events, users.sort_by("user_id"))
+        return table.append_column(HISTORY, pa.array(np.repeat(history, k)))
+
+    # Scoring groups: crc32 mod a power of two, so that each digest bucket lies in one group. A few
+    # groups per core balance the tasks; each task holds its group's users and events.
+    groups = min(DIGEST_BUCKETS, 1 << max(0, 4 * sc.defaultParallelism - 1).bit_length())
+    group = (F.crc32(F.col("user_id").cast("binary")) % groups).alias("_group")
+    users = profiles.select(*PROFILE_COLUMNS, group)
+    events = interactions.select(*INTERACTION_COLUMNS, group)
+    schema = StructType([*spark_schema(RECOMMENDATIONS).fields, StructField(HISTORY, BooleanType())])
+    scored = (users.groupBy("_group").cogroup(events.groupBy("_group")).applyInArrow(score_bucket, schema)).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    try:
+        # Each task writes the buckets it scored: a user's K rows sit in one file, a bucket in one file.
+        scored.select(*RECOMMENDATIONS.columns).sortWithinPartitions("user_id", "rank").write.mode("overwrite").parquet(
+            output_uri
+        )
+        first = F.col("rank") == 1
+        figures = scored.agg(
+            F.count(F.when(first, 1)).alias("users"),
+            F.count(F.when(first & F.col(HISTORY), 1)).alias("with_history"),
+            F.count(F.when(first & ~F.col(HISTORY) & (F.col("source") == "model"), 1)).alias("profile_only"),
+            F.count(F.when(first & (F.col("source") == "fallback"), 1)).alias("fallback"),
+            F.count("reason_item_id").alias("rows_with_reason_item"),
+        ).collect()[0]
+        with spark_conf(spark, WHOLE_FILES):
+            digests = (
+                spark.read.parquet(output_uri)
+                .select(*RECOMMENDATIONS.columns)
+                .mapInArrow(_digest_file, "bucket int, rows long, digest string")
+                .collect()
+            )
+    finally:
+        scored.unpersist()
+        b_night.unpersist()
+    parts: dict[int, tuple[int, str]] = {}
+    for row in digests:
+        if row["bucket"] in parts:
+            raise ValueError(f"digest bucket {row['bucket']} is spread over several output files")
+        parts[row["bucket"]] = (row["rows"], row["digest"])
+    return parts, {name: int(figures[name] or 0) for name in figures.asDict()}
+
+
+def _digest_file(batches):
+    """One written file (a whole partition under ``WHOLE_FILES``) → (bucket, rows, bucket_digest) per bucket in it."""
+    from recsys_core.contracts import RECOMMENDATIONS, conform
+    from recsys_core.serving.output import bucket_digest, digest_buckets
+
+    batches = list(batches)
+    if not batches or not sum(b.num_rows for b in batches):
+        return
+    table = conform(pa.Table.from_batches(batches), RECOMMENDATIONS)  # the contract's Arrow types, as the local engine's
+    buckets = digest_buckets(table["user_id"])
+    rows = []
+    for b in np.unique(buckets):
+        part = table.filter(pa.array(buckets == b))
+        rows.append({"bucket": int(b), "rows": part.num_rows, "digest": bucket_digest(part)})
+    yield pa.RecordBatch.from_pylist(
+        rows, schema=pa.schema([("bucket", pa.int32()), ("rows", pa.int64()), ("digest", pa.string())])
+    )

@@ -89,3 +89,108 @@ def _check_reasons(table: pa.Table, seen: dict[str, set[str]]) -> None:
     for user, item in zip(explained["user_id"].to_pylist(), explained["reason_item_id"].to_pylist()):
         if item not in seen.get(user, ()):
             raise InvalidRecommendations(f"user {user!r}: reason item {item!r} is not in their history up to the run date")
+
+
+def validate_spark_recommendations(staged, *, k: int, users, catalogue, seen) -> dict:
+    """``validate_recommendations``'s rules over a Spark DataFrame, as distributed aggregates.
+
+    ``staged`` is the written table, ``users`` a DataFrame of the expected
+    ``user_id``s, ``catalogue`` one of the recommendable ``item_id``s (broadcast:
+    it is small) and ``seen`` one of the (user_id, item_id) pairs users
+    interacted with. Only counts and one example per rule reach the driver.
+    Returns the count of recommendations per item (item_id -> rows), for the report.
+    """
+    from pyspark.sql import functions as F
+
+    if staged.columns[: len(RECOMMENDATIONS.columns)] != RECOMMENDATIONS.columns:
+        raise InvalidRecommendations(f"columns {staged.columns} do not start with the contract's {RECOMMENDATIONS.columns}")
+    scores = F.transform(F.array_sort(F.collect_list(F.struct("rank", "score"))), lambda x: x["score"])
+    per_user = staged.groupBy("user_id").agg(
+        F.count(F.lit(1)).alias("n"),
+        F.count_distinct("rank").alias("ranks"),
+        F.min("rank").alias("lo"),
+        F.max("rank").alias("hi"),
+        F.count_distinct("item_id").alias("items"),
+        scores.alias("scores"),
+    )
+    increasing = F.exists(
+        F.sequence(F.lit(2), F.greatest(F.size("scores"), F.lit(2))),
+        lambda i: F.try_element_at("scores", i) > F.try_element_at("scores", i - 1),
+    )
+
+    def first(condition):
+        return F.min(F.when(condition, F.col("user_id")))
+
+    stats = per_user.agg(
+        F.count(F.lit(1)).alias("users"),
+        first(F.col("n") != k).alias("wrong_rows"),
+        first((F.col("ranks") != k) | (F.col("lo") != 1) | (F.col("hi") != k)).alias("wrong_ranks"),
+        first(F.col("items") != F.col("n")).alias("repeated_item"),
+        first(increasing).alias("increasing"),
+    ).collect()[0]
+    user_ids = staged.select("user_id").distinct()
+    rows = staged.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count(F.when(F.isnan("score") | F.col("score").isin(float("inf"), float("-inf")) | F.col("score").isNull(), 1)).alias(
+            "non_finite"
+        ),
+        F.collect_set(
+            F.when(~F.col("source").isin(*SOURCES) | F.col("source").isNull(), F.coalesce("source", F.lit("null")))
+        ).alias("bad_sources"),
+    ).collect()[0]
+    expected_users = users.count()
+    if rows["rows"] != expected_users * k:
+        raise InvalidRecommendations(f"{rows['rows']} rows, expected {expected_users} users x K={k} = {expected_users * k}")
+    if stats["wrong_rows"] is not None:
+        raise InvalidRecommendations(f"user {stats['wrong_rows']!r} does not have K={k} rows")
+    missing = users.join(user_ids, "user_id", "left_anti").limit(3).collect()
+    if missing:
+        raise InvalidRecommendations(f"known users have no rows, e.g. {sorted(r['user_id'] for r in missing)}")
+    if stats["wrong_ranks"] is not None:
+        raise InvalidRecommendations(f"user {stats['wrong_ranks']!r}: ranks are not 1..{k}")
+    if rows["non_finite"]:
+        raise InvalidRecommendations("non-finite scores in the table")
+    if stats["increasing"] is not None:
+        raise InvalidRecommendations(f"user {stats['increasing']!r}: scores increase with rank")
+    if stats["repeated_item"] is not None:
+        raise InvalidRecommendations(f"user {stats['repeated_item']!r}: an item appears twice")
+    if rows["bad_sources"]:
+        raise InvalidRecommendations(f"source must be one of {list(SOURCES)}, found {sorted(rows['bad_sources'])}")
+    _check_spark_reasons(staged, seen)
+    counts = staged.groupBy("item_id").count()
+    unknown = counts.join(F.broadcast(catalogue.select("item_id")), "item_id", "left_anti").limit(3).collect()
+    if unknown:
+        raise InvalidRecommendations(f"item ids are not in the catalogue, e.g. {sorted(r['item_id'] for r in unknown)}")
+    leaked = (
+        staged.select("user_id", "item_id")
+        .join(seen.select("user_id", "item_id").distinct(), ["user_id", "item_id"])
+        .limit(3)
+        .collect()
+    )
+    if leaked:
+        row = leaked[0]
+        raise InvalidRecommendations(
+            f"user {row['user_id']!r} is recommended items they already interacted with: {[row['item_id']]}"
+        )
+    return {r["item_id"]: r["count"] for r in counts.collect()}
+
+
+def _check_spark_reasons(staged, seen) -> None:
+    """``_check_reasons`` over a Spark DataFrame: one example per rule reaches the driver."""
+    from pyspark.sql import functions as F
+
+    no_reason = staged.where(F.col("reason").isNull()).select("user_id", "rank").limit(1).collect()
+    if no_reason:
+        raise InvalidRecommendations(f"user {no_reason[0]['user_id']!r}, rank {no_reason[0]['rank']}: no reason")
+    explained = staged.where(F.col("reason_item_id").isNotNull())
+    personal_fallback = explained.where(F.col("source") == "fallback").select("user_id", "reason_item_id").limit(1).collect()
+    if personal_fallback:
+        row = personal_fallback[0]
+        raise InvalidRecommendations(f"user {row['user_id']!r}: a fallback row names reason item {row['reason_item_id']!r}")
+    pairs = explained.select("user_id", F.col("reason_item_id").alias("item_id")).distinct()
+    unseen = pairs.join(seen.select("user_id", "item_id").distinct(), ["user_id", "item_id"], "left_anti").limit(1).collect()
+    if unseen:
+        row = unseen[0]
+        raise InvalidRecommendations(
+            f"user {row['user_id']!r}: reason item {row['item_id']!r} is not in their history up to the run date"
+        )

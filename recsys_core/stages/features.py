@@ -7,12 +7,9 @@ import time
 from datetime import date
 from functools import partial
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from recsys_core.config import Settings
 from recsys_core.contracts import ITEM_FEATURES, RAW_ITEMS, RAW_USERS, USER_PROFILES, spark_conform
-from recsys_core.features.checks import check_table
+from recsys_core.features.checks import spark_check, staged_frame
 from recsys_core.features.items import item_features
 from recsys_core.features.profiles import user_profiles
 from recsys_core.features.text import EMBEDDINGS_SCHEMA, embed_batches
@@ -60,7 +57,7 @@ def run_features(settings: Settings, as_of: date, spark=None) -> dict:
         # check leaves the previous partitions of both in place.
         staged[USER_PROFILES] = _stage(lake, USER_PROFILES, as_of, profiles)
         staged[ITEM_FEATURES] = _stage(lake, ITEM_FEATURES, as_of, features)
-        rows = {contract: _check_staged(lake, contract, as_of, path) for contract, path in staged.items()}
+        rows = {contract: _check_staged(spark, lake, contract, as_of, path) for contract, path in staged.items()}
         for contract in (USER_PROFILES, ITEM_FEATURES):
             lake.publish(contract, as_of, staged.pop(contract), {"lineage": lineage})
         n_users, n_items = rows[USER_PROFILES], rows[ITEM_FEATURES]
@@ -90,24 +87,21 @@ def run_features(settings: Settings, as_of: date, spark=None) -> dict:
 
 
 def _stage(lake: Lake, contract, as_of: date, df) -> str:
+    """Write a features table to staging: every task writes its own file, sorted by the key (no single-task stage)."""
     staged = lake.new_staging_path(contract, f"dt={as_of}")
-    spark_conform(df, contract).coalesce(1).sortWithinPartitions(contract.columns[0]).write.mode("overwrite").parquet(
+    key = contract.columns[0]
+    # Range-partitioned by the key, so that the files are ordered and a rerun writes the same rows to the same files.
+    spark_conform(df, contract).repartitionByRange(key).sortWithinPartitions(key).write.mode("overwrite").parquet(
         lake.spark_uri(staged)
     )
     lake.drop_spark_markers(staged)
     return staged
 
 
-def _check_staged(lake: Lake, contract, as_of: date, staged: str) -> int:
-    """The data checks of a staged features partition (with its dt), before it is published."""
-    files = lake.data_files(staged)
-    table = (
-        pq.read_table(files, filesystem=lake.fs, partitioning=None)
-        if files
-        else contract.schema.empty_table().drop_columns(["dt"])
-    )
-    table = table.append_column("dt", pa.array([as_of] * table.num_rows, pa.date32()))
-    return check_table(table, contract, where=f"dt={as_of}, staged")
+def _check_staged(spark, lake: Lake, contract, as_of: date, staged: str) -> int:
+    """The data checks of a staged features partition (with its dt), as Spark aggregates, before it is published."""
+    uri = lake.spark_uri(staged) if lake.data_files(staged) else None
+    return spark_check(staged_frame(spark, uri, contract, {"dt": as_of}), contract, where=f"dt={as_of}, staged")
 
 
 def _with_text_embeddings(spark, lake: Lake, features, settings: Settings):

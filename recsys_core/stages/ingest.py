@@ -11,29 +11,30 @@ cannot be read fails the run, naming it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from datetime import date, timedelta
 from functools import partial
 
-import pyarrow as pa
-import pyarrow.dataset as ds
-
 from recsys_core.config import Settings
 from recsys_core.contracts import INTERACTIONS, QUARANTINE, RAW_EVENTS
 from recsys_core.errors import MissingInput
-from recsys_core.features.checks import DataCheckFailed, check_table
+from recsys_core.features.checks import DataCheckFailed, spark_check, staged_frame
 from recsys_core.features.forget import quarantine_forgotten
 from recsys_core.features.ingest import (
     LINES_SCHEMA,
     PARQUET_SUFFIX,
     IngestReport,
     UnreadableInput,
-    classify,
+    check_rows,
     lines_from_files,
+    mark_duplicates,
+    text_lines,
 )
 from recsys_core.io.forget_log import forgotten_for_ingest
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import commit_ingest, completed_ingests, spark_ingested
+from recsys_core.sparkconf import WHOLE_FILES, spark_conf
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ def input_files(lake: Lake, run_date: date) -> list[str]:
 
 def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[IngestReport]:
     """Ingest the given arrival days; returns one report per day, in date order."""
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema
 
     from recsys_core.io.spark import spark_session
 
@@ -91,69 +92,65 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
     files = {d: input_files(lake, d) for d in dates}
     all_files = [f for d in dates for f in files[d]]
     spark = spark or spark_session(settings, f"ingest-{dates[-1]}")
-    lines_schema = from_arrow_schema(LINES_SCHEMA)
-    if all_files:
-        lines = (
-            spark.read.format("binaryFile")
-            .load([lake.spark_uri(f) for f in all_files])
-            .select("path", "content")
-            .mapInArrow(partial(lines_from_files, max_line_bytes=settings.ingest.max_line_bytes), lines_schema)
-        )
-    else:
-        lines = spark.createDataFrame([], lines_schema)
-    lines = lines.withColumn("ingest_dt", F.to_date(F.regexp_extract("source_file", r"/dt=(\d{4}-\d{2}-\d{2})/", 1))).persist()
+    # Every input file one partition: line numbers come from the row index (features.ingest.text_lines).
+    with spark_conf(spark, WHOLE_FILES):
+        lines = _lines(spark, lake, all_files, settings.ingest.max_line_bytes)
+        lines = lines.withColumn("ingest_dt", F.to_date(F.regexp_extract("source_file", r"/dt=(\d{4}-\d{2}-\d{2})/", 1)))
 
-    lookback = timedelta(days=settings.ingest.lateness_days + settings.ingest.dedup_lookback_days)
-    earlier = [d for d in completed_ingests(lake) if dates[0] - lookback <= d < dates[-1] and d not in dates]
-    known = spark_ingested(spark, lake, earlier).select("event_id", "ingest_dt") if earlier else None
-    classified = classify(lines, settings.ingest, known)
-    # Forget hook: later events of a forgotten user are quarantined as "forgotten" (recsys_core.stages.forget).
-    forgotten, salt = forgotten_for_ingest(settings, lake)
-    classified = quarantine_forgotten(classified, forgotten, salt).persist()
-    staged_interactions = lake.new_staging_path(INTERACTIONS, f"ingest-{dates[0]}-{dates[-1]}")
-    staged_quarantine = lake.new_staging_path(QUARANTINE, f"ingest-{dates[0]}-{dates[-1]}")
-    try:
+        lookback = timedelta(days=settings.ingest.lateness_days + settings.ingest.dedup_lookback_days)
+        earlier = [d for d in completed_ingests(lake) if dates[0] - lookback <= d < dates[-1] and d not in dates]
+        known = spark_ingested(spark, lake, earlier).select("event_id", "ingest_dt") if earlier else None
+        # The one cached copy: every row parsed and checked once; duplicates, reports and writes read it.
+        checked = check_rows(lines, settings.ingest).persist(StorageLevel.MEMORY_AND_DISK)
+        forgotten, salt = forgotten_for_ingest(settings, lake)
+        staged_interactions = lake.new_staging_path(INTERACTIONS, f"ingest-{dates[0]}-{dates[-1]}")
+        staged_quarantine = lake.new_staging_path(QUARANTINE, f"ingest-{dates[0]}-{dates[-1]}")
         try:
-            rows_in = {r["ingest_dt"]: r["n"] for r in lines.groupBy("ingest_dt").agg(F.count("*").alias("n")).collect()}
-        except Exception as err:
-            # A file that cannot be read fails in a Spark worker; say which, without the Java stack.
-            unreadable = _unreadable_input(err)
-            if unreadable:
-                raise UnreadableInput(unreadable) from err
+            try:
+                per_file = _rows_per_file(checked)
+            except Exception as err:
+                # A file that cannot be read fails in a Spark task; say which, without the Java stack.
+                unreadable = _unreadable_input(err)
+                if unreadable:
+                    raise UnreadableInput(unreadable) from err
+                raise
+            rows_in: dict[date, int] = {}
+            for path, n in per_file.items():
+                day = date.fromisoformat(_DAY.search(path).group(1))  # type: ignore[union-attr]
+                rows_in[day] = rows_in.get(day, 0) + n
+            classified = mark_duplicates(checked, known)
+            # Forget hook: later events of a forgotten user are quarantined as "forgotten" (recsys_core.stages.forget).
+            classified = quarantine_forgotten(classified, forgotten, salt)
+            reports = _reports(classified, dates, files, rows_in)
+            for report in reports:
+                report.check_balanced()
+                report.check_reject_rate(settings.ingest.max_reject_rate)
+            # Each task writes the files of its own input file's day: no shuffle of the wide rows.
+            (
+                classified.where(F.col("reason").isNull())
+                .withColumn("dt", F.to_date("event_ts"))
+                .select(*[c for c in INTERACTIONS.columns if c != "dt"], "dt")
+                .sortWithinPartitions("ingest_dt", "dt", "event_ts", "source_file", "line_no")
+                .write.mode("overwrite")
+                .partitionBy("ingest_dt", "dt")
+                .parquet(lake.spark_uri(staged_interactions))
+            )
+            (
+                classified.where(F.col("reason").isNotNull())
+                .select(*[c for c in QUARANTINE.columns if c != "dt"], F.col("ingest_dt").alias("dt"))
+                .sortWithinPartitions("dt", "source_file", "line_no")
+                .write.mode("overwrite")
+                .partitionBy("dt")
+                .parquet(lake.spark_uri(staged_quarantine))
+            )
+            # The data checks run on what was written, before anything is published.
+            _check_staged(spark, lake, reports, staged_interactions, staged_quarantine, settings)
+        except BaseException:
+            lake.fs.delete_dir(staged_interactions)
+            lake.fs.delete_dir(staged_quarantine)
             raise
-        reports = _reports(classified, dates, files, rows_in)
-        for report in reports:
-            report.check_balanced()
-            report.check_reject_rate(settings.ingest.max_reject_rate)
-        (
-            classified.where(F.col("reason").isNull())
-            .withColumn("dt", F.to_date("event_ts"))
-            .select(*[c for c in INTERACTIONS.columns if c != "dt"], "dt")
-            .repartition("ingest_dt", "dt")
-            .sortWithinPartitions("event_ts", "source_file", "line_no")
-            .write.mode("overwrite")
-            .partitionBy("ingest_dt", "dt")
-            .parquet(lake.spark_uri(staged_interactions))
-        )
-        (
-            classified.where(F.col("reason").isNotNull())
-            .select(*[c for c in QUARANTINE.columns if c != "dt"], F.col("ingest_dt").alias("dt"))
-            .repartition("dt")
-            .sortWithinPartitions("source_file", "line_no")
-            .write.mode("overwrite")
-            .partitionBy("dt")
-            .parquet(lake.spark_uri(staged_quarantine))
-        )
-        # The data checks run on what was written, before anything is published.
-        for report in reports:
-            _check_staged(lake, report, staged_interactions, staged_quarantine, settings)
-    except BaseException:
-        lake.fs.delete_dir(staged_interactions)
-        lake.fs.delete_dir(staged_quarantine)
-        raise
-    finally:
-        classified.unpersist()
-        lines.unpersist()
+        finally:
+            checked.unpersist()
 
     for report in reports:
         day = report.run_date
@@ -194,42 +191,107 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
     return reports
 
 
+_FAILED_READ = re.compile(r"Encountered error while reading file (\S+?)\.?\s")
+_CAUSE = re.compile(r"Caused by: ([\w.$]+(?:Exception|Error)[^\n]*)")
+
+
 def _unreadable_input(err: BaseException) -> str | None:
-    """The UnreadableInput message inside a Spark error raised by a Python worker, if any."""
+    """What to say about an input file that a Spark task could not read, if that is what failed.
+
+    Either a Python worker raised UnreadableInput (Parquet exports), or Spark's
+    text reader failed on a file (a truncated or corrupt gzip file).
+    """
     text = str(err)
     marker = f"{UnreadableInput.__name__}: "
-    if marker not in text:
+    if marker in text:
+        return text[text.rindex(marker) + len(marker) :].split("\n", 1)[0].strip()
+    failed = _FAILED_READ.search(text)
+    if not failed:
         return None
-    return text[text.rindex(marker) + len(marker) :].split("\n", 1)[0].strip()
+    path = re.sub(r"^file:(//)?", "", failed.group(1))
+    causes = _CAUSE.findall(text)
+    cause = causes[-1] if causes else "read error"
+    what = "cannot decompress" if path.endswith(".gz") else "cannot be read"
+    return (
+        f"{path}: {what} ({cause}); the file is truncated or corrupt. "
+        "Re-deliver it, or move it out of the landing folder and rerun."
+    )
 
 
-def _staged_table(lake: Lake, folder: str, contract, constants: dict, partition: str | None) -> pa.Table:
-    """A staged partition as one Arrow table in contract column order (empty if nothing was written)."""
-    if not lake.exists(folder) or not lake.data_files(folder):
-        return contract.schema.empty_table()
-    partitioning = ds.partitioning(pa.schema([(partition, pa.date32())]), flavor="hive") if partition else None
-    table = ds.dataset(folder, filesystem=lake.fs, format="parquet", partitioning=partitioning).to_table()
-    for name, value in constants.items():
-        if name not in table.column_names:
-            table = table.append_column(name, pa.array([value] * table.num_rows, contract.schema.field(name).type))
-    known = [c for c in contract.columns if c in table.column_names]
-    return table.select(known + [c for c in table.column_names if c not in known])
+_DAY = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
 
 
-def _check_staged(lake: Lake, report: IngestReport, staged_interactions: str, staged_quarantine: str, settings: Settings) -> None:
-    """Checks of one arrival day's staged output: its data checks, and its row counts against the report."""
-    day = report.run_date
-    accepted = _staged_table(lake, f"{staged_interactions}/ingest_dt={day}", INTERACTIONS, {"ingest_dt": day}, "dt")
-    quarantined = _staged_table(lake, f"{staged_quarantine}/dt={day}", QUARANTINE, {"dt": day}, None)
-    if (accepted.num_rows, quarantined.num_rows) != (report.rows_accepted, report.rows_quarantined):
-        raise DataCheckFailed(
-            f"ingest {day}: wrote {accepted.num_rows} interactions and {quarantined.num_rows} quarantined rows, "
-            f"but the report counts {report.rows_accepted} accepted and {report.rows_quarantined} quarantined; "
-            "nothing was published."
+def _lines(spark, lake: Lake, all_files: list[str], max_line_bytes: int):
+    """Line rows of every input file: JSON Lines through Spark's text reader, Parquet exports through Python."""
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    lines_schema = from_arrow_schema(LINES_SCHEMA)
+    text = [lake.spark_uri(f) for f in all_files if not f.endswith(PARQUET_SUFFIX) and lake.fs.get_file_info(f).size]
+    parquet = [lake.spark_uri(f) for f in all_files if f.endswith(PARQUET_SUFFIX)]
+    parts = []
+    if text:
+        parts.append(text_lines(spark, text, max_line_bytes))
+    if parquet:
+        parts.append(
+            spark.read.format("binaryFile")
+            .load(parquet)
+            .select("path", "content")
+            .mapInArrow(partial(lines_from_files, max_line_bytes=max_line_bytes), lines_schema)
         )
-    where = f"ingest_dt={day}, staged"
-    check_table(accepted, INTERACTIONS, where=where, event_types=settings.ingest.event_types)
-    check_table(quarantined, QUARANTINE, where=where)
+    if not parts:
+        return spark.createDataFrame([], lines_schema)
+    return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
+
+
+def _rows_per_file(checked) -> dict[str, int]:
+    """Input rows per file, after checking that each file was numbered 1..n exactly once.
+
+    Line numbers come from Spark's row index in a task that read the file whole
+    (``text_lines``); if a file had been split or shared a task, its numbers would
+    not run 1..n, and the run stops before anything is written.
+    """
+    from pyspark.sql import functions as F
+
+    stats = (
+        checked.groupBy("source_file")
+        .agg(F.count("*").alias("n"), F.min("line_no").alias("lo"), F.max("line_no").alias("hi"))
+        .collect()
+    )
+    bad = [r for r in stats if (r["lo"], r["hi"]) != (1, r["n"])]
+    if bad:
+        r = bad[0]
+        raise DataCheckFailed(
+            f"{r['source_file']}: {r['n']} lines numbered {r['lo']}..{r['hi']}; the file was not read whole by one task "
+            "(spark.sql.files.* settings override the ingest's), so line numbers would be wrong; nothing was published."
+        )
+    return {r["source_file"]: r["n"] for r in stats}
+
+
+def _check_staged(
+    spark, lake: Lake, reports: list[IngestReport], staged_interactions: str, staged_quarantine: str, settings: Settings
+) -> None:
+    """Checks of the staged output, as Spark aggregates: the data checks, and each day's row counts against its report."""
+    from pyspark.sql import functions as F
+
+    where = f"ingest {reports[0].run_date}..{reports[-1].run_date}, staged"
+    counts: dict[str, dict] = {}
+    for contract, folder, day_column in (
+        (INTERACTIONS, staged_interactions, "ingest_dt"),
+        (QUARANTINE, staged_quarantine, "dt"),
+    ):
+        written = lake.exists(folder) and bool(lake.data_files(folder))
+        df = staged_frame(spark, lake.spark_uri(folder) if written else None, contract)
+        spark_check(df, contract, where=where, event_types=settings.ingest.event_types if contract is INTERACTIONS else None)
+        counts[contract.name] = {r[day_column]: r["n"] for r in df.groupBy(day_column).agg(F.count("*").alias("n")).collect()}
+    for report in reports:
+        day = report.run_date
+        wrote = (counts[INTERACTIONS.name].get(day, 0), counts[QUARANTINE.name].get(day, 0))
+        if wrote != (report.rows_accepted, report.rows_quarantined):
+            raise DataCheckFailed(
+                f"ingest {day}: wrote {wrote[0]} interactions and {wrote[1]} quarantined rows, "
+                f"but the report counts {report.rows_accepted} accepted and {report.rows_quarantined} quarantined; "
+                "nothing was published."
+            )
 
 
 def _reports(classified, dates: list[date], files: dict, rows_in: dict) -> list[IngestReport]:

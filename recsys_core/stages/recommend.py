@@ -1,8 +1,11 @@
 """Stage 3: the nightly job. Score every known user with the champion and publish the top-K.
 
-- Scoring: the "local" engine (one process, torch) or the "spark" engine (user
-  batches scored by Spark tasks with the same kernel); ``serve.engine`` selects,
-  both publish the same table.
+- Scoring: the per-user work (encoding, top-K, reasons) is one function,
+  ``serving.nightly.score_and_explain``; the "local" engine runs it once in this
+  process, the "spark" engine in Spark tasks, one group of users each (whole digest buckets),
+  which also write the rows (``serving.spark_score``): the driver builds the item
+  side of the score once, copies the champion to the lake, and gets back only
+  aggregates. ``serve.engine`` selects; both publish the same table.
 - Exclusions: items the user interacted with, items listed in
   ``serve.unavailable_items``, and items whose status column (if the item
   features carry one) says they are not available.
@@ -13,7 +16,7 @@
 - Reasons: each model row names the event of the user's history (up to the run
   date) whose removal lowers that item's score the most (``models.attribution``,
   leave-one-out over the last ``serve.reason_history`` events, scored by the same
-  scorer on the K chosen items only, on the driver for both engines); fallback
+  scorer on the K chosen items only, where the users are scored); fallback
   rows and rows no event supports get a non-personal reason.
 - Publishing: the table is validated, written to staging, read back and
   checked, then swapped into ``recommendations/dt=D/`` with its manifest; the
@@ -27,14 +30,14 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from datetime import UTC, date, datetime
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import torch
 
 from recsys_core.config import ServeSettings, Settings
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
@@ -42,17 +45,17 @@ from recsys_core.errors import RegistryError
 from recsys_core.evaluation import metrics as M
 from recsys_core.io.lake import STAGING, TRASH, Lake, partition_name
 from recsys_core.io.recommendations import LATEST
-from recsys_core.io.tables import ingests_as_of, read_interactions
-from recsys_core.models.attribution import explain
-from recsys_core.models.bundle import ModelBundle, bundle_metadata, bundle_trained_as_of
-from recsys_core.serving.output import build_table, content_digest, format_report
-from recsys_core.serving.rerank import category_matrix
-from recsys_core.serving.score import recommend_top_k, score_top_k, seen_matrix
-from recsys_core.serving.validate import InvalidRecommendations, validate_recommendations
+from recsys_core.io.tables import ingests_as_of, read_interactions, required_ingests, spark_interactions
+from recsys_core.models.bundle import FILES, ModelBundle, bundle_metadata, bundle_trained_as_of, files_digest
+from recsys_core.serving.nightly import INTERACTION_COLUMNS, BatchStats, NightCatalogue, night_catalogue, score_and_explain
+from recsys_core.serving.output import combine_digests, content_digest, format_report
+from recsys_core.serving.validate import InvalidRecommendations, validate_recommendations, validate_spark_recommendations
 from recsys_core.timeutil import end_of_day
-from recsys_core.windows import popularity_column
 
 log = logging.getLogger(__name__)
+
+# Where the Spark engine's executors read the champion: one folder per bundle content digest.
+MODELS = "_models"
 
 
 def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
@@ -80,101 +83,67 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
             trained_as_of,
             run_date,
         )
-    interactions = read_interactions(
-        lake, run_date, settings.ingest.lateness_days, columns=["user_id", "item_id", "event_ts", "source_file", "line_no"]
-    )
-    profiles = lake.read_partition(USER_PROFILES, run_date).sort_by("user_id")
+    lake.require_partition(USER_PROFILES, run_date, hint="run the stage that builds it first")
     items = lake.read_partition(ITEM_FEATURES, run_date)
     catalogue, excluded = available_catalogue(items, serve)
-    catalogue_ids = catalogue["item_id"].to_pylist()
-
     # The list is read from the end of the run date on: that is when each user's recency is taken.
-    now = int(end_of_day(run_date).timestamp())
-    user_ids, sequences, inputs = bundle.user_inputs(interactions, profiles, now=now)
-    # One popularity snapshot (the run date's item features) for every user: the matrix-product form of the score.
-    scorer = bundle.scorer(inputs, catalogue, batch=serve.score_batch_users)
-    seen = seen_matrix(user_ids, catalogue_ids, interactions["user_id"].to_pylist(), interactions["item_id"].to_pylist())
-    has_history = np.asarray(seen.sum(axis=1)).ravel() > 0
-    has_profile = (inputs.user_feats > 0).any(dim=1).numpy()
-    use_model = has_history | has_profile
+    night = night_catalogue(
+        bundle,
+        catalogue,
+        items,
+        serve,
+        settings.train.trending_window_days,
+        now=int(end_of_day(run_date).timestamp()),
+        model_name=current.name,
+        model_version=current.version,
+        generated_at=datetime.now(UTC).replace(microsecond=0),
+    )
     log.info(
-        "scoring %d users (%d with history, %d profile only, %d fallback) over %d items (%d unavailable excluded) "
-        "with %s v%s on the %s engine",
-        len(user_ids),
-        int(has_history.sum()),
-        int((~has_history & has_profile).sum()),
-        int((~use_model).sum()),
-        len(catalogue_ids),
+        "scoring the users of %s over %d items (%d unavailable excluded) with %s v%s on the %s engine",
+        lake.partition_path(USER_PROFILES, run_date),
+        len(night.item_ids),
         len(excluded),
         current.name,
         current.version,
         serve.engine,
     )
-
-    top_items = np.empty((len(user_ids), k), dtype=np.int64)
-    top_scores = np.empty((len(user_ids), k), dtype=np.float32)
-    model_rows = np.flatnonzero(use_model)
-    scoring_started = time.monotonic()
-    if len(model_rows):
-        vectors = scorer.user_vectors(model_rows)
-        categories = category_matrix(catalogue["genres"].to_pylist()) if serve.mmr_lambda is not None else None
-        top_items[model_rows], top_scores[model_rows] = score_users(
-            settings,
-            run_date,
-            [user_ids[i] for i in model_rows],
-            vectors,
-            catalogue_ids,
-            scorer.item_matrix(),
-            seen[model_rows],
-            categories,
-            spark=spark,
-        )
-    fallback_rows = np.flatnonzero(~use_model)
-    if len(fallback_rows):
-        trending = catalogue[popularity_column(settings.train.trending_window_days)].to_numpy().astype(np.float32)
-        trending = trending + catalogue["pop_all"].to_numpy().astype(np.float32) * 1e-6  # all-time breaks ties
-        top_items[fallback_rows], top_scores[fallback_rows] = score_top_k(
-            torch.ones(len(fallback_rows), 1), torch.as_tensor(trending).unsqueeze(1), k, exclude=seen[fallback_rows]
-        )
-    scoring_seconds = time.monotonic() - scoring_started
-
-    reasons_started = time.monotonic()
-    reason_index = np.zeros_like(top_items)
-    if len(model_rows):
-        reason_index[model_rows], _ = explain(
-            scorer,
-            bundle.config,
-            model_rows,
-            [sequences.items[i] for i in model_rows],
-            [sequences.times[i] for i in model_rows],
-            top_items[model_rows],
-            n_last=serve.reason_history,
-            now=now,
-            batch_users=serve.score_batch_users,
-            hidden=vectors[:, : bundle.config.d_model],  # the scoring pass's states: not encoded twice
-        )
-    reasons_seconds = time.monotonic() - reasons_started
-
-    table = build_table(
-        user_ids,
-        catalogue_ids,
-        top_items,
-        top_scores,
-        np.where(use_model, "model", "fallback"),
-        current.name,
-        current.version,
-        datetime.now(UTC).replace(microsecond=0),
-        reason_item_ids=reason_item_ids(reason_index, bundle.prep.item_ids),
-        titles=dict(zip(items["item_id"].to_pylist(), items["title"].to_pylist())),
-    )
-    seen_sets = _seen_sets(interactions)
-    validate_recommendations(table, k=k, users=user_ids, catalogue=set(catalogue_ids), seen=seen_sets)
-    digest = content_digest(table)
-
-    report = nightly_report(top_items, use_model, catalogue, has_history=has_history, unavailable=len(excluded))
-    report["rows_with_reason_item"] = int((reason_index > 0).sum())
-    report.update(served_point)
     target = lake.partition_path(RECOMMENDATIONS, run_date)
+    scoring_started = time.monotonic()
+    staged: str | None = None
+    if serve.engine == "spark":
+        # Executors encode, score, explain and write the night; only aggregates come back.
+        staged = lake.new_staging_path(RECOMMENDATIONS, partition_name("dt", run_date))
+        try:
+            digest, item_counts, stats = _stage_on_spark(settings, lake, run_date, spark, staged, current, night)
+        except BaseException:
+            lake.fs.delete_dir(staged)
+            raise
+        rows = int(item_counts.sum())
+    else:
+        interactions = read_interactions(lake, run_date, settings.ingest.lateness_days, columns=INTERACTION_COLUMNS)
+        profiles = lake.read_partition(USER_PROFILES, run_date).sort_by("user_id")
+        table, stats, _ = score_and_explain(bundle, night, serve, interactions, profiles)
+        validate_recommendations(
+            table, k=k, users=profiles["user_id"].to_pylist(), catalogue=set(night.item_ids), seen=_seen_sets(interactions)
+        )
+        digest = content_digest(table)
+        counts = dict(zip(*np.unique(table["item_id"].to_numpy(zero_copy_only=False), return_counts=True)))
+        item_counts = np.array([counts.get(i, 0) for i in night.item_ids], dtype=np.int64)
+        rows = table.num_rows
+    # Local: encoding and top-K, as before reasons existed (reasons_seconds apart); Spark: the whole
+    # engine (tasks score, explain and write; the checks), as the tasks' split is not collected.
+    scoring_seconds = stats.scoring_seconds if serve.engine == "local" else time.monotonic() - scoring_started
+    log.info(
+        "scored %d users (%d with history, %d profile only, %d fallback), %d rows with a reason item",
+        stats.users,
+        stats.with_history,
+        stats.profile_only,
+        stats.fallback,
+        stats.rows_with_reason_item,
+    )
+
+    report = nightly_report(item_counts, catalogue, stats, unavailable=len(excluded))
+    report.update(served_point)
     previous = lake.read_manifest(target) if lake.is_complete(RECOMMENDATIONS, run_date) else None
     unchanged = previous is not None and previous.get("content_digest") == digest
     if unchanged and previous is not None:
@@ -185,12 +154,15 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
             previous.get("created_at"),
         )
         rows = previous["rows"]
+        if staged is not None:
+            lake.fs.delete_dir(staged)
     else:
-        staged = lake.new_staging_path(RECOMMENDATIONS, partition_name("dt", run_date))
-        lake.write_parquet(table, staged)
-        _check_staged(lake, staged, table.num_rows, digest)
+        if staged is None:
+            staged = lake.new_staging_path(RECOMMENDATIONS, partition_name("dt", run_date))
+            lake.write_parquet(table, staged)
+            _check_staged(lake, staged, table.num_rows, digest)
         manifest = {
-            "users": len(user_ids),
+            "users": stats.users,
             "k": k,
             "model_name": current.name,
             "model_version": current.version,
@@ -208,19 +180,18 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
             "report": report,
         }
         lake.publish(RECOMMENDATIONS, run_date, staged, manifest)
-        rows = table.num_rows
     moved = _update_latest(lake, run_date, target)
     dropped = lake.drop_partitions_older_than(RECOMMENDATIONS, serve.keep_days)
     seconds = round(time.monotonic() - started, 1)
     log.info(
         "%s", format_report(report, title=f"nightly report {run_date} ({current.name} v{current.version}, {serve.engine} engine)")
     )
-    _log_nightly(settings, run_date, report, top_items, catalogue, current, seconds, unchanged=unchanged)
+    _log_nightly(settings, run_date, report, item_counts, k, catalogue, current, seconds, unchanged=unchanged)
     summary = {
         "dt": run_date.isoformat(),
         "path": target,
         "rows": rows,
-        "users": len(user_ids),
+        "users": stats.users,
         "k": k,
         "model": f"{current.name} v{current.version}",
         "engine": serve.engine,
@@ -230,14 +201,14 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         **report,
         "dropped_partitions": dropped,
         "scoring_seconds": round(scoring_seconds, 2),
-        "reasons_seconds": round(reasons_seconds, 2),
+        "reasons_seconds": round(stats.reasons_seconds, 2) if serve.engine == "local" else None,
         "seconds": seconds,
     }
     log.info(
         "%s %d rows for %d users to %s (catalogue coverage %.1f%%, fallback users %d) in %.1fs",
         "kept" if unchanged else "published",
         rows,
-        len(user_ids),
+        stats.users,
         target,
         100 * report["catalogue_coverage"],
         report["fallback_users"],
@@ -287,60 +258,63 @@ def served_settings(settings: Settings, operating_point: dict | None) -> Setting
     return settings.model_copy(update={"serve": settings.serve.model_copy(update={"mmr_lambda": lam})})
 
 
-# Scoring ------------------------------------------------------------------------
-def score_users(
-    settings: Settings,
-    run_date: date,
-    user_ids: list[str],
-    vectors: torch.Tensor,
-    item_ids: list[str],
-    item_matrix: torch.Tensor,
-    exclude,
-    categories: np.ndarray | None,
-    spark=None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-K item columns and scores for model users on the configured engine."""
-    serve = settings.serve
-    options: dict[str, Any] = {
-        "mmr_lambda": serve.mmr_lambda,
-        "categories": categories,
-        "pool_factor": serve.mmr_pool_factor,
-        "precision": serve.precision,
-    }
-    if serve.engine == "local":
-        return recommend_top_k(vectors, item_matrix, serve.top_k, exclude=exclude, batch_users=serve.score_batch_users, **options)
-    from recsys_core.serving.spark_score import rows_to_matrices, spark_top_k
+# Scoring on Spark ----------------------------------------------------------------
+def _stage_on_spark(
+    settings: Settings, lake: Lake, run_date: date, spark, staged: str, current, night: NightCatalogue
+) -> tuple[str, np.ndarray, BatchStats]:
+    """The Spark engine: executors score, explain and write ``staged``, then the checks run as
+    Spark aggregates; returns (content_digest, item counts in catalogue order, the night's figures)."""
+    from pyspark.sql import SparkSession
 
+    from recsys_core.io.spark import spark_session
+    from recsys_core.serving.spark_score import spark_score_night
+
+    serve = settings.serve
     session, owned = spark, False
     if session is None:
-        from pyspark.sql import SparkSession
-
-        from recsys_core.io.spark import spark_session
-
         owned = SparkSession.getActiveSession() is None
         session = spark_session(settings, f"recommend-{run_date}")
     try:
-        rows = spark_top_k(
-            session,
-            user_ids,
-            vectors.numpy(),
-            item_ids,
-            item_matrix.detach().numpy(),
-            serve.top_k,
-            exclude,
-            batch_users=serve.score_batch_users,
-            **options,
+        source = champion_on_lake(lake, current.bundle_dir)
+        profiles = session.read.parquet(lake.spark_uri(lake.partition_path(USER_PROFILES, run_date)))
+        interactions = spark_interactions(
+            session, lake, run_date, required_ingests(lake, run_date, settings.ingest.lateness_days)
+        )
+        parts, figures = spark_score_night(session, profiles, interactions, lake.spark_uri(staged), source, night, serve)
+        lake.drop_spark_markers(staged)
+        counts = validate_spark_recommendations(
+            session.read.parquet(lake.spark_uri(staged)),
+            k=serve.top_k,
+            users=profiles.select("user_id"),
+            catalogue=session.createDataFrame([(i,) for i in night.item_ids], "item_id string"),
+            seen=interactions,
         )
     finally:
         if owned:
             session.stop()
-    return rows_to_matrices(rows, user_ids, item_ids, serve.top_k)
+    item_counts = np.array([counts.get(i, 0) for i in night.item_ids], dtype=np.int64)
+    return combine_digests(parts), item_counts, BatchStats(**figures)
 
 
-def reason_item_ids(reason_index: np.ndarray, model_item_ids: list[str]) -> np.ndarray:
-    """[n, K] item ids (None where 0: no reason) of model item indices (1-based, ``prep.item_ids``)."""
-    names = np.asarray([None, *model_item_ids], dtype=object)
-    return names[reason_index]
+def champion_on_lake(lake: Lake, bundle_dir: Path):
+    """The champion's files on the lake, where every executor reads them: one copy per content
+    (``models/<digest>/``), written once under a temporary name and moved into place."""
+    from recsys_core.serving.spark_score import BundleSource
+
+    files = {name: (bundle_dir / name).read_bytes() for name in FILES if (bundle_dir / name).exists()}
+    digest = files_digest(files)
+    folder = lake.path(MODELS, digest)
+    if not lake.exists(folder):
+        temporary = lake.path(MODELS, f".{digest}.{uuid.uuid4().hex}")
+        lake.fs.create_dir(temporary, recursive=True)
+        for name, data in files.items():
+            with lake.fs.open_output_stream(f"{temporary}/{name}") as out:
+                out.write(data)
+        lake.move_dir(temporary, folder)
+        log.info(
+            "copied the champion's bundle (%d files, %.1f MB) to %s", len(files), sum(map(len, files.values())) / 1e6, folder
+        )
+    return BundleSource(lake.fs, folder, digest)
 
 
 def available_catalogue(items: pa.Table, serve: ServeSettings) -> tuple[pa.Table, list[str]]:
@@ -416,36 +390,39 @@ def _update_latest(lake: Lake, run_date: date, target: str) -> bool:
 
 
 # Report ---------------------------------------------------------------------------
-def nightly_report(
-    top_items: np.ndarray,
-    use_model: np.ndarray,
-    catalogue: pa.Table,
-    *,
-    has_history: np.ndarray | None = None,
-    unavailable: int = 0,
-) -> dict:
+def nightly_report(item_counts: np.ndarray, catalogue: pa.Table, stats: BatchStats, *, unavailable: int = 0) -> dict:
+    """The night's figures from how often each catalogue item is recommended (``item_counts``,
+    catalogue order) and the users' figures (``stats``)."""
     popularity = catalogue["pop_all"].to_numpy().astype(np.float64)
-    k = top_items.shape[1]
-    bias = M.popularity_bias(top_items, popularity, k)
-    report = {
-        "catalogue_coverage": round(M.catalog_coverage(top_items, len(popularity), k), 6),
-        "gini": round(float(bias["gini"]), 6),
-        "head_share": round(float(bias["head_share"]), 6),
-        "fallback_users": int((~use_model).sum()),
-        "fallback_share": round(float((~use_model).mean()) if len(use_model) else 0.0, 6),
-        "users": len(use_model),
-        "users_source_model": int(use_model.sum()),
-        "users_source_fallback": int((~use_model).sum()),
+    counts = np.asarray(item_counts, dtype=np.int64)
+    slots = int(counts.sum())
+    users, fallback = stats.users, stats.fallback
+    return {
+        "catalogue_coverage": round(float((counts > 0).sum() / len(popularity)), 6) if len(popularity) else 0.0,
+        "gini": round(float(M.gini_index(counts)), 6) if slots else float("nan"),
+        "head_share": round(float(counts[M.head_items(popularity)].sum() / slots), 6) if slots else float("nan"),
+        "fallback_users": fallback,
+        "fallback_share": round(fallback / users, 6) if users else 0.0,
+        "users": users,
+        "users_source_model": users - fallback,
+        "users_source_fallback": fallback,
         "catalogue_items": int(catalogue.num_rows),
         "unavailable_items": int(unavailable),
+        "users_model_profile_only": stats.profile_only,
+        "rows_with_reason_item": stats.rows_with_reason_item,
     }
-    if has_history is not None:
-        report["users_model_profile_only"] = int((use_model & ~has_history).sum())
-    return report
 
 
 def _log_nightly(
-    settings: Settings, run_date: date, report: dict, top_items, catalogue, current, seconds: float, unchanged: bool = False
+    settings: Settings,
+    run_date: date,
+    report: dict,
+    item_counts: np.ndarray,
+    k: int,
+    catalogue,
+    current,
+    seconds: float,
+    unchanged: bool = False,
 ) -> None:
     import mlflow
 
@@ -466,7 +443,9 @@ def _log_nightly(
         )
         log_metrics({**report, "seconds": seconds})
         popularity = catalogue["pop_all"].to_numpy().astype(np.float64)
+        # The figure reads only which items fill the slots: the counts, unrolled.
+        slots = np.repeat(np.arange(len(item_counts)), item_counts).reshape(-1, k)
         mlflow.log_figure(
-            popularity_bias_figure({f"{current.name} v{current.version}": top_items}, popularity, k=top_items.shape[1]),
+            popularity_bias_figure({f"{current.name} v{current.version}": slots}, popularity, k=k),
             "plots/nightly_popularity.png",
         )

@@ -275,3 +275,11 @@ def test_message_lists_at_most_three_examples_per_check():
     message = failure(INTERACTIONS, rows)
     assert "10 failure case(s)" in message
     assert message.count("e.g.") == 3
+
+
+def test_every_dataframe_check_has_a_spark_twin():
+    """The stages run the checks as Spark aggregates (spark_check): no rule of a model may be left out there."""
+    from recsys_core.features.checks import SPARK_ROW_CHECKS, SPARK_UNIQUE_CHECKS
+
+    names = {check.name for model in MODELS.values() for check in model.to_schema().checks}
+    assert names == set(SPARK_ROW_CHECKS) | set(SPARK_UNIQUE_CHECKS)

@@ -283,14 +283,16 @@ def test_failed_check_publishes_neither_table(lake_as_of, spark, monkeypatch):
 
     settings, lake, _, _, (_, after) = lake_as_of
     manifests = {c.name: lake.read_manifest(lake.partition_path(c, AS_OF)) for c in (USER_PROFILES, ITEM_FEATURES)}
-    real = stage.check_table
+    real = stage.spark_check
 
-    def failing(table, contract, **kw):
+    def failing(df, contract, **kw):
+        from pyspark.sql import functions as F
+
         if contract.name == ITEM_FEATURES.name:
-            table = table.set_column(table.column_names.index("pop_all"), "pop_all", pa.array([-1] * table.num_rows, pa.int64()))
-        return real(table, contract, **kw)
+            df = df.withColumn("pop_all", F.lit(-1).cast("long"))
+        return real(df, contract, **kw)
 
-    monkeypatch.setattr(stage, "check_table", failing)
+    monkeypatch.setattr(stage, "spark_check", failing)
     with pytest.raises(DataCheckFailed) as info:
         run_features(settings, AS_OF, spark=spark)
     message = str(info.value)

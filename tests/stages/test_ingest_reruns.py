@@ -154,10 +154,10 @@ def test_failed_data_check_keeps_the_previous_good_output(lake_after_two_days, s
     before = lake_state(lake)
     write(landing(settings, D2), "more.jsonl", [ev("e5", f"{D2}T11:00:00Z", user="u2"), ev("e7", f"{D2}T13:00:00Z")])
 
-    def failing(table, contract, **kw):
+    def failing(df, contract, **kw):
         raise DataCheckFailed(f"data check failed for table {contract.name}")
 
-    monkeypatch.setattr(stage, "check_table", failing)
+    monkeypatch.setattr(stage, "spark_check", failing)
     with pytest.raises(DataCheckFailed, match="interactions"):
         run_ingest(settings, [D2], spark=spark)
     assert lake_state(lake) == before

@@ -6,7 +6,10 @@ import shutil
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
+import torch
 
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS
 from recsys_core.io.lake import Lake
@@ -32,19 +35,69 @@ def assert_same_table(a: pa.Table, b: pa.Table) -> None:
     np.testing.assert_allclose(a["score"].to_numpy(), b["score"].to_numpy(), rtol=0, atol=1e-5)
 
 
-def test_spark_engine_publishes_the_same_table_as_local(pipeline, tmp_path):
+def test_spark_engine_publishes_the_same_table_as_local(pipeline, tmp_path, monkeypatch):
+    from recsys_core.models.bundle import ModelBundle
+    from recsys_core.stages import recommend
     from recsys_core.stages.recommend import run_recommend
 
     settings = copy_pipeline(pipeline, tmp_path / "data", engine="spark")
     lake = Lake(settings.lake)
     reference = night(pipeline.settings, pipeline.run_date)  # published by the local engine
     lake.fs.delete_dir(lake.partition_path(RECOMMENDATIONS, pipeline.run_date))
+
+    def driver_must_not(what):
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"the Spark engine's driver {what}")
+
+        return refuse
+
+    # The executors are other processes (Spark's Python workers): these hold on the driver only.
+    monkeypatch.setattr(ModelBundle, "user_inputs", driver_must_not("encoded users"))
+    monkeypatch.setattr(recommend, "read_interactions", driver_must_not("read the interactions"))
+    monkeypatch.setattr(recommend, "score_and_explain", driver_must_not("scored users"))
     summary = run_recommend(settings, pipeline.run_date)  # Spark session from the settings (local[*] by default)
     assert summary["engine"] == "spark" and summary["status"] == "published"
     published = night(settings, pipeline.run_date)
     assert_same_table(reference, published)
     manifest = lake.read_manifest(lake.partition_path(RECOMMENDATIONS, pipeline.run_date))
     assert manifest["engine"] == "spark" and manifest["rows"] == published.num_rows
+    local = pipeline.recommend
+    # Not the content digest: it hashes the scores' bits, and a user's score may differ in its last
+    # bits with the batch the GEMM saw it in (the tolerance of assert_same_table).
+    for figure in ("users", "rows", "fallback_users", "users_model_profile_only", "rows_with_reason_item"):
+        assert summary[figure] == local[figure], figure
+    # Each user's K rows sit in one file: the task that scored the user wrote them.
+    files = lake.data_files(lake.partition_path(RECOMMENDATIONS, pipeline.run_date))
+    owners = [set(pq.read_table(f, filesystem=lake.fs, columns=["user_id"])["user_id"].to_pylist()) for f in files]
+    assert len(files) > 1 and sum(len(o) for o in owners) == summary["users"]
+
+
+def test_executors_load_the_champion_from_the_lake_checked_by_its_digest(pipeline, tmp_path):
+    from recsys_core.errors import ModelError
+    from recsys_core.io.registry import champion
+    from recsys_core.models.bundle import META, ModelBundle
+    from recsys_core.serving.spark_score import BundleSource, load_bundle
+    from recsys_core.stages.recommend import MODELS, champion_on_lake
+
+    settings = copy_pipeline(pipeline, tmp_path / "data")
+    lake = Lake(settings.lake)
+    bundle_dir = champion(settings, settings.work_dir / "registry").bundle_dir
+    source = champion_on_lake(lake, bundle_dir)
+    assert champion_on_lake(lake, bundle_dir) == source  # one copy per content
+    assert [i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(lake.path(MODELS)))] == [source.digest]
+    loaded = load_bundle(source)
+    assert load_bundle(source) is loaded  # once per worker
+    expected = ModelBundle.load(bundle_dir).model.state_dict()
+    assert all(torch.equal(loaded.model.state_dict()[name], value) for name, value in expected.items())
+
+    tampered = lake.path("tampered")
+    lake.fs.create_dir(tampered)
+    for info in lake.fs.get_file_info(pafs.FileSelector(source.folder)):
+        lake.fs.copy_file(info.path, f"{tampered}/{info.base_name}")
+    with lake.fs.open_output_stream(f"{tampered}/{META}") as out:
+        out.write(b"{}")
+    with pytest.raises(ModelError, match="does not match its digest"):
+        load_bundle(BundleSource(lake.fs, tampered, source.digest))
 
 
 def test_mmr_rerank_is_the_same_on_both_engines_and_more_diverse(pipeline, tmp_path):

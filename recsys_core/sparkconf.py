@@ -1,0 +1,27 @@
+"""Spark SQL settings a step holds while it runs, then gives back (imports nothing of Spark)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Spark's file splitting: with the open cost of a file as large as a partition, every non-empty
+# file gets a partition of its own and is never split (the ingest numbers each file's lines from
+# the row index; the nightly digests each written file whole).
+WHOLE_FILES = {"spark.sql.files.maxPartitionBytes": str(1 << 40), "spark.sql.files.openCostInBytes": str(1 << 40)}
+
+
+@contextmanager
+def spark_conf(spark, conf: dict[str, str]) -> Iterator[None]:
+    """Set ``conf`` on the session for the block; the previous values (or none) come back after it."""
+    previous = {key: spark.conf.get(key, None) for key in conf}
+    for key, value in conf.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
