@@ -70,14 +70,15 @@ def bf16_pools(
     threshold_bits: np.ndarray,
 ) -> None:
     """Rows [lo, hi) of ``scores`` (int16 bits [rows, padded]): mask the row's seen items (CSR rows
-    from ``first_row``) and the padding, build ``n_levels`` (0 to 2) levels of block maxima
+    from ``first_row``) and the padding, build ``n_levels`` (0 to 3) levels of block maxima
     (``GROUP`` strided items per block), take ``t``, the ``pool``-th best top-level maximum, and
     keep every item whose score reaches ``t``: ``members[r, :counts[r]]`` (the rest ``sentinel``),
     ``threshold_bits[r] = t``. Every item outside the pool scores at most ``t``."""
     padded = scores.shape[1]
     capacity = members.shape[1]
     level1 = np.empty(padded // GROUP, dtype=np.int16)
-    level2 = np.empty(padded // GROUP // GROUP, dtype=np.int16)
+    level2 = np.empty(padded // GROUP**2, dtype=np.int16)
+    level3 = np.empty(padded // GROUP**3, dtype=np.int16)
     nodes = np.empty(capacity, dtype=np.int64)
     kept = np.empty(capacity, dtype=np.int64)
     histogram = np.empty(256, dtype=np.int64)
@@ -88,9 +89,11 @@ def bf16_pools(
         row[n_items:] = NEG_INF_BITS
         if n_levels >= 1:
             _level_max(row, level1)
-        if n_levels == 2:
+        if n_levels >= 2:
             _level_max(level1, level2)
-        top = row if n_levels == 0 else (level1 if n_levels == 1 else level2)
+        if n_levels == 3:
+            _level_max(level2, level3)
+        top = row if n_levels == 0 else (level1 if n_levels == 1 else (level2 if n_levels == 2 else level3))
         t = _kth_largest(top, pool, histogram)
         threshold_bits[r] = t
         members[r, :] = sentinel
@@ -100,7 +103,7 @@ def bf16_pools(
         n = _reaching(top, 0, top.shape[0], 1, t, nodes, 0)
         level = n_levels
         while level > 0 and n <= capacity:  # children of node j: j, j + w, ... (w: its level's width)
-            below = row if level == 1 else level1
+            below = row if level == 1 else (level1 if level == 2 else level2)
             width, m = below.shape[0] // GROUP, 0
             for i in range(n):
                 m = _reaching(below, nodes[i], nodes[i] + GROUP * width, width, t, kept, m)

@@ -60,7 +60,7 @@ _POOL_MARGIN = 0.5
 _POOL_MARGIN_MIN = 16
 # bf16 path: up to this many levels of block maxima (pool_kernels.GROUP items per block; a
 # level is used while the catalogue has 4 x pool blocks at it).
-_MAX_LEVELS = 2
+_MAX_LEVELS = 3
 # bf16 path: a row whose pool (the items reaching the threshold) holds more than this many times
 # ``pool`` items (ties at the threshold) is scored again in fp32.
 _POOL_CAPACITY = 4
@@ -126,6 +126,7 @@ def score_top_k(
         stats.update({f"{stage}_s": seconds for stage, seconds in scorer.clock.seconds.items()})
         stats["fallback_rows"] = getattr(scorer, "fallback_rows", 0)
         stats["pool"] = getattr(scorer, "pool", None)
+        stats["levels"] = getattr(scorer, "levels", None)
     return items_out, scores_out
 
 

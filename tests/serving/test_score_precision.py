@@ -180,3 +180,15 @@ def test_users_round_to_bf16_as_torch_does_ties_and_infinities_included():
     nan = users.isnan()  # NaN stays NaN (which NaN bits torch writes depends on its code path)
     assert torch.equal(users_bf16.float().isnan(), nan)
     assert torch.equal(users_bf16.view(torch.int16)[~nan], users.bfloat16().view(torch.int16)[~nan])
+
+
+@pytest.mark.parametrize(("n_items", "levels"), [(301, 0), (1001, 1), (3001, 2), (8001, 3)])
+def test_bf16_pool_is_exact_at_every_depth_of_the_block_maximum_tree(n_items, levels):
+    users, items, mask = exact_case(n_users=30, n_items=n_items)
+    stats: dict = {}
+    top, scores = score_top_k(users, items, K, exclude=sp.csr_matrix(mask.astype(np.float32)), precision="bf16", stats=stats)
+    expected_items, expected_scores = oracle(users, items, K, mask)
+    np.testing.assert_array_equal(top, expected_items)
+    np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
+    assert stats["levels"] == levels
+    assert stats["fallback_rows"] < len(users) // 4
