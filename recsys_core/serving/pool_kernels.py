@@ -21,14 +21,13 @@ GROUP = 4  # items per block at each level of the block-maximum tree
 
 
 @numba.njit(cache=True, nogil=True)
-def _level_max(below: np.ndarray, out: np.ndarray, group: int) -> None:
-    """out[j] = max(below[j], below[j + w], ..., below[j + (group - 1) w]), w = len(out): strided blocks."""
-    width = out.shape[0]
-    out[:] = below[:width]
-    for m in range(1, group):
-        part = below[m * width : (m + 1) * width]
-        for j in range(width):
-            out[j] = max(out[j], part[j])
+def _level_max(below: np.ndarray, out: np.ndarray) -> None:
+    """out[j] = max(below[j], below[j + w], below[j + 2w], below[j + 3w]), w = len(out): the
+    maxima of GROUP strided items, in one pass that writes each maximum once."""
+    w = out.shape[0]
+    a, b, c, d = below[:w], below[w : 2 * w], below[2 * w : 3 * w], below[3 * w : 4 * w]
+    for j in range(w):
+        out[j] = max(max(a[j], b[j]), max(c[j], d[j]))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -71,14 +70,15 @@ def bf16_pools(
     threshold_bits: np.ndarray,
 ) -> None:
     """Rows [lo, hi) of ``scores`` (int16 bits [rows, padded]): mask the row's seen items (CSR rows
-    from ``first_row``) and the padding, build ``n_levels`` (0 to 2) levels of block maxima
+    from ``first_row``) and the padding, build ``n_levels`` (0 to 3) levels of block maxima
     (``GROUP`` strided items per block), take ``t``, the ``pool``-th best top-level maximum, and
     keep every item whose score reaches ``t``: ``members[r, :counts[r]]`` (the rest ``sentinel``),
     ``threshold_bits[r] = t``. Every item outside the pool scores at most ``t``."""
     padded = scores.shape[1]
     capacity = members.shape[1]
     level1 = np.empty(padded // GROUP, dtype=np.int16)
-    level2 = np.empty(padded // GROUP // GROUP, dtype=np.int16)
+    level2 = np.empty(padded // GROUP**2, dtype=np.int16)
+    level3 = np.empty(padded // GROUP**3, dtype=np.int16)
     nodes = np.empty(capacity, dtype=np.int64)
     kept = np.empty(capacity, dtype=np.int64)
     histogram = np.empty(256, dtype=np.int64)
@@ -88,10 +88,12 @@ def bf16_pools(
             row[indices[p]] = NEG_INF_BITS
         row[n_items:] = NEG_INF_BITS
         if n_levels >= 1:
-            _level_max(row, level1, GROUP)
-        if n_levels == 2:
-            _level_max(level1, level2, GROUP)
-        top = row if n_levels == 0 else (level1 if n_levels == 1 else level2)
+            _level_max(row, level1)
+        if n_levels >= 2:
+            _level_max(level1, level2)
+        if n_levels == 3:
+            _level_max(level2, level3)
+        top = row if n_levels == 0 else (level1 if n_levels == 1 else (level2 if n_levels == 2 else level3))
         t = _kth_largest(top, pool, histogram)
         threshold_bits[r] = t
         members[r, :] = sentinel
@@ -101,7 +103,7 @@ def bf16_pools(
         n = _reaching(top, 0, top.shape[0], 1, t, nodes, 0)
         level = n_levels
         while level > 0 and n <= capacity:  # children of node j: j, j + w, ... (w: its level's width)
-            below = row if level == 1 else level1
+            below = row if level == 1 else (level1 if level == 2 else level2)
             width, m = below.shape[0] // GROUP, 0
             for i in range(n):
                 m = _reaching(below, nodes[i], nodes[i] + GROUP * width, width, t, kept, m)
@@ -165,7 +167,9 @@ def finish_pools(
         ok[r] = finite and bound < values[r, k - 1]
 
 
-@numba.njit(cache=True, nogil=True)
+# reassoc: the compiler may sum the float64 products in any (fixed) order, which lets it vectorise;
+# contract: a fused multiply-add, the same here since every product of two fp32 is exact in float64.
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def rerank_pools(
     lo: int,
     hi: int,
@@ -178,26 +182,43 @@ def rerank_pools(
 ) -> None:
     """Rows [lo, hi): ``exact[r, i]`` = the fp32 score of user ``first_user + r`` and pool member i.
 
-    The products of two fp32 values are exact in float64 and the sum is taken in float64 (eight
-    running partial sums, combined in a fixed order), so the one rounding that matters is the final
-    one to fp32: the score is the fp32 value nearest the real dot product except in cases of
-    double rounding, whatever order a GEMM library would have summed in."""
+    The products of two fp32 values are exact in float64 and their sum is taken in float64, so the
+    one rounding that matters is the final one to fp32: the score is the fp32 value nearest the
+    real dot product (but for a float64 sum within 2^-40 or so of a rounding boundary), whatever
+    order a GEMM library would have summed in."""
     dim = users.shape[1]
     for r in range(lo, hi):
         user = users[first_user + r]
         for i in range(counts[r]):
             item = items[members[r, i]]
-            a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = 0.0
-            for j in range(0, dim - dim % 8, 8):
-                a0 += np.float64(user[j]) * np.float64(item[j])
-                a1 += np.float64(user[j + 1]) * np.float64(item[j + 1])
-                a2 += np.float64(user[j + 2]) * np.float64(item[j + 2])
-                a3 += np.float64(user[j + 3]) * np.float64(item[j + 3])
-                a4 += np.float64(user[j + 4]) * np.float64(item[j + 4])
-                a5 += np.float64(user[j + 5]) * np.float64(item[j + 5])
-                a6 += np.float64(user[j + 6]) * np.float64(item[j + 6])
-                a7 += np.float64(user[j + 7]) * np.float64(item[j + 7])
-            total = ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7))
-            for j in range(dim - dim % 8, dim):
+            total = 0.0
+            for j in range(dim):
                 total += np.float64(user[j]) * np.float64(item[j])
             exact[r, i] = np.float32(total)
+
+
+@numba.njit(cache=True, nogil=True)
+def bf16_with_bounds(users: np.ndarray, rounded: np.ndarray, e_max: float, de_max: float, bounds: np.ndarray) -> None:
+    """Per user row u: ``rounded`` (uint16) = the bits of u rounded to bf16 (nearest, ties to even;
+    NaN to torch's 0x7FC0), and ``bounds`` = ``score._error_bound``'s bound for u and that rounding
+    ub, from the items' max |e| and max |e - bf16(e)|, all in float64."""
+    dim = users.shape[1]
+    gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)
+    source = users.view(np.uint32)
+    widened = np.empty(dim, dtype=np.uint32)
+    for r in range(users.shape[0]):
+        for j in range(dim):
+            bits = source[r, j]
+            half = 0x7FC0 if np.isnan(users[r, j]) else (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            rounded[r, j] = half
+            widened[j] = half << 16
+        ub_row = widened.view(np.float32)
+        du = ub = uu = 0.0
+        for j in range(dim):
+            a, b = np.float64(users[r, j]), np.float64(ub_row[j])
+            du += (a - b) * (a - b)
+            ub += b * b
+            uu += a * a
+        du, ub, uu = np.sqrt(du), np.sqrt(ub), np.sqrt(uu)
+        eps = du * e_max + ub * de_max + gamma * (ub * (e_max + de_max) + uu * e_max)
+        bounds[r] = eps * (1 + 2.0**-20) + dim * 2.0**-125

@@ -60,7 +60,7 @@ _POOL_MARGIN = 0.5
 _POOL_MARGIN_MIN = 16
 # bf16 path: up to this many levels of block maxima (pool_kernels.GROUP items per block; a
 # level is used while the catalogue has 4 x pool blocks at it).
-_MAX_LEVELS = 2
+_MAX_LEVELS = 3
 # bf16 path: a row whose pool (the items reaching the threshold) holds more than this many times
 # ``pool`` items (ties at the threshold) is scored again in fp32.
 _POOL_CAPACITY = 4
@@ -113,21 +113,20 @@ def score_top_k(
         for start in range(0, n_users, batch):
             stop = min(start + batch, n_users)
             scorer.clock.start()
-            values, indices = scorer(start, stop)
-            finite = torch.isfinite(values)
-            short = ~finite[:, :need].all(dim=1) if need else torch.zeros(len(values), dtype=torch.bool)
-            if bool(short.any()):
-                row = int(torch.nonzero(short)[0]) + start
+            # numpy from here: small torch ops would wake torch's sleeping threads for nothing
+            values, indices = (part.cpu().numpy() for part in scorer(start, stop))
+            finite = np.isfinite(values)
+            short = np.flatnonzero(~finite[:, :need].all(axis=1))
+            if len(short):
+                row = short[0] + start
                 raise ValueError(f"user row {row} has fewer than K={need} recommendable items (or non-finite scores)")
-            if need < k:
-                indices = indices.masked_fill(~finite, -1)
-                values = values.masked_fill(~finite, float("-inf"))
-            items_out[start:stop] = indices.numpy()
-            scores_out[start:stop] = values.numpy()
+            items_out[start:stop] = np.where(finite, indices, -1) if need < k else indices
+            scores_out[start:stop] = np.where(finite, values, np.float32(-np.inf)) if need < k else values
     if stats is not None:
         stats.update({f"{stage}_s": seconds for stage, seconds in scorer.clock.seconds.items()})
         stats["fallback_rows"] = getattr(scorer, "fallback_rows", 0)
         stats["pool"] = getattr(scorer, "pool", None)
+        stats["levels"] = getattr(scorer, "levels", None)
     return items_out, scores_out
 
 
@@ -243,8 +242,7 @@ class _Bf16Scorer:
         items = torch.cat([items, items.new_zeros(self.padded + 1 - n_items, dim)])
         self.items = items.contiguous()
         self.items_t = items[: self.padded].T.contiguous().to(torch.bfloat16)
-        self.users_bf16 = users.to(torch.bfloat16)
-        self.eps = _error_bound(users, self.users_bf16, items[:n_items])
+        self.item_norms = _item_norms(items[:n_items])
         self.buffer = torch.empty(batch * self.padded, dtype=torch.bfloat16, device=users.device)
         empty = np.zeros(len(users) + 1, dtype=np.int64)
         self.indptr = csr.indptr.astype(np.int64) if csr is not None else empty
@@ -259,7 +257,8 @@ class _Bf16Scorer:
     def __call__(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows, clock = stop - start, self.clock
         scores = self.buffer[: rows * self.padded].view(rows, self.padded)
-        torch.mm(self.users_bf16[start:stop], self.items_t, out=scores)
+        users_bf16, eps = _error_bound(self.users[start:stop], self.item_norms)
+        torch.mm(users_bf16, self.items_t, out=scores)
         clock.lap("gemm")
         members, counts, threshold_bits = self.members[:rows], self.counts[:rows], self.threshold_bits[:rows]
         bits = scores.view(torch.int16).cpu().numpy()
@@ -295,7 +294,6 @@ class _Bf16Scorer:
         columns = np.empty((rows, self.k), dtype=np.int64)
         ok = np.empty(rows, dtype=bool)
         threshold = (threshold_bits.astype(np.int32) << 16).view(np.float32)
-        eps = self.eps[start:stop]
         _in_threads(
             lambda lo, hi: pool_kernels.finish_pools(
                 lo, hi, exact, members, counts, threshold, eps, _BF16_OUTPUT_REL, values, columns, ok
@@ -313,24 +311,31 @@ class _Bf16Scorer:
         return torch.from_numpy(values), torch.from_numpy(columns)
 
 
-def _error_bound(users: torch.Tensor, users_bf16: torch.Tensor, items: torch.Tensor) -> np.ndarray:
-    """Per user, a bound on |fp32 score - bf16 GEMM accumulator| over every item (before output rounding).
+def _error_bound(users: torch.Tensor, item_norms: tuple[float, float]) -> tuple[torch.Tensor, np.ndarray]:
+    """The users rounded to bf16, and per user a bound on |fp32 score - bf16 GEMM accumulator| over
+    every item (before output rounding).
 
     With u = ub + du (ub its bf16 rounding) and e = eb + de: u.e - ub.eb = du.e + ub.de, so
     |u.e - ub.eb| <= |du| max|e| + |ub| max|de| (Cauchy-Schwarz). Both fp32 dot products
     (the exact one and the bf16 GEMM's fp32 accumulator) are within gamma_d |a||b| of their
-    real value, gamma_d = d u/(1 - d u), u = 2^-24. Computed in float64, then a small
-    relative margin for its own rounding and an absolute one for flushed denormals.
+    real value, gamma_d = d u/(1 - d u), u = 2^-24. Computed in float64 (one compiled pass per
+    user that also rounds it: ``pool_kernels.bf16_with_bounds``), then a small relative margin for
+    its own rounding and an absolute one for flushed denormals. ``item_norms``: max |e| and max |de|
+    over the catalogue (``_item_norms``).
     """
-    d = users.shape[1]
-    u64, ub64 = users.double().cpu(), users_bf16.double().cpu()
+    host = users.cpu().numpy()
+    rounded = np.empty(host.shape, dtype=np.uint16)
+    bounds = np.empty(len(host), dtype=np.float64)
+    pool_kernels.bf16_with_bounds(host, rounded, *item_norms, bounds)
+    return torch.from_numpy(rounded.view(np.int16)).view(torch.bfloat16).to(users.device), bounds
+
+
+def _item_norms(items: torch.Tensor) -> tuple[float, float]:
+    """max |e| and max |e - bf16(e)| over the items, in float64 (the items' side of ``_error_bound``)."""
+    if not len(items):
+        return 0.0, 0.0
     e64 = items.double().cpu()
-    e_max = float(e64.norm(dim=1).max()) if len(e64) else 0.0
-    de_max = float((e64 - items.to(torch.bfloat16).double().cpu()).norm(dim=1).max()) if len(e64) else 0.0
-    gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
-    u_norm, ub_norm = u64.norm(dim=1), ub64.norm(dim=1)
-    eps = (u64 - ub64).norm(dim=1) * e_max + ub_norm * de_max + gamma * (ub_norm * (e_max + de_max) + u_norm * e_max)
-    return (eps * (1 + 2.0**-20) + d * 2.0**-125).numpy()
+    return float(e64.norm(dim=1).max()), float((e64 - items.to(torch.bfloat16).double().cpu()).norm(dim=1).max())
 
 
 class _Selector:

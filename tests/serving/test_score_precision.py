@@ -8,7 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_core.config import ServeSettings
-from recsys_core.serving.score import _BF16_OUTPUT_REL, _error_bound, score_top_k
+from recsys_core.serving.score import _BF16_OUTPUT_REL, _error_bound, _item_norms, score_top_k
 
 K = 10
 
@@ -78,9 +78,10 @@ def test_bf16_error_bound_holds_for_every_score():
     gen = torch.Generator().manual_seed(9)
     users = torch.randn(64, 48, generator=gen) * torch.rand(64, 1, generator=gen) * 4
     items = torch.randn(2000, 48, generator=gen) * torch.rand(2000, 1, generator=gen) * 4
-    eps = _error_bound(users, users.bfloat16(), items)
+    users_bf16, eps = _error_bound(users, _item_norms(items))
+    assert torch.equal(users_bf16, users.bfloat16())  # the GEMM's input: torch's own rounding
     exact = users @ items.T
-    approx = (users.bfloat16() @ items.T.contiguous().bfloat16()).float()
+    approx = (users_bf16 @ items.T.contiguous().bfloat16()).float()
     assert ((exact - approx).abs().numpy() <= _BF16_OUTPUT_REL * approx.abs().numpy() + eps[:, None]).all()
 
 
@@ -168,3 +169,26 @@ def test_bf16_rows_whose_pool_overflows_with_ties_are_scored_again_in_fp32():
     np.testing.assert_array_equal(top, expected_items)
     np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
     assert stats["fallback_rows"] == len(users)
+
+
+def test_users_round_to_bf16_as_torch_does_ties_and_infinities_included():
+    halfway = np.array([0x3F808000, 0x3F818000, 0xBF808000, 0x7F7FFFFF, 0x00800000], dtype=np.uint32).view(np.float32)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-3, -65504.0], dtype=np.float32)
+    values = np.concatenate([halfway, specials, np.random.default_rng(0).standard_normal(500).astype(np.float32)])
+    users = torch.from_numpy(np.resize(values, (64, 8)))  # every value, repeated to fill the rows
+    users_bf16, _ = _error_bound(users, (1.0, 0.0))
+    nan = users.isnan()  # NaN stays NaN (which NaN bits torch writes depends on its code path)
+    assert torch.equal(users_bf16.float().isnan(), nan)
+    assert torch.equal(users_bf16.view(torch.int16)[~nan], users.bfloat16().view(torch.int16)[~nan])
+
+
+@pytest.mark.parametrize(("n_items", "levels"), [(301, 0), (1001, 1), (3001, 2), (8001, 3)])
+def test_bf16_pool_is_exact_at_every_depth_of_the_block_maximum_tree(n_items, levels):
+    users, items, mask = exact_case(n_users=30, n_items=n_items)
+    stats: dict = {}
+    top, scores = score_top_k(users, items, K, exclude=sp.csr_matrix(mask.astype(np.float32)), precision="bf16", stats=stats)
+    expected_items, expected_scores = oracle(users, items, K, mask)
+    np.testing.assert_array_equal(top, expected_items)
+    np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
+    assert stats["levels"] == levels
+    assert stats["fallback_rows"] < len(users) // 4
