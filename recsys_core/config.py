@@ -349,9 +349,10 @@ class ServeSettings(Section):
     # bucket of users each, encode, score, explain and write their users (the champion read from the
     # lake, the item side broadcast); the driver gets only aggregates. Both publish the same table.
     engine: Literal["local", "spark"] = "local"
-    # How the whole catalogue is scored: "bf16" (bf16 GEMM for a candidate pool, then the pool
-    # re-ranked in fp32; faster where the CPU has AVX-512 BF16/AMX or on a GPU) or "fp32" (one fp32
-    # GEMM). Both publish the exact fp32 top-K (recsys_core.serving.score; bench_scoring.py measures).
+    # How the whole catalogue is scored: "bf16" (bf16 GEMM for a candidate pool, re-ranked with
+    # float64 dot products rounded once to fp32: the exact fp32 top-K; faster where the CPU has
+    # AVX-512 BF16/AMX or on a GPU) or "fp32" (one fp32 GEMM, whose partial-sum rounding can swap
+    # near-ties). recsys_core.serving.score; bench_scoring.py measures both.
     precision: Literal["fp32", "bf16"] = "bf16"
     # If item features carry this column, items whose value is set and not in
     # available_statuses are never recommended (a null status counts as available).
