@@ -17,13 +17,11 @@ from datetime import timedelta
 
 import torch.distributed as dist
 from torch.distributed.elastic.rendezvous import RendezvousHandler, RendezvousParameters
-from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import C10dRendezvousBackend
+from torch.distributed.elastic.rendezvous.c10d_rendezvous_backend import DEFAULT_PORT, C10dRendezvousBackend
 from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler, RendezvousTimeout
 from torch.distributed.elastic.rendezvous.utils import _matches_machine_hostname, parse_rendezvous_endpoint
 
 from recsys_core.io.network import RENDEZVOUS_BACKEND
-
-DEFAULT_PORT = 29400  # torchrun's own default for a c10d endpoint without a port
 
 
 def bound_store(host: str, port: int, timeout: timedelta) -> dist.TCPStore:

@@ -64,7 +64,6 @@ def bf16_pools(
     n_items: int,
     n_levels: int,
     pool: int,
-    sentinel: int,
     members: np.ndarray,
     counts: np.ndarray,
     threshold_bits: np.ndarray,
@@ -72,7 +71,7 @@ def bf16_pools(
     """Rows [lo, hi) of ``scores`` (int16 bits [rows, padded]): mask the row's seen items (CSR rows
     from ``first_row``) and the padding, build ``n_levels`` (0 to 3) levels of block maxima
     (``GROUP`` strided items per block), take ``t``, the ``pool``-th best top-level maximum, and
-    keep every item whose score reaches ``t``: ``members[r, :counts[r]]`` (the rest ``sentinel``),
+    keep every item whose score reaches ``t``: ``members[r, :counts[r]]`` (the rest unread),
     ``threshold_bits[r] = t``. Every item outside the pool scores at most ``t``."""
     padded = scores.shape[1]
     capacity = members.shape[1]
@@ -96,7 +95,6 @@ def bf16_pools(
         top = row if n_levels == 0 else (level1 if n_levels == 1 else (level2 if n_levels == 2 else level3))
         t = _kth_largest(top, pool, histogram)
         threshold_bits[r] = t
-        members[r, :] = sentinel
         counts[r] = NO_POOL
         if t < 0:
             continue

@@ -238,11 +238,9 @@ class _Bf16Scorer:
             self.levels += 1
         group = pool_kernels.GROUP**self.levels
         self.padded = group * -(-n_items // group)
-        # one zero row past the padding: the pool's empty slots point at it
-        items = torch.cat([items, items.new_zeros(self.padded + 1 - n_items, dim)])
-        self.items = items.contiguous()
-        self.items_t = items[: self.padded].T.contiguous().to(torch.bfloat16)
-        self.item_norms = _item_norms(items[:n_items])
+        # zero columns past the catalogue (masked to -inf by the pool kernel); pool members are real items
+        self.items_t = torch.cat([items, items.new_zeros(self.padded - n_items, dim)]).T.contiguous().to(torch.bfloat16)
+        self.item_norms = _item_norms(items)
         self.buffer = torch.empty(batch * self.padded, dtype=torch.bfloat16, device=users.device)
         empty = np.zeros(len(users) + 1, dtype=np.int64)
         self.indptr = csr.indptr.astype(np.int64) if csr is not None else empty
@@ -250,7 +248,7 @@ class _Bf16Scorer:
         self.members = np.empty((batch, _POOL_CAPACITY * self.pool), dtype=np.int64)
         self.counts = np.empty(batch, dtype=np.int64)
         self.threshold_bits = np.empty(batch, dtype=np.int16)
-        self.users_host, self.items_host = users.cpu().numpy(), self.items.cpu().numpy()  # the re-rank's inputs
+        self.users_host, self.items_host = users.cpu().numpy(), items.contiguous().cpu().numpy()  # the re-rank's inputs
         self.fallback_rows = 0
         self.clock = _Clock()
 
@@ -274,7 +272,6 @@ class _Bf16Scorer:
                 self.n_items,
                 self.levels,
                 self.pool,
-                self.padded,
                 members,
                 counts,
                 threshold_bits,
