@@ -553,7 +553,10 @@ def markdown(results: dict, quick: bool, info: dict) -> str:
         )
     )
     lines.append("")
-    lines.append("Ratios are Spark / DuckDB (lower is better for Spark); target (issue 14): ingest+features within 2x at 10M and 4x at 1M, in wall time and CPU seconds.")
+    lines.append(
+        "Ratios are Spark / DuckDB (lower is better for Spark); target (issue 14): "
+        "ingest+features within 2x at 10M and 4x at 1M, in wall time and CPU seconds."
+    )
     for scale, r in results["scales"].items():
         if "features_text" in r["spark"]["phases"]:
             te, fe = r["spark"]["phases"]["features_text"], r["spark"]["phases"]["features"]
