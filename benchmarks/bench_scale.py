@@ -87,7 +87,13 @@ TRAIN = {
     # EASE needs a dense items x items matrix (8 * 100K^2 bytes = 80 GB); ALS a Spark job of its own.
     "baselines": ["popularity"],
     "nproc_per_node": NPROC,
+    # A full epoch at 1M users is ~1M windows (about an hour here): epochs are timed from a bounded
+    # number of steps, and validation and evaluation rank a seeded sample of users against the whole
+    # catalogue. No-ops at the quick size.
+    "max_steps_per_epoch": 150,
+    "max_validation_users": 20_000,
 }
+EVAL_USERS = 50_000
 
 
 # Sizes and settings ---------------------------------------------------------------------------
@@ -125,14 +131,27 @@ def bench_settings(root: Path, epochs: int):
         train=train,
         # The whole log is 30 days: a 30-day horizon leaves the backtest no history before its cut,
         # so only the leave-last-out (served) model is trained.
-        eval={"backtest_horizon_days": DAYS},
+        eval={"backtest_horizon_days": DAYS, "max_users": EVAL_USERS},
         serve={"engine": "local", "top_k": 50},
     )
 
 
+DATA_STAGES = ("generate", "ingest", "features")
+
+
 def run_key(size: dict, epochs: int) -> str:
-    """What a stage's result depends on: a resumed run reuses a stage only under the same key."""
-    return json.dumps({"spec": repr(spec_for(size)), "epochs": epochs, "spark": SPARK, "train": TRAIN}, sort_keys=True)
+    """What the stages' results depend on: a resumed run reuses a stage only under the same key."""
+    model = {"epochs": epochs, "train": TRAIN, "eval_users": EVAL_USERS}
+    return json.dumps({"spec": repr(spec_for(size)), "spark": SPARK, **model}, sort_keys=True)
+
+
+def reusable(saved_key: str, key: str, stage: str) -> bool:
+    """The data stages depend on the log and Spark only; training and serving on everything."""
+    if stage not in DATA_STAGES:
+        return saved_key == key
+    data = ("spec", "spark")
+    saved, now = json.loads(saved_key), json.loads(key)
+    return all(saved.get(k) == now.get(k) for k in data)
 
 
 # Workers (one per stage, each in its own process) -----------------------------------------------
@@ -257,6 +276,8 @@ def _train(settings, sampler: TreeSampler, parts: dict) -> dict:
     history = result["history"]
     pure = [h["epoch_seconds"] for h in history if "val_ndcg@10" not in h]
     last = history[-1]
+    # A bounded epoch trains on steps x the global batch of the windows (a seeded shuffle).
+    epoch_windows = min(windows, int(last["train_steps"]) * result["effective_batch_size"])
     with measure(sampler, "evaluate_and_register") as p:
         summary = evaluate_and_register(settings, day)
     parts["evaluate_and_register"] = p.to_dict()
@@ -273,7 +294,11 @@ def _train(settings, sampler: TreeSampler, parts: dict) -> dict:
             "epoch_seconds": [round(h["epoch_seconds"], 1) for h in history],
             "pure_epoch_seconds_median": round(sorted(pure)[len(pure) // 2], 1) if pure else None,
             "last_epoch_with_validation_s": round(last["epoch_seconds"], 1),
-            "windows_per_s_pure": round(windows / (sorted(pure)[len(pure) // 2]), 1) if pure else None,
+            "epoch_windows": epoch_windows,
+            "epoch_positions": round(positions * epoch_windows / windows),
+            "windows_per_s_pure": round(epoch_windows / (sorted(pure)[len(pure) // 2]), 1) if pure else None,
+            "validation_users": int(last.get("validation_users", 0)),
+            "evaluated_users": min(users, EVAL_USERS),
             "train_loss": [round(h["train_loss"], 4) for h in history],
             "val_ndcg@10": round(last.get("val_ndcg@10", float("nan")), 5),
             "test_metrics": summary.get("metrics", {}),
@@ -391,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     done: dict = {}
     if args.resume and done_file.exists():
         saved = json.loads(done_file.read_text())
-        if saved.get("key") == key:
-            done = saved["stages"]
+        done = {s: r for s, r in saved["stages"].items() if reusable(r.get("key", saved["key"]), key, s)}
+        if done:
             print(f"resuming in {root}: {', '.join(s for s in done if done[s].get('ok')) or 'no stage'} done", flush=True)
         else:
             print(f"not resuming: {done_file} belongs to another size or settings", flush=True)
@@ -412,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         done[stage] = {
             **run_stage(stage, root, args.epochs, size),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "key": key,
         }
         done_file.write_text(json.dumps({"key": key, "stages": done}, indent=2, default=str))
         figures = {"size": size, "epochs": args.epochs, "spark": SPARK, "train": TRAIN, "stages": done}
@@ -453,8 +479,10 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
             f"Seeded synthetic log over {DAYS} days (Zipf popularity, sessions, drift; 0.1% broken lines, 1% late); Spark "
             f"`{spark['master']}`, driver memory {spark['driver_memory']}, {spark['shuffle_partitions']} shuffle partitions, "
             f"text embeddings off; training: {NPROC} torchrun processes (gloo, CPU), sampled softmax with logQ correction "
-            f"({train['model']['n_negatives']} shared negatives per step), batch {train['batch_size']}, {r['epochs']} epochs, "
-            "validation after the last; popularity baseline only; nightly top-50 for every user on the local engine. Each stage "
+            f"({train['model']['n_negatives']} shared negatives per step), batch {train['batch_size']}, {r['epochs']} epochs "
+            f"of at most {train.get('max_steps_per_epoch')} steps, validation after the last on at most "
+            f"{train.get('max_validation_users'):,} users, test evaluation on at most {EVAL_USERS:,} users (full ranking); "
+            "popularity baseline only; nightly top-50 for every user on the local engine. Each stage "
             "is a fresh process; wall, CPU and peak RSS are of its whole process tree."
         ),
         "",
@@ -626,16 +654,17 @@ def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
         events = sz["events"]
         parts, detail = t.get("parts", {}), t["detail"]
         positions, epochs = detail["training_positions"], max(detail["epochs"], 1)
+        trained = detail.get("epoch_positions", positions)  # per epoch: fewer when epochs are bounded
         torchrun = parts.get("torchrun", {})
         per_epoch = torchrun.get("cpu_s", t["cpu_s"]) / epochs
         t_positions = positions / events * t_events
-        cpu = per_epoch / positions * t_positions
+        cpu = per_epoch / trained * t_positions
         table_gb = (t_items + 1) * 64 * 4 / 2**30
         rows.append(
             [
                 f"{label}: torchrun, per epoch",
                 "training positions (~events); sampled softmax: not the catalogue",
-                f"{per_epoch / (positions / 1e6):,.0f} CPU-s per M positions (validation included)",
+                f"{per_epoch / (trained / 1e6):,.0f} CPU-s per M positions (validation included)",
                 f"{cpu / 3600:,.1f} CPU-h",
                 f"{node_hours(cpu):,.2f}",
                 (
@@ -665,14 +694,15 @@ def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
             )
         ev = parts.get("evaluate_and_register")
         if ev:
+            user_items = detail.get("evaluated_users", detail["users"]) * detail["items"]
             rows.append(
                 [
                     f"{label}: evaluate_and_register",
                     "evaluated users x items (full ranking)",
-                    f"{ev['cpu_s'] / (detail['users'] * detail['items'] / 1e9):,.1f} CPU-s per G user-items",
-                    f"{ev['cpu_s'] / (detail['users'] * detail['items']) * t_users * t_items / 3600:,.0f} CPU-h",
-                    f"{node_hours(ev['cpu_s'] / (detail['users'] * detail['items']) * t_users * t_items):,.1f}",
-                    "evaluate a sample of users (e.g. 100K) at this size",
+                    f"{ev['cpu_s'] / (user_items / 1e9):,.1f} CPU-s per G user-items",
+                    f"{ev['cpu_s'] / user_items * t_users * t_items / 3600:,.0f} CPU-h for every user",
+                    f"{node_hours(ev['cpu_s'] / user_items * t_users * t_items):,.1f}",
+                    f"eval.max_users bounds it: {EVAL_USERS:,} users here",
                 ]
             )
     if "serve" in chosen:

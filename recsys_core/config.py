@@ -244,6 +244,11 @@ class TrainSettings(Section):
     weight_decay: float = Field(default=0.0, ge=0)
     early_stopping_patience: PositiveInt = 10
     eval_every: PositiveInt = 2
+    # At scale, bounds an epoch to this many optimizer steps (a seeded shuffle, so each epoch sees
+    # other windows) and the validation to a seeded sample of this many users: both are full
+    # passes otherwise (None). The scale benchmark times an epoch from a bounded one.
+    max_steps_per_epoch: PositiveInt | None = None
+    max_validation_users: PositiveInt | None = None
     nproc_per_node: PositiveInt = 2
     nnodes: PositiveInt = 1
     # host:port of the c10d rendezvous when nnodes > 1 (scale-out).
@@ -293,6 +298,9 @@ class EvalSettings(Section):
     backtest_horizon_days: PositiveInt = 7
     # Users with at most this many events before the cut are "cold" in the segment report.
     cold_user_max_events: int = Field(default=30, ge=0)
+    # Full ranking costs users x items: at scale, evaluate a seeded sample of this many users
+    # per protocol (None: every user). The sample is logged with the metrics.
+    max_users: PositiveInt | None = None
 
     @field_validator("ks")
     @classmethod

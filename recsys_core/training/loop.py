@@ -28,6 +28,7 @@ from recsys_core.config import TrainSettings
 from recsys_core.errors import ConfigError
 from recsys_core.evaluation.metric_names import metric_key
 from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
+from recsys_core.evaluation.sampling import sample_rows
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec
 from recsys_core.sparse import exclusion_from_lists
@@ -142,8 +143,10 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
         rows_dataset, batch_size=per_rank, sampler=sampler
     )
     ks = (10, 20, 50)
-    all_rows = np.arange(len(data.valid.targets))
+    with_target = np.flatnonzero(data.valid.targets.numpy() > 0)
+    all_rows = sample_rows(with_target, settings.max_validation_users, settings.seed)
     my_rows = all_rows[ctx.rank :: ctx.world_size]
+    steps_per_epoch = len(loader) if settings.max_steps_per_epoch is None else min(len(loader), settings.max_steps_per_epoch)
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = config_fingerprint(settings, {"dataset": data.fingerprint})
 
@@ -169,8 +172,8 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
         model.train()
         loss_sum, n_batches = 0.0, 0
         optimizer.zero_grad(set_to_none=True)
-        for step, rows in enumerate(loader):
-            last_micro = (step + 1) % settings.grad_accum_steps == 0 or step + 1 == len(loader)
+        for step, rows in zip(range(steps_per_epoch), loader, strict=False):
+            last_micro = (step + 1) % settings.grad_accum_steps == 0 or step + 1 == steps_per_epoch
             sync = nullcontext() if last_micro or ctx.world_size == 1 else cast(DDP, ddp).no_sync()
             with sync, scaler_ctx():
                 loss = _forward_loss(
@@ -185,7 +188,11 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
             n_batches += 1
             sequences_seen += len(rows)
         loss_total, batches_total, seqs_total = _all_reduce_sum([loss_sum, n_batches, sequences_seen], ctx)
-        record: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_total / max(1, batches_total)}
+        record: dict[str, float] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_total / max(1, batches_total),
+            "train_steps": batches_total / ctx.world_size,  # run on each rank
+        }
         evaluate_now = (epoch + 1) % settings.eval_every == 0 or epoch + 1 == settings.epochs
         if evaluate_now:
             local = evaluate_split(model, data.valid, my_rows, ks, ctx.device, trend_table)
@@ -193,6 +200,7 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
             total = _all_reduce_sum([local.get("ndcg@10", 0.0) * users, local.get("hitrate@10", 0.0) * users, users], ctx)
             record["val_ndcg@10"] = total[0] / max(1, total[2])
             record["val_hitrate@10"] = total[1] / max(1, total[2])
+            record["validation_users"] = total[2]
         record["epoch_seconds"] = time.monotonic() - epoch_start
         record["sequences_per_second"] = seqs_total / max(1e-9, time.monotonic() - started)
         state["history"].append(record)

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -182,3 +183,40 @@ def test_runs_line_up_in_mlflow_compare_view(pipeline):
             experiment.name,
             experiment.artifact_location,
         )
+
+
+def test_bounded_epochs_and_validation_do_what_they_say(pipeline, tmp_path):
+    """train.max_steps_per_epoch and train.max_validation_users (how a large catalogue is timed)."""
+    settings = with_train(
+        pipeline.settings, epochs=2, eval_every=1, batch_size=16, max_steps_per_epoch=2, max_validation_users=40
+    )
+    dataset = dataset_path(workspace(pipeline.settings, pipeline.run_date), "loo")
+    out = tmp_path / "bounded"
+    assert run(torchrun(settings, dataset, out, 2), tmp_path / "bounded.log").returncode == 0
+    history = json.loads((out / RESULT).read_text())["history"]
+    assert [h["train_steps"] for h in history] == [2, 2]  # of about 10 per epoch at this batch size
+    assert [h["validation_users"] for h in history] == [40, 40]
+
+
+def test_eval_max_users_evaluates_a_seeded_sample_of_every_protocol(pipeline):
+    from recsys_core.stages.training.protocols import (
+        backtest_scored,
+        leave_last_out_scored,
+        load_inputs,
+        prepared_protocols,
+    )
+
+    full = prepared_protocols(pipeline.settings, pipeline.run_date, *load_inputs(pipeline.settings, pipeline.run_date))
+    bounded = pipeline.settings.model_copy(update={"eval": pipeline.settings.eval.model_copy(update={"max_users": 30})})
+    cases = {
+        "loo": lambda settings: leave_last_out_scored(settings, full["loo"]).case,
+        "backtest": lambda settings: backtest_scored(settings, full["loo"], full["backtest"]).case,
+    }
+    for protocol, case_of in cases.items():
+        every, sample = case_of(pipeline.settings), case_of(bounded)
+        assert len(every.rows) > 30 and len(sample.rows) == 30, protocol
+        assert np.isin(sample.rows, every.rows).all()
+        kept = np.searchsorted(every.rows, sample.rows)
+        assert [r.tolist() for r in sample.relevant] == [every.relevant[i].tolist() for i in kept]
+        assert np.array_equal(sample.seen.toarray(), every.seen[kept].toarray())
+        assert np.array_equal(sample.history_lengths, every.history_lengths[kept])

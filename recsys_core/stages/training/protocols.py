@@ -14,6 +14,7 @@ import scipy.sparse as sp
 from recsys_core.config import Settings
 from recsys_core.contracts import ITEM_FEATURES, USER_PROFILES
 from recsys_core.evaluation.protocols import EvalCase
+from recsys_core.evaluation.sampling import sample_rows
 from recsys_core.io.lake import Lake
 from recsys_core.io.tables import ingests_as_of, read_interactions
 from recsys_core.models.baselines import history_matrix
@@ -96,10 +97,11 @@ def feasible_protocols(datasets: dict[str, PreparedData], config: SeqRecConfig) 
     return protocols
 
 
-def leave_last_out_case(data: PreparedData) -> tuple[EvalCase, Sequences]:
-    """Each user's last new item is the target; the model sees everything before it."""
+def leave_last_out_case(data: PreparedData, max_users: int | None = None, seed: int = 0) -> tuple[EvalCase, Sequences]:
+    """Each user's last new item is the target; the model sees everything before it.
+    ``max_users``: a seeded sample of the users with a target (eval.max_users)."""
     split = data.split
-    rows = np.flatnonzero(split.test_target > 0)
+    rows = sample_rows(np.flatnonzero(split.test_target > 0), max_users, seed)
     case = EvalCase(
         rows=rows,
         seen=history_matrix([split.test_input[r] for r in rows], data.prep.n_items),
@@ -110,18 +112,23 @@ def leave_last_out_case(data: PreparedData) -> tuple[EvalCase, Sequences]:
     return case, inputs
 
 
-def backtest_case(full: PreparedData, before_cut: PreparedData) -> tuple[EvalCase, Sequences]:
-    """Targets are the items each user met for the first time after the cut; the model sees everything before it."""
-    rows, relevant = [], []
+def backtest_case(
+    full: PreparedData, before_cut: PreparedData, max_users: int | None = None, seed: int = 0
+) -> tuple[EvalCase, Sequences]:
+    """Targets are the items each user met for the first time after the cut; the model sees everything before it.
+    ``max_users``: a seeded sample of the users with a target (eval.max_users)."""
+    active, futures = [], []
     for user, (items, earlier) in enumerate(zip(full.sequences.items, before_cut.sequences.items)):
         # Sequences hold first interactions only, so what follows the earlier prefix is new.
         future = items[len(earlier) :]
         if len(future):
-            rows.append(user)
-            relevant.append(np.unique(future) - 1)
-    rows_array = np.array(rows, dtype=np.int64)
+            active.append(user)
+            futures.append(np.unique(future) - 1)
+    kept = sample_rows(np.arange(len(active)), max_users, seed)
+    rows = np.array(active, dtype=np.int64)[kept]
+    relevant = [futures[i] for i in kept]
     case = EvalCase(
-        rows=rows_array,
+        rows=rows,
         seen=history_matrix([before_cut.sequences.items[r] for r in rows], full.prep.n_items),
         relevant=relevant,
         history_lengths=np.array([len(before_cut.sequences.items[r]) for r in rows]),
@@ -146,14 +153,14 @@ class ScoredCase:
 
 def leave_last_out_scored(settings: Settings, data: PreparedData) -> ScoredCase:
     """Leave-last-out predicts at each user's last input event."""
-    case, inputs = leave_last_out_case(data)
+    case, inputs = leave_last_out_case(data, settings.eval.max_users, settings.train.seed)
     days = last_event_days(inputs.times, data.until_day)
     return ScoredCase(data, case, inputs, None, days, evaluation_context(settings, data, inputs))
 
 
 def backtest_scored(settings: Settings, full: PreparedData, before_cut: PreparedData) -> ScoredCase:
     """A temporal protocol predicts at its cut, as the nightly job would."""
-    case, inputs = backtest_case(full, before_cut)
+    case, inputs = backtest_case(full, before_cut, settings.eval.max_users, settings.train.seed)
     days = np.full(len(inputs.items), before_cut.until_day, dtype=np.int64)
     now = before_cut.until_day * SECONDS_PER_DAY
     return ScoredCase(before_cut, case, inputs, now, days, evaluation_context(settings, before_cut, inputs))
