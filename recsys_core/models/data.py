@@ -177,9 +177,20 @@ def build_sequences(interactions: pa.Table, prep: Preprocessing, user_ids: list[
     Only the first interaction of a user with an item is kept: the product recommends items
     the user has not interacted with yet, so a repeat is never a valid next item to predict.
     """
-    table = interactions.select(["user_id", "item_id", "event_ts", "source_file", "line_no"]).sort_by(
-        [("user_id", "ascending"), ("event_ts", "ascending"), ("source_file", "ascending"), ("line_no", "ascending")]
-    )
+    # Ties in time fall back to the order the events were logged in. The file names are sorted as
+    # ranks: sorting moves every column, and the names of tens of millions of rows overflow a
+    # string column's 2 GB of offsets.
+    files = interactions["source_file"]
+    file_rank = pc.index_in(files, value_set=pc.unique(files).sort())
+    table = pa.table(
+        {
+            "user_id": interactions["user_id"],
+            "item_id": interactions["item_id"],
+            "event_ts": interactions["event_ts"],
+            "file_rank": file_rank,
+            "line_no": interactions["line_no"],
+        }
+    ).sort_by([("user_id", "ascending"), ("event_ts", "ascending"), ("file_rank", "ascending"), ("line_no", "ascending")])
     item_idx = np.array([prep.item_index.get(i, 0) for i in table["item_id"].to_pylist()], dtype=np.int64)
     times = pc.cast(table["event_ts"], pa.int64()).to_numpy() // 1_000_000
     users = table["user_id"].to_numpy(zero_copy_only=False)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 
 # Where the Spark engine's executors read the champion: one folder per bundle content digest.
 MODELS = "_models"
+# A copy another night may still be reading (a backfill started under the previous champion) is
+# kept this long after its last write; the current champion's copy is always kept.
+MODEL_COPY_GRACE = timedelta(days=1)
 
 
 def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
@@ -289,6 +292,7 @@ def _stage_on_spark(
             catalogue=session.createDataFrame([(i,) for i in night.item_ids], "item_id string"),
             seen=interactions,
         )
+        prune_model_copies(lake, source.digest, datetime.now(UTC))
     finally:
         if owned:
             session.stop()
@@ -315,6 +319,28 @@ def champion_on_lake(lake: Lake, bundle_dir: Path):
             "copied the champion's bundle (%d files, %.1f MB) to %s", len(files), sum(map(len, files.values())) / 1e6, folder
         )
     return BundleSource(lake.fs, folder, digest)
+
+
+def prune_model_copies(lake: Lake, keep: str, now: datetime) -> list[str]:
+    """Delete the champion copies other than ``keep`` (and copies a killed run left half-written)
+    whose newest file is older than ``MODEL_COPY_GRACE``; returns their folder names."""
+    base = lake.path(MODELS)
+    if not lake.exists(base):
+        return []
+    dropped = []
+    for folder in lake.fs.get_file_info(pafs.FileSelector(base)):
+        if folder.type != pafs.FileType.Directory or folder.base_name == keep:
+            continue
+        files = lake.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
+        written = [f.mtime for f in files if f.mtime is not None] or [folder.mtime]
+        newest = max((w for w in written if w is not None), default=None)
+        if newest is None or now - newest.astimezone(UTC) < MODEL_COPY_GRACE:
+            continue
+        lake.fs.delete_dir(folder.path)
+        dropped.append(folder.base_name)
+    if dropped:
+        log.info("dropped %d champion copies older than %s from %s: %s", len(dropped), MODEL_COPY_GRACE, base, dropped)
+    return dropped
 
 
 def available_catalogue(items: pa.Table, serve: ServeSettings) -> tuple[pa.Table, list[str]]:

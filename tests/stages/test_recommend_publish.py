@@ -7,6 +7,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 
 from recsys_core.contracts import ITEM_FEATURES, RECOMMENDATIONS, USER_PROFILES
@@ -30,8 +31,6 @@ def publish(lake: Lake, dt: str) -> str:
 
 
 def children(lake: Lake, folder: str) -> list[str]:
-    import pyarrow.fs as pafs
-
     base = lake.path(RECOMMENDATIONS.name, folder)
     return sorted(i.base_name for i in lake.fs.get_file_info(pafs.FileSelector(base))) if lake.exists(base) else []
 
@@ -68,6 +67,29 @@ def test_tidy_restores_a_partition_left_in_trash(settings):
     assert RecommendationReader(settings).dates() == []  # missing, but nothing partial is visible
     tidy_leftovers(lake, date(2024, 5, 1))
     assert RecommendationReader(settings).dates() == ["2024-05-01"] and lake.checksum(path) == checksum
+
+
+def test_old_champion_copies_go_and_the_current_one_stays(settings):
+    import os
+
+    from recsys_core.stages.recommend import MODEL_COPY_GRACE, MODELS, prune_model_copies
+
+    lake = Lake(settings.lake)
+    now = datetime.now(UTC)
+    written = {"current": now - 3 * MODEL_COPY_GRACE, "old": now - 2 * MODEL_COPY_GRACE, "recent": now, ".half.1f2e": now}
+    written[".killed.9a8b"] = now - 2 * MODEL_COPY_GRACE
+    for name, when in written.items():
+        folder = lake.path(MODELS, name)
+        lake.fs.create_dir(folder, recursive=True)
+        with lake.fs.open_output_stream(f"{folder}/model.pt") as out:
+            out.write(b"weights")
+        os.utime(f"{folder}/model.pt", (when.timestamp(), when.timestamp()))
+    assert sorted(prune_model_copies(lake, "current", now)) == [".killed.9a8b", "old"]
+    assert sorted(c.base_name for c in lake.fs.get_file_info(pafs.FileSelector(lake.path(MODELS)))) == [
+        ".half.1f2e",
+        "current",
+        "recent",
+    ]
 
 
 def test_latest_never_moves_backwards(settings):
