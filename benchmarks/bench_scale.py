@@ -94,6 +94,14 @@ TRAIN = {
     "max_validation_users": 20_000,
 }
 EVAL_USERS = 50_000
+# The local engine holds every user's rows and seen items in one process: at 1M users x 100K items
+# it peaked at 23.7 GB and was killed on this 24 GB machine. Above this many users the night runs
+# on the Spark engine (local[*]), whose tasks each hold one group of users.
+LOCAL_SERVE_MAX_USERS = 250_000
+
+
+def serve_engine(size: dict) -> str:
+    return "local" if size["users"] <= LOCAL_SERVE_MAX_USERS else "spark"
 
 
 # Sizes and settings ---------------------------------------------------------------------------
@@ -119,7 +127,8 @@ def as_of() -> date:
     return START + timedelta(days=DAYS - 1)
 
 
-def bench_settings(root: Path, epochs: int):
+def bench_settings(root: Path, epochs: int, size: dict | None = None):
+    """The settings of every stage; ``size`` picks the nightly engine (None: the local one)."""
     from recsys_core.config import settings_for
 
     train = {**TRAIN, "epochs": epochs, "eval_every": epochs, "early_stopping_patience": epochs}
@@ -132,7 +141,7 @@ def bench_settings(root: Path, epochs: int):
         # The whole log is 30 days: a 30-day horizon leaves the backtest no history before its cut,
         # so only the leave-last-out (served) model is trained.
         eval={"backtest_horizon_days": DAYS, "max_users": EVAL_USERS},
-        serve={"engine": "local", "top_k": 50},
+        serve={"engine": serve_engine(size) if size else "local", "top_k": 50},
     )
 
 
@@ -142,23 +151,25 @@ DATA_STAGES = ("generate", "ingest", "features")
 def run_key(size: dict, epochs: int) -> str:
     """What the stages' results depend on: a resumed run reuses a stage only under the same key."""
     model = {"epochs": epochs, "train": TRAIN, "eval_users": EVAL_USERS}
-    return json.dumps({"spec": repr(spec_for(size)), "spark": SPARK, **model}, sort_keys=True)
+    return json.dumps({"spec": repr(spec_for(size)), "spark": SPARK, **model, "serve_engine": serve_engine(size)}, sort_keys=True)
+
+
+# What each stage's result depends on, of the key's fields.
+DEPENDS_ON = dict.fromkeys(DATA_STAGES, ("spec", "spark"))
+DEPENDS_ON["train"] = (*DEPENDS_ON["features"], "epochs", "train", "eval_users")
+DEPENDS_ON["serve"] = (*DEPENDS_ON["train"], "serve_engine")
 
 
 def reusable(saved_key: str, key: str, stage: str) -> bool:
-    """The data stages depend on the log and Spark only; training and serving on everything."""
-    if stage not in DATA_STAGES:
-        return saved_key == key
-    data = ("spec", "spark")
     saved, now = json.loads(saved_key), json.loads(key)
-    return all(saved.get(k) == now.get(k) for k in data)
+    return all(saved.get(k) == now.get(k) for k in DEPENDS_ON[stage])
 
 
 # Workers (one per stage, each in its own process) -----------------------------------------------
 
 
 def worker(stage: str, root: Path, epochs: int, size: dict) -> dict:
-    settings = bench_settings(root, epochs)
+    settings = bench_settings(root, epochs, size)
     sampler = TreeSampler().start()
     parts: dict[str, dict] = {}
     out: dict = {}
@@ -313,7 +324,7 @@ def _train(settings, sampler: TreeSampler, parts: dict) -> dict:
 def _serve(settings, sampler: TreeSampler, parts: dict) -> dict:
     from recsys_core.stages.recommend import run_recommend
 
-    with measure(sampler, "run_recommend (local engine)") as p:
+    with measure(sampler, f"run_recommend ({settings.serve.engine} engine)") as p:
         summary = run_recommend(settings, as_of())
     parts["run_recommend"] = {**p.to_dict(), "scoring_s": summary["scoring_seconds"]}
     return {
@@ -321,7 +332,7 @@ def _serve(settings, sampler: TreeSampler, parts: dict) -> dict:
         "rows_out": summary["rows"],
         "detail": {
             k: summary.get(k)
-            for k in ("users", "k", "status", "scoring_seconds", "seconds", "fallback_users", "catalogue_coverage")
+            for k in ("engine", "users", "k", "status", "scoring_seconds", "seconds", "fallback_users", "catalogue_coverage")
         },
     }
 
@@ -482,7 +493,7 @@ def markdown(r: dict, quick: bool, info: dict) -> str:
             f"({train['model']['n_negatives']} shared negatives per step), batch {train['batch_size']}, {r['epochs']} epochs "
             f"of at most {train.get('max_steps_per_epoch')} steps, validation after the last on at most "
             f"{train.get('max_validation_users'):,} users, test evaluation on at most {EVAL_USERS:,} users (full ranking); "
-            "popularity baseline only; nightly top-50 for every user on the local engine. Each stage "
+            f"popularity baseline only; nightly top-50 for every user on the {serve_engine(size)} engine. Each stage "
             "is a fresh process; wall, CPU and peak RSS are of its whole process tree."
         ),
         "",
