@@ -5,9 +5,10 @@ run the local engine's per-user function (``serving.nightly.score_and_explain``:
 top-K, reasons) with the champion loaded on the executor, and write the rows; see the section
 "Executors score and write the night" below.
 
-``spark_top_k`` is the scoring kernel alone over user vectors computed elsewhere (Arrow batches
-via mapInArrow, the item matrix broadcast as a numpy array; rows come back to the caller): what
-``benchmarks/bench_scoring.py`` measures against the local kernel.
+``top_k_frame`` is the scoring kernel alone over user vectors computed elsewhere (Arrow batches
+via mapInArrow, the item matrix broadcast as a numpy array): ``benchmarks/bench_scoring.py``
+lets the executors write its rows and measures that against the local kernel; ``spark_top_k``
+collects them.
 
 Every task uses ``spark.task.cpus`` torch threads, so local[*] runs one
 single-threaded task per core instead of oversubscribing the cores.
@@ -15,6 +16,8 @@ single-threaded task per core instead of oversubscribing the cores.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +31,8 @@ from recsys_core.serving.nightly import INTERACTION_COLUMNS, PROFILE_COLUMNS
 from recsys_core.sparkconf import WHOLE_FILES, spark_conf
 
 if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
     from recsys_core.config import ServeSettings
     from recsys_core.serving.nightly import NightCatalogue
     from recsys_core.serving.score import Precision
@@ -103,7 +108,8 @@ def score_arrow_batch(
     )
 
 
-def spark_top_k(
+@contextmanager
+def top_k_frame(
     spark,
     user_ids: list[str],
     user_vectors: np.ndarray,
@@ -118,12 +124,12 @@ def spark_top_k(
     pool_factor: int = 3,
     users_per_task: int | None = None,
     precision: Precision = "fp32",
-) -> pa.Table:
-    """Top-k rows (user_id, rank, item_id, score) for every user, scored by Spark tasks, sorted by user and rank."""
+) -> Iterator[DataFrame]:
+    """The lazy DataFrame of top-k rows (user_id, rank, item_id, score) for every user, scored by
+    Spark tasks with the item matrix broadcast; valid inside the ``with`` block (its broadcasts go
+    at the end): collect it, or let the executors write it."""
     if k > len(item_ids):
         raise ValueError(f"K={k} is larger than the catalogue ({len(item_ids)} items)")
-    if len(user_ids) == 0:
-        return _ARROW_OUTPUT.empty_table()
     sc = spark.sparkContext
     threads = int(sc.getConf().get("spark.task.cpus", "1"))
     users_per_task = users_per_task or max(1, -(-len(user_ids) // (2 * sc.defaultParallelism)))
@@ -153,15 +159,21 @@ def spark_top_k(
     # createDataFrame(arrow) makes one partition per batch of this size: that sets the task size.
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(users_per_task))
     try:
-        frame = spark.createDataFrame(inputs)
-        rows = frame.mapInArrow(score_partition, OUTPUT_SCHEMA).toArrow()
+        yield spark.createDataFrame(inputs).mapInArrow(score_partition, OUTPUT_SCHEMA)
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
         for broadcast in (b_items, b_ids, b_cats):
             if broadcast is not None:
                 broadcast.unpersist()
-    rows = rows.cast(_ARROW_OUTPUT)
-    return rows.sort_by([("user_id", "ascending"), ("rank", "ascending")])
+
+
+def spark_top_k(spark, user_ids: list[str], *args, **options) -> pa.Table:
+    """``top_k_frame``'s rows collected, sorted by user and rank."""
+    if len(user_ids) == 0:
+        return _ARROW_OUTPUT.empty_table()
+    with top_k_frame(spark, user_ids, *args, **options) as frame:
+        rows = frame.toArrow()
+    return rows.cast(_ARROW_OUTPUT).sort_by([("user_id", "ascending"), ("rank", "ascending")])
 
 
 def rows_to_matrices(rows: pa.Table, user_ids: list[str], item_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -274,9 +286,11 @@ def spark_score_night(
         table, _, history = score_and_explain(load_bundle(source), b_night.value, serve, events, users.sort_by("user_id"))
         return table.append_column(HISTORY, pa.array(np.repeat(history, k)))
 
-    # Scoring groups: crc32 mod a power of two, so that each digest bucket lies in one group. A few
-    # groups per core balance the tasks; each task holds its group's users and events.
-    groups = min(DIGEST_BUCKETS, 1 << max(0, 4 * sc.defaultParallelism - 1).bit_length())
+    # Scoring groups: crc32 mod a power of two, so that each digest bucket lies in one group. The
+    # cogroup hashes the groups into its shuffle partitions (the tasks), so a partition holds however
+    # many groups land in it: with about as many groups as partitions, some tasks got 3-4 groups and
+    # ran them alone at the end of a 1M-user night. Many groups per core spread evenly over the tasks.
+    groups = min(DIGEST_BUCKETS, 1 << max(0, 64 * sc.defaultParallelism - 1).bit_length())
     group = (F.crc32(F.col("user_id").cast("binary")) % groups).alias("_group")
     users = profiles.select(*PROFILE_COLUMNS, group)
     events = interactions.select(*INTERACTION_COLUMNS, group)

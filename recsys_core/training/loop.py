@@ -111,7 +111,8 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
     ctx = init_distributed(settings)
     torch.set_num_threads(settings.torch_threads)
     torch.backends.mha.set_fastpath_enabled(False)
-    data = TrainingDataset.load(dataset_path)
+    # Memory-mapped: the ranks of a node share one copy of the file's pages instead of one each.
+    data = TrainingDataset.load(dataset_path, mmap=True)
     torch.manual_seed(settings.seed)
     model = SeqRec(data.config, data.item_content).to(ctx.device)
     ddp = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) if ctx.world_size > 1 else model
