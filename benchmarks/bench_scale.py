@@ -730,6 +730,9 @@ def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
                 (
                     f"peak {sv['peak_rss_mb'] / 1024:.1f} GB for {users:,} users in one process (every user's rows and "
                     "seen items held at once): the Spark engine, by user partition"
+                    if sv["detail"].get("engine", "local") == "local"
+                    else f"peak {sv['peak_rss_mb'] / 1024:.1f} GB for the Spark driver ({SPARK['driver_memory']}) and one "
+                    "Python worker per core, each scoring one group of users at a time: bounded by the group size"
                 ),
             ]
         )
@@ -779,7 +782,7 @@ def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
     if "train" in chosen:
         t, sz, _ = chosen["train"]
         windows_per_event = t["detail"]["training_windows"] / sz["events"]
-        # Per rank, the dataset is loaded whole: 5 int64 tensors [windows, max_len] plus the valid and test
+        # The dataset file every rank memory-maps: 5 int64 tensors [windows, max_len] plus the valid and test
         # inputs (3 int64 tensors [users, max_len] each); max_len 50.
         dataset_gb = (windows_per_event * t_events * 5 * 50 * 8 + t_users * 2 * 3 * 50 * 8) / 2**30
         out += [
@@ -787,9 +790,9 @@ def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
             "",
             (
                 f"- **Training dataset**: about {windows_per_event * t_events / 1e6:,.0f}M training windows; every torchrun "
-                f"rank loads the whole dataset file (~{dataset_gb:,.0f} GB): shard it per rank (or memory-map it) before "
-                "more than one rank fits on a 64 GB node; prepare_training builds it in one process from the whole "
-                "interaction table and must move to Spark."
+                f"rank memory-maps the whole dataset file (~{dataset_gb:,.0f} GB), so the ranks of a node share one copy "
+                "of its pages, read from the node's disk when they do not fit its memory (shard it per node beyond that); "
+                "prepare_training builds it in one process from the whole interaction table and must move to Spark."
             ),
             (
                 f"- **Item table**: {(t_items + 1) * 64 * 4 / 2**20:,.0f} MB at d=64, about 1 GB per rank with its gradient "
@@ -811,8 +814,9 @@ def sizing(r: dict, info: dict, fallback: dict | None = None) -> list[str]:
             ),
             (
                 f"- **Nightly serving**: {t_users * 50 / 1e6:,.0f}M rows out; the local engine holds every user's rows and "
-                "seen items in one process, so at this size the Spark engine (executors write the partition) scores by "
-                "user partition, with the item matrix broadcast."
+                "seen items in one process (at 1M users x 100K items it reached 23.7 GB and was killed on this 24 GB "
+                "machine), so at this size the Spark engine (executors write the partition) scores by user partition, "
+                "with the item side broadcast."
             ),
             "",
         ]

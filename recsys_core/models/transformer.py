@@ -158,11 +158,23 @@ class SeqRec(nn.Module):
                 nn.init.normal_(emb.weight, std=0.02)
 
     def item_matrix(self) -> torch.Tensor:
-        """[n_items + 1, d] representations used both as inputs and as output weights."""
-        weights = self.item_embedding.weight
-        if self.content_projection is not None:
-            weights = weights + self.content_projection(self.item_content)
-        return weights
+        """[n_items + 1, d] representations used both as inputs and as output weights.
+
+        Without gradients the sum is kept until a tensor it reads changes (their version counters
+        move on every in-place update: optimizer steps, load_state_dict): inference embeds many
+        small batches, and re-projecting the whole catalogue's content for each one took a tenth of
+        a large night's reasons."""
+        if self.content_projection is None:
+            return self.item_embedding.weight
+        if torch.is_grad_enabled():
+            return self.item_embedding.weight + self.content_projection(self.item_content)
+        sources = (self.item_embedding.weight, self.content_projection.weight, self.item_content)
+        key = tuple((id(t), t._version, t.device) for t in sources)  # noqa: SLF001  # torch has no public version counter
+        cached = self.__dict__.get("_item_matrix_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.item_embedding.weight + self.content_projection(self.item_content))
+            self.__dict__["_item_matrix_cache"] = cached
+        return cached[1]
 
     def embed(
         self,

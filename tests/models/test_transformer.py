@@ -341,3 +341,24 @@ def test_a_pass_over_the_changed_end_equals_encoding_the_whole_sequence(fastpath
                 assert not torch.allclose(wrong_state, want, atol=1e-3)
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)
+
+
+def test_item_matrix_without_gradients_follows_every_change_of_the_weights():
+    model = model_for(config())
+    assert model.content_projection is not None
+
+    def fresh() -> torch.Tensor:
+        return model.item_embedding.weight + model.content_projection(model.item_content)
+
+    with torch.no_grad():
+        first = model.item_matrix()
+        assert model.item_matrix() is first  # kept between inference batches
+        torch.testing.assert_close(first, fresh())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.item_matrix().sum().backward()  # with gradients: computed afresh, and differentiable
+    optimizer.step()
+    with torch.no_grad():
+        torch.testing.assert_close(model.item_matrix(), fresh())
+        model.load_state_dict(model_for(config(), seed=3).state_dict())
+        torch.testing.assert_close(model.item_matrix(), fresh())
+        assert not torch.equal(model.item_matrix(), first)
