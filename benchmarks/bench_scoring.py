@@ -555,7 +555,7 @@ def markdown(r: dict) -> str:
     if r["spark"]:
         a = r["spark"]["agreement_with_local"]
         lines.append(
-            f"Agreement Spark vs local: {100 * a['users_same_item_set']:.3f}% of users same top-{s['k']} set, "
+            f"Agreement Spark vs the local fp32 path: {100 * a['users_same_item_set']:.3f}% of users same top-{s['k']} set, "
             f"{100 * a['users_same_list_and_order']:.3f}% same order, max score difference {a['max_abs_score_diff']:.2e}."
         )
         if "fraction_of_local" in r["spark"]:
