@@ -24,6 +24,7 @@ EMBEDDING_CACHE = "embeddings_cache"
 
 def run_features(settings: Settings, as_of: date, spark=None) -> dict:
     from recsys_core.io.spark import spark_session
+    from recsys_core.io.spark_progress import spark_progress
 
     started = time.monotonic()
     lake = Lake(settings.lake)
@@ -42,30 +43,31 @@ def run_features(settings: Settings, as_of: date, spark=None) -> dict:
         "items_snapshot": items_path,
     }
     staged: dict = {}
-    try:
-        n_interactions = interactions.count()
-        profiles = user_profiles(interactions, users, items, end, settings.features)
-        features = item_features(interactions, items, end, settings.features)
-        embedded = 0
-        if settings.features.text_embeddings:
-            features, embedded = _with_text_embeddings(spark, lake, features, settings)
-        else:
-            from pyspark.sql import functions as F
+    with spark_progress(spark, f"features as of {as_of}"):
+        try:
+            n_interactions = interactions.count()
+            profiles = user_profiles(interactions, users, items, end, settings.features)
+            features = item_features(interactions, items, end, settings.features)
+            embedded = 0
+            if settings.features.text_embeddings:
+                features, embedded = _with_text_embeddings(spark, lake, features, settings)
+            else:
+                from pyspark.sql import functions as F
 
-            features = features.withColumn("text_embedding", F.lit(None).cast("array<float>"))
-        # Both tables are written and checked before either is published, so a failed
-        # check leaves the previous partitions of both in place.
-        staged[USER_PROFILES] = _stage(lake, USER_PROFILES, as_of, profiles)
-        staged[ITEM_FEATURES] = _stage(lake, ITEM_FEATURES, as_of, features)
-        rows = {contract: _check_staged(spark, lake, contract, as_of, path) for contract, path in staged.items()}
-        for contract in (USER_PROFILES, ITEM_FEATURES):
-            lake.publish(contract, as_of, staged.pop(contract), {"lineage": lineage})
-        n_users, n_items = rows[USER_PROFILES], rows[ITEM_FEATURES]
-    finally:
-        interactions.unpersist()
-        for path in staged.values():
-            if lake.exists(path):
-                lake.fs.delete_dir(path)
+                features = features.withColumn("text_embedding", F.lit(None).cast("array<float>"))
+            # Both tables are written and checked before either is published, so a failed
+            # check leaves the previous partitions of both in place.
+            staged[USER_PROFILES] = _stage(lake, USER_PROFILES, as_of, profiles)
+            staged[ITEM_FEATURES] = _stage(lake, ITEM_FEATURES, as_of, features)
+            rows = {contract: _check_staged(spark, lake, contract, as_of, path) for contract, path in staged.items()}
+            for contract in (USER_PROFILES, ITEM_FEATURES):
+                lake.publish(contract, as_of, staged.pop(contract), {"lineage": lineage})
+            n_users, n_items = rows[USER_PROFILES], rows[ITEM_FEATURES]
+        finally:
+            interactions.unpersist()
+            for path in staged.values():
+                if lake.exists(path):
+                    lake.fs.delete_dir(path)
     summary = {
         "as_of": as_of.isoformat(),
         "interactions": n_interactions,

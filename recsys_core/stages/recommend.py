@@ -270,6 +270,7 @@ def _stage_on_spark(
     from pyspark.sql import SparkSession
 
     from recsys_core.io.spark import spark_session
+    from recsys_core.io.spark_progress import spark_progress
     from recsys_core.serving.spark_score import spark_score_night
 
     serve = settings.serve
@@ -283,7 +284,8 @@ def _stage_on_spark(
         interactions = spark_interactions(
             session, lake, run_date, required_ingests(lake, run_date, settings.ingest.lateness_days)
         )
-        parts, figures = spark_score_night(session, profiles, interactions, lake.spark_uri(staged), source, night, serve)
+        with spark_progress(session, f"scoring the night of {run_date}"):
+            parts, figures = spark_score_night(session, profiles, interactions, lake.spark_uri(staged), source, night, serve)
         lake.drop_spark_markers(staged)
         counts = validate_spark_recommendations(
             session.read.parquet(lake.spark_uri(staged)),
