@@ -113,11 +113,12 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
     target = lake.partition_path(RECOMMENDATIONS, run_date)
     scoring_started = time.monotonic()
     staged: str | None = None
+    model_copy: str | None = None  # the Spark engine's copy of the champion on the lake
     if serve.engine == "spark":
         # Executors encode, score, explain and write the night; only aggregates come back.
         staged = lake.new_staging_path(RECOMMENDATIONS, partition_name("dt", run_date))
         try:
-            digest, item_counts, stats = _stage_on_spark(settings, lake, run_date, spark, staged, current, night)
+            digest, item_counts, stats, model_copy = _stage_on_spark(settings, lake, run_date, spark, staged, current, night)
         except BaseException:
             lake.fs.delete_dir(staged)
             raise
@@ -185,6 +186,8 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         lake.publish(RECOMMENDATIONS, run_date, staged, manifest)
     moved = _update_latest(lake, run_date, target)
     dropped = lake.drop_partitions_older_than(RECOMMENDATIONS, serve.keep_days)
+    if model_copy is not None:
+        prune_model_copies(lake, model_copy, datetime.now(UTC))
     seconds = round(time.monotonic() - started, 1)
     log.info(
         "%s", format_report(report, title=f"nightly report {run_date} ({current.name} v{current.version}, {serve.engine} engine)")
@@ -264,9 +267,10 @@ def served_settings(settings: Settings, operating_point: dict | None) -> Setting
 # Scoring on Spark ----------------------------------------------------------------
 def _stage_on_spark(
     settings: Settings, lake: Lake, run_date: date, spark, staged: str, current, night: NightCatalogue
-) -> tuple[str, np.ndarray, BatchStats]:
+) -> tuple[str, np.ndarray, BatchStats, str]:
     """The Spark engine: executors score, explain and write ``staged``, then the checks run as
-    Spark aggregates; returns (content_digest, item counts in catalogue order, the night's figures)."""
+    Spark aggregates; returns (content_digest, item counts in catalogue order, the night's figures,
+    the digest of the champion's copy on the lake, which a published night keeps)."""
     from pyspark.sql import SparkSession
 
     from recsys_core.io.spark import spark_session
@@ -294,12 +298,11 @@ def _stage_on_spark(
             catalogue=session.createDataFrame([(i,) for i in night.item_ids], "item_id string"),
             seen=interactions,
         )
-        prune_model_copies(lake, source.digest, datetime.now(UTC))
     finally:
         if owned:
             session.stop()
     item_counts = np.array([counts.get(i, 0) for i in night.item_ids], dtype=np.int64)
-    return combine_digests(parts), item_counts, BatchStats(**figures)
+    return combine_digests(parts), item_counts, BatchStats(**figures), source.digest
 
 
 def champion_on_lake(lake: Lake, bundle_dir: Path):
@@ -334,8 +337,7 @@ def prune_model_copies(lake: Lake, keep: str, now: datetime) -> list[str]:
         if folder.type != pafs.FileType.Directory or folder.base_name == keep:
             continue
         files = lake.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
-        written = [f.mtime for f in files if f.mtime is not None] or [folder.mtime]
-        newest = max((w for w in written if w is not None), default=None)
+        newest = max((f.mtime for f in files if f.mtime is not None), default=folder.mtime)
         if newest is None or now - newest.astimezone(UTC) < MODEL_COPY_GRACE:
             continue
         lake.fs.delete_dir(folder.path)
