@@ -209,6 +209,11 @@ class CalibrationSettings(Section):
     # fitted offsets and these MMR lambdas (null: no re-ranking); serve.min_coverage picks the point.
     frontier_trend_scales: list[float] = Field(default=[0.0, 0.25, 0.5, 1.0], min_length=1)
     frontier_mmr_lambdas: list[Annotated[float, Field(ge=0, le=1)] | None] = Field(default=[None, 0.8, 0.6, 0.4], min_length=1)
+    # ... and these item adjustments (recsys_core.models.adjustment): the share of every item's mean
+    # score taken out (centering), and the power of its score spread the score is divided by (scaling).
+    # Both at 0 is the model as trained; they are what widens coverage past the model's own.
+    frontier_item_centerings: list[Annotated[float, Field(ge=0, le=1)]] = Field(default=[0.0, 0.5, 1.0], min_length=1)
+    frontier_item_scalings: list[Annotated[float, Field(ge=0, le=1)]] = Field(default=[0.0, 0.25, 0.5], min_length=1)
     # Besides the served point, the report gives the most accurate point and the most accurate one
     # whose coverage@k reaches this share of the catalogue (both chosen on the calibration window).
     frontier_reference_coverage: float = Field(default=0.3, gt=0, le=1)

@@ -5,7 +5,9 @@ Two knobs trade accuracy for catalogue coverage and novelty:
 - the trend calibration (``evaluation.calibration``): its offsets pull new and returning users'
   lists towards what is popular now; ``trend_scale`` multiplies the fitted offsets (0: the model
   as trained, 1: as calibrated);
-- MMR re-ranking by genre (``serve.mmr_lambda``, ``serving.rerank``): None keeps the score's order.
+- MMR re-ranking by genre (``serve.mmr_lambda``, ``serving.rerank``): None keeps the score's order;
+- the item adjustment (``models.adjustment``): ``centering`` removes the score every user gives an
+  item, ``scaling`` ranks by how far a user's score stands out; its statistics are the window's own.
 
 Every combination of the grids is scored on one window (NDCG@k and coverage@k of the top-k lists).
 The served point is the most accurate one whose coverage reaches ``min_coverage`` (None: the most
@@ -26,6 +28,7 @@ from recsys_core.evaluation.calibration import recency_groups
 from recsys_core.evaluation.metric_names import metric_name
 
 Rerank = Callable[[np.ndarray, np.ndarray, np.ndarray, int, float], tuple[np.ndarray, np.ndarray]]
+Adjust = Callable[[np.ndarray, float, float], np.ndarray]  # scores, centering, scaling → adjusted scores
 
 
 @dataclass(frozen=True)
@@ -34,13 +37,19 @@ class OperatingPoint:
     mmr_lambda: float | None  # None: no re-ranking
     ndcg: float
     coverage: float
+    centering: float = 0.0  # the item adjustment's knobs (models.adjustment); 0, 0: none
+    scaling: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @property
-    def knobs(self) -> tuple[float, float | None]:
-        return self.trend_scale, self.mmr_lambda
+    def knobs(self) -> Knobs:
+        return self.trend_scale, self.mmr_lambda, self.centering, self.scaling
+
+
+# (trend scale, MMR lambda, item centering, item scaling)
+Knobs = tuple[float, float | None, float, float]
 
 
 def sweep(
@@ -54,17 +63,21 @@ def sweep(
     returning_bucket: int,
     trend_scales: tuple[float, ...],
     mmr_lambdas: tuple[float | None, ...],
+    centerings: tuple[float, ...] = (0.0,),
+    scalings: tuple[float, ...] = (0.0,),
     categories: np.ndarray,
     pool_factor: int,
     rerank: Rerank,
+    adjust: Adjust,
     k: int = 10,
 ) -> list[OperatingPoint]:
-    """NDCG@k and coverage@k of every (trend scale, MMR lambda) on one window.
+    """NDCG@k and coverage@k of every (trend scale, MMR lambda, item centering, item scaling) on one window.
 
     ``base_scores`` [n, items]: the model's scores without the calibration offsets; ``popularity``
     [items] the feature the offsets multiply; ``query_buckets`` [n] each user's recency bucket;
     ``categories`` [items, C] multi-hot genres for MMR, ``rerank`` the serving's MMR
-    (``serving.rerank.mmr_rerank``: pool items, pool scores, categories, k, lambda → items, objectives).
+    (``serving.rerank.mmr_rerank``: pool items, pool scores, categories, k, lambda → items, objectives);
+    ``adjust`` the item adjustment (``models.adjustment.adjust``: statistics over the window's own users).
     """
     groups = recency_groups(query_buckets, returning_bucket)
     per_user_offset = np.zeros(len(base_scores), dtype=np.float32)
@@ -75,14 +88,18 @@ def sweep(
     unseen = seen.toarray() == 0
     points = []
     for scale in trend_scales:
-        scores = base_scores + (scale * per_user_offset)[:, None] * popularity[None, :]
-        masked = np.where(unseen, scores, -np.inf)
-        pool_items = M.top_k(scores, pool, exclude=seen)
-        pool_scores = np.take_along_axis(masked, pool_items, axis=1)
-        for lam in mmr_lambdas:
-            top = pool_items[:, :k] if lam is None else rerank(pool_items, pool_scores, categories, k, lam)[0]
-            ndcg = float(np.mean(M.per_user_ranking_metrics(top, relevant, (k,))[metric_name("ndcg", k)]))
-            points.append(OperatingPoint(float(scale), lam, ndcg, M.catalog_coverage(top, n_items, k)))
+        calibrated = base_scores + (scale * per_user_offset)[:, None] * popularity[None, :]
+        for centering in centerings:
+            for scaling in scalings:
+                scores = adjust(calibrated, centering, scaling)
+                masked = np.where(unseen, scores, -np.inf)
+                pool_items = M.top_k(scores, pool, exclude=seen)
+                pool_scores = np.take_along_axis(masked, pool_items, axis=1)
+                for lam in mmr_lambdas:
+                    top = pool_items[:, :k] if lam is None else rerank(pool_items, pool_scores, categories, k, lam)[0]
+                    ndcg = float(np.mean(M.per_user_ranking_metrics(top, relevant, (k,))[metric_name("ndcg", k)]))
+                    coverage = M.catalog_coverage(top, n_items, k)
+                    points.append(OperatingPoint(float(scale), lam, ndcg, coverage, float(centering), float(scaling)))
     return points
 
 
@@ -108,6 +125,6 @@ def pareto(points: list[OperatingPoint]) -> list[OperatingPoint]:
     return sorted(front, key=lambda p: (p.coverage, -p.ndcg))
 
 
-def point_at(points: list[OperatingPoint], knobs: tuple[float, float | None]) -> OperatingPoint:
-    """The point of ``points`` with these (trend scale, MMR lambda)."""
+def point_at(points: list[OperatingPoint], knobs: Knobs) -> OperatingPoint:
+    """The point of ``points`` with these knobs."""
     return next(p for p in points if p.knobs == knobs)

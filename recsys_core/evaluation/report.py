@@ -224,22 +224,37 @@ def calibration_figure(curves: Mapping[str, Sequence[tuple[float, float]]], chos
 
 def frontier_figure(points: Sequence[OperatingPoint], served: OperatingPoint | None, k: int = 10) -> Figure:
     """Backtest NDCG@k against catalogue coverage@k of every operating point (``evaluation.frontier``),
-    one line per MMR lambda, labelled with the trend scale; the Pareto front dashed, the served point starred."""
-    fig, (ax,) = _new_figure(1, width=6.0, height=4.4)
+    coloured by MMR lambda, hollow with an item adjustment; the Pareto front dashed, its points
+    labelled with their knobs, the served point starred."""
+    fig, (ax,) = _new_figure(1, width=7.0, height=5.0)
     front = pareto(list(points))
     if len(front) > 1:
         ax.plot([p.coverage for p in front], [p.ndcg for p in front], color="grey", linestyle="--", label="Pareto front")
     for lam in dict.fromkeys(p.mmr_lambda for p in points):
-        group = [p for p in points if p.mmr_lambda == lam]
         label = "no re-ranking" if lam is None else f"MMR lambda {lam:g}"
-        ax.plot([p.coverage for p in group], [p.ndcg for p in group], marker="o", linestyle="-", label=label)
-        for p in group:
-            ax.annotate(
-                f"x{p.trend_scale:g}", (p.coverage, p.ndcg), fontsize="x-small", xytext=(3, 3), textcoords="offset points"
-            )
+        plain = [p for p in points if p.mmr_lambda == lam and p.centering == 0 and p.scaling == 0]
+        adjusted = [p for p in points if p.mmr_lambda == lam and (p.centering != 0 or p.scaling != 0)]
+        (line,) = ax.plot([p.coverage for p in plain], [p.ndcg for p in plain], marker="o", linestyle="none", label=label)
+        ax.plot(
+            [p.coverage for p in adjusted],
+            [p.ndcg for p in adjusted],
+            marker="o",
+            linestyle="none",
+            markerfacecolor="none",
+            color=line.get_color(),
+        )
+    if any(p.centering or p.scaling for p in points):
+        ax.plot([], [], marker="o", linestyle="none", markerfacecolor="none", color="grey", label="items centred c, scaled s")
+    labelled = -1.0
+    for p in front:  # labels at least 2 points of coverage apart, so that they stay readable
+        if p.coverage - labelled < 0.02:
+            continue
+        labelled = p.coverage
+        text = f"x{p.trend_scale:g}" + (f" c{p.centering:g} s{p.scaling:g}" if p.centering or p.scaling else "")
+        ax.annotate(text, (p.coverage, p.ndcg), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
     if served is not None:
         ax.plot([served.coverage], [served.ndcg], marker="*", markersize=16, color="black", linestyle="none", label="served")
-    ax.set_title("Accuracy/coverage frontier (temporal backtest)")
+    ax.set_title("Accuracy/coverage frontier (temporal backtest; labels: trend scale)")
     ax.set_xlabel(f"catalogue coverage@{k}")
     ax.set_ylabel(f"NDCG@{k}")
     ax.grid(True, alpha=0.3)

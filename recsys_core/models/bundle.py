@@ -3,7 +3,9 @@
 Files of a bundle directory:
 - ``weights.pt``: the state dict (tensors only; loaded with ``weights_only=True``),
 - ``bundle.json``: model config and the fitted preprocessing (vocabularies, scales),
-- ``popularity.parquet`` (with a trend prior): the training catalogue's recent popularity.
+- ``popularity.parquet`` (with a trend prior): the training catalogue's recent popularity,
+- ``item_stats.parquet`` (with a served item adjustment, ``models.adjustment``): each item's
+  score mean and spread, the adjustment's knobs in ``bundle.json``.
 
 Scoring works on raw ids: histories of item-id strings and raw user
 attributes go in, scores over a given catalogue come out. Items of that
@@ -25,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from recsys_core.errors import ModelError
+from recsys_core.models.adjustment import ItemAdjustment
 from recsys_core.models.data import Preprocessing, Sequences, TrendTable, build_sequences
 from recsys_core.models.inputs import ModelInputs, encode
 from recsys_core.models.scorer import Scorer
@@ -34,7 +37,8 @@ from recsys_core.windows import popularity_column
 WEIGHTS = "weights.pt"
 META = "bundle.json"
 POPULARITY = "popularity.parquet"
-FILES = (WEIGHTS, META, POPULARITY)
+ITEM_STATS = "item_stats.parquet"
+FILES = (WEIGHTS, META, POPULARITY, ITEM_STATS)
 
 
 @dataclass
@@ -45,6 +49,7 @@ class ModelBundle:
     # The training catalogue's recent popularity (item_id and the trend windows' ``pop_<w>d``, in
     # ``prep.item_ids`` order): the trend prior of a scorer given no item features (the MLflow model).
     popularity: pa.Table | None = None
+    adjustment: ItemAdjustment | None = None  # the served item adjustment; None: raw scores
 
     def remember_popularity(self, item_features: pa.Table) -> None:
         """Keep the trend windows' popularity of the training catalogue, as of ``item_features``."""
@@ -58,6 +63,13 @@ class ModelBundle:
         if self.popularity is not None:
             pq.write_table(self.popularity, directory / POPULARITY)
         meta = {"config": self.config.to_dict(), "preprocessing": self.prep.to_dict(), **(extra or {})}
+        if self.adjustment is not None:
+            adjustment = self.adjustment
+            stats = {"item_id": self.prep.item_ids, "mean": adjustment.mean, "spread": adjustment.spread}
+            pq.write_table(pa.table(stats), directory / ITEM_STATS)
+            meta["item_adjustment"] = {"centering": adjustment.centering, "scaling": adjustment.scaling}
+        else:  # a retried step saves into the same folder: no earlier adjustment may linger
+            (directory / ITEM_STATS).unlink(missing_ok=True)
         (directory / META).write_text(json.dumps(meta))
         return directory
 
@@ -76,7 +88,13 @@ class ModelBundle:
         model.load_state_dict(state)
         model.eval()
         popularity = pq.read_table(pa.BufferReader(files[POPULARITY])) if POPULARITY in files else None
-        return cls(config, Preprocessing.from_dict(meta["preprocessing"]), model, popularity)
+        adjustment = None
+        if ITEM_STATS in files:
+            stats = pq.read_table(pa.BufferReader(files[ITEM_STATS]))
+            knobs = meta["item_adjustment"]
+            mean, spread = (stats[c].to_numpy().astype(np.float32) for c in ("mean", "spread"))
+            adjustment = ItemAdjustment(knobs["centering"], knobs["scaling"], mean, spread)
+        return cls(config, Preprocessing.from_dict(meta["preprocessing"]), model, popularity, adjustment)
 
     # Scoring ------------------------------------------------------------------
     def scorer(
@@ -102,18 +120,28 @@ class ModelBundle:
             item_features = self.popularity
             with torch.no_grad():
                 vectors = self.model.item_matrix()[1:]
+            item_ids = self.prep.item_ids
         else:
             if catalogue is not None:
                 item_features = _rows_in_order(item_features, catalogue)
             vectors = self.item_vectors(item_features)
+            item_ids = item_features["item_id"].to_pylist()
+        adjustment = self.item_affine(item_ids)
+        affine = None if adjustment is None else (torch.from_numpy(adjustment[0]), torch.from_numpy(adjustment[1]))
         if trend is not None:
             if catalogue is None or trend_days is None:
                 raise ValueError("a per-user trend table needs the catalogue it is indexed by and each user's day")
             table = torch.as_tensor(trend.values[:, 1:]) if self.config.trend_windows else None
             rows = torch.as_tensor(trend.row(trend_days))
-            return Scorer(self.model, inputs, vectors, table, rows, batch=batch)
+            return Scorer(self.model, inputs, vectors, table, rows, batch=batch, item_affine=affine)
         shared = self.catalogue_trend(item_features) if item_features is not None else None
-        return Scorer(self.model, inputs, vectors, shared, batch=batch)
+        return Scorer(self.model, inputs, vectors, shared, batch=batch, item_affine=affine)
+
+    def item_affine(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """The served item adjustment of these catalogue items as (scale, offset); None without one."""
+        if self.adjustment is None:
+            return None
+        return self.adjustment.affine_of(np.array([self.prep.item_index.get(i, 0) for i in item_ids], dtype=np.int64))
 
     def item_vectors(self, item_features: pa.Table) -> torch.Tensor:
         """[m, d] output representations of the rows of ``item_features``; items the model never

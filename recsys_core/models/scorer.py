@@ -9,6 +9,10 @@ when the model learned them per recency bucket (see ``SeqRec.trend_weight``).
 Training validation, offline evaluation, calibration, champion re-scoring, the nightly job and
 the MLflow model all score through a ``Scorer``. The nightly job ranks with one matrix product;
 ``user_vectors`` and ``item_matrix`` give the same score in that form ([h, w] · [e, trend]).
+
+A served item adjustment (``models.adjustment``) turns every item's score into
+``score * scale_i + offset_i``; in the matrix form the item side is scaled and the offset is one
+more column, against a constant 1 on the user side ([h, w, 1] · [e·s, trend·s, offset]).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Scorer:
     ``item_vectors`` [m, d]: the catalogue's output representations;
     ``trend`` [m, k] (one popularity snapshot for every user) or [T, m, k] with ``trend_rows``
     [n_rows] (the snapshot of each user's prediction time); None without a trend prior.
+    ``item_affine``: the served item adjustment as (scale [m], offset [m]); None: the raw score.
     The model is read at call time, so a calibration applied after this is built counts.
     """
 
@@ -40,6 +45,7 @@ class Scorer:
         *,
         batch: int = 1024,
         device: torch.device | str = "cpu",
+        item_affine: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         if trend is not None and trend.dim() == 3 and trend_rows is None:
             raise ValueError("a trend table of several snapshots needs trend_rows: the snapshot of each user row")
@@ -50,6 +56,7 @@ class Scorer:
         self.trend_rows = trend_rows
         self.batch = batch
         self.device = torch.device(device)
+        self.item_affine = item_affine
 
     @property
     def n_items(self) -> int:
@@ -80,7 +87,16 @@ class Scorer:
     def scores(self, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
         """[n, m] scores of the given user rows, on the scorer's device."""
         hidden, recency = self.hidden(rows)
-        return self.model.score_items(hidden, self.item_vectors, self.user_trend(rows), recency)
+        return self._adjusted(self.model.score_items(hidden, self.item_vectors, self.user_trend(rows), recency))
+
+    def _adjusted(self, scores: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
+        """``scores`` of the catalogue (or of its ``columns``) with the item adjustment applied."""
+        if self.item_affine is None:
+            return scores
+        scale, offset = (part.to(scores.device) for part in self.item_affine)
+        if columns is not None:
+            scale, offset = scale[columns], offset[columns]
+        return scores * scale + offset
 
     @torch.no_grad()
     def scores_of(self, rows: np.ndarray | torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
@@ -98,18 +114,27 @@ class Scorer:
         columns = torch.as_tensor(columns, device=hidden.device)
         score = torch.einsum("nd,ncd->nc", hidden, self.item_vectors[columns])
         trend = self.user_trend(rows)
-        if trend is None:
-            return score
-        if trend.dim() == 2:
-            picked = trend[columns]
-        else:
-            picked = torch.gather(trend, 1, columns.unsqueeze(-1).expand(-1, -1, trend.shape[-1]))
-        return score + self.model.trend_bias(picked, recency)
+        if trend is not None:
+            if trend.dim() == 2:
+                picked = trend[columns]
+            else:
+                picked = torch.gather(trend, 1, columns.unsqueeze(-1).expand(-1, -1, trend.shape[-1]))
+            score = score + self.model.trend_bias(picked, recency)
+        return self._adjusted(score, columns)
 
     def with_inputs(self, inputs: ModelInputs, trend_rows: torch.Tensor | None = None) -> Scorer:
         """The same model, catalogue and trend prior over other user rows (``trend_rows``: each new
         row's popularity snapshot, needed when the trend table holds several)."""
-        return Scorer(self.model, inputs, self.item_vectors, self.trend, trend_rows, batch=self.batch, device=self.device)
+        return Scorer(
+            self.model,
+            inputs,
+            self.item_vectors,
+            self.trend,
+            trend_rows,
+            batch=self.batch,
+            device=self.device,
+            item_affine=self.item_affine,
+        )
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         """[n, m] float32 scores (``evaluation.protocols.ScoreFn``)."""
@@ -118,18 +143,27 @@ class Scorer:
     # The matrix-product form of the same score, for the nightly top-K engines ------------------
     @torch.no_grad()
     def user_vectors(self, rows: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """[n, d + k]: each user's hidden state, then their weights of the k trend windows."""
+        """[n, d + k (+ 1)]: each user's hidden state, then their weights of the k trend windows
+        (then a 1 for the item adjustment's offset)."""
         hidden, recency = self.hidden(rows)
+        parts = [hidden]
         weight = self.model.trend_weight(recency)
-        if weight is None or self.trend is None:
-            return hidden
-        return torch.cat([hidden, weight.expand(len(hidden), -1)], dim=1)
+        if weight is not None and self.trend is not None:
+            parts.append(weight.expand(len(hidden), -1))
+        if self.item_affine is not None:
+            parts.append(torch.ones(len(hidden), 1, device=hidden.device))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else hidden
 
     def item_matrix(self) -> torch.Tensor:
-        """[m, d + k]: each item's representation, then its log1p popularity in the k trend windows,
-        so that ``user_vectors(rows) @ item_matrix().T`` equals ``scores(rows)``."""
-        if self.trend is None or self.model.trend_weights is None:
-            return self.item_vectors
-        if self.trend.dim() != 2:
-            raise ValueError("the matrix-product form needs one popularity snapshot for every user")
-        return torch.cat([self.item_vectors, self.trend], dim=1)
+        """[m, d + k (+ 1)]: each item's representation, then its log1p popularity in the k trend
+        windows (scaled, then the offset, with an item adjustment), so that
+        ``user_vectors(rows) @ item_matrix().T`` equals ``scores(rows)``."""
+        matrix = self.item_vectors
+        if self.trend is not None and self.model.trend_weights is not None:
+            if self.trend.dim() != 2:
+                raise ValueError("the matrix-product form needs one popularity snapshot for every user")
+            matrix = torch.cat([matrix, self.trend.to(matrix.dtype)], dim=1)
+        if self.item_affine is None:
+            return matrix
+        scale, offset = (part.to(matrix.device, matrix.dtype) for part in self.item_affine)
+        return torch.cat([matrix * scale[:, None], offset[:, None]], dim=1)

@@ -36,7 +36,8 @@ class NightCatalogue:
     """The recommendable items (sorted by id) and what scoring over them needs, as plain arrays.
 
     ``item_vectors`` [m, d] and ``trend`` [m, w] (None: no trend prior) are the champion's item side
-    of the score (``ModelBundle.item_vectors``, ``catalogue_trend``); ``trending`` [m] ranks the
+    of the score (``ModelBundle.item_vectors``, ``catalogue_trend``), ``item_affine`` its served
+    item adjustment as (scale [m], offset [m]) (None: none); ``trending`` [m] ranks the
     fallback list; ``categories`` [m, c] (None: no MMR) the diversity re-rank; ``titles`` names
     reason items (any item of the features, recommendable or not); ``now`` is the prediction time
     (epoch seconds: the end of the run date).
@@ -52,6 +53,7 @@ class NightCatalogue:
     model_name: str
     model_version: str
     generated_at: datetime
+    item_affine: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def night_catalogue(
@@ -81,6 +83,7 @@ def night_catalogue(
         model_name=model_name,
         model_version=model_version,
         generated_at=generated_at,
+        item_affine=bundle.item_affine(catalogue["item_id"].to_pylist()),
     )
 
 
@@ -119,7 +122,12 @@ def score_and_explain(
     has_profile = (inputs.user_feats > 0).any(dim=1).numpy()
     use_model = has_history | has_profile
     trend = None if night.trend is None else torch.from_numpy(night.trend)
-    scorer = Scorer(bundle.model, inputs, torch.from_numpy(night.item_vectors), trend, batch=serve.score_batch_users)
+    affine = (
+        None if night.item_affine is None else (torch.from_numpy(night.item_affine[0]), torch.from_numpy(night.item_affine[1]))
+    )
+    scorer = Scorer(
+        bundle.model, inputs, torch.from_numpy(night.item_vectors), trend, batch=serve.score_batch_users, item_affine=affine
+    )
 
     started = time.monotonic()
     top_items = np.empty((len(user_ids), k), dtype=np.int64)

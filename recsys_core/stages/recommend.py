@@ -224,11 +224,18 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
 
 
 def served_point_report(operating_point: dict | None, mmr_lambda: float | None) -> dict:
-    """The night's operating point for its report: the champion's trend scale, the MMR lambda served,
-    and the point's backtest NDCG@k and coverage@k when the night serves the point that was measured."""
+    """The night's operating point for its report: the champion's trend scale and item adjustment,
+    the MMR lambda served, and the point's backtest NDCG@k and coverage@k when the night serves the
+    point that was measured."""
     if not operating_point:
         return {"served_mmr_lambda": mmr_lambda}
-    report = {"served_trend_scale": operating_point["trend_scale"], "served_mmr_lambda": mmr_lambda}
+    report = {
+        "served_trend_scale": operating_point["trend_scale"],
+        "served_mmr_lambda": mmr_lambda,
+        # Champions registered before the item adjustment have none.
+        "served_item_centering": operating_point.get("item_centering", 0.0),
+        "served_item_scaling": operating_point.get("item_scaling", 0.0),
+    }
     measured = operating_point.get("backtest")
     if measured is None:
         return report
@@ -243,10 +250,12 @@ def served_point_report(operating_point: dict | None, mmr_lambda: float | None) 
     k = operating_point["k"]
     report.update({f"served_backtest_ndcg@{k}": measured["ndcg"], f"served_backtest_coverage@{k}": measured["coverage"]})
     log.info(
-        "served operating point (chosen at training): trend scale x%g, mmr lambda %s; on the backtest ndcg@%d %.4f, "
-        "coverage@%d %.1f%%",
+        "served operating point (chosen at training): trend scale x%g, mmr lambda %s, item centering %g, "
+        "item scaling %g; on the backtest ndcg@%d %.4f, coverage@%d %.1f%%",
         operating_point["trend_scale"],
         mmr_lambda,
+        report["served_item_centering"],
+        report["served_item_scaling"],
         k,
         measured["ndcg"],
         k,

@@ -103,8 +103,14 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
         if measured:
             figures = ", ".join(f"{name} {value:.4f}" for name, value in measured.items())
             console.print(
-                f"served operating point: trend x{served['served_trend_scale']:g}, {_mmr(served['served_mmr_lambda'])}; "
-                f"on the backtest {figures}"
+                "served operating point: "
+                + knobs_text(
+                    served["served_trend_scale"],
+                    served["served_mmr_lambda"],
+                    served.get("served_item_centering", 0.0),
+                    served.get("served_item_scaling", 0.0),
+                )
+                + f"; on the backtest {figures}"
             )
         reader = RecommendationReader(settings)
         # The first user in id order; one column read, nothing sorted.
@@ -145,9 +151,8 @@ def operating_point_line(point: dict) -> str:
     def describe(p: dict | None) -> str:
         if p is None:
             return "none on the grid"
-        return (
-            f"ndcg@{k} {p['ndcg']:.4f}, coverage@{k} {p['coverage']:.1%} (trend x{p['trend_scale']:g}, {_mmr(p['mmr_lambda'])})"
-        )
+        knobs = knobs_text(p["trend_scale"], p["mmr_lambda"], p.get("centering", 0.0), p.get("scaling", 0.0))
+        return f"ndcg@{k} {p['ndcg']:.4f}, coverage@{k} {p['coverage']:.1%} ({knobs})"
 
     return (
         f"served point on the backtest frontier (serve.min_coverage {point['min_coverage']}): {describe(point['served'])}; "
@@ -156,8 +161,11 @@ def operating_point_line(point: dict) -> str:
     )
 
 
-def _mmr(mmr_lambda: float | None) -> str:
-    return "no MMR" if mmr_lambda is None else f"MMR lambda {mmr_lambda:g}"
+def knobs_text(trend_scale: float, mmr_lambda: float | None, centering: float, scaling: float) -> str:
+    """An operating point's knobs in words (``evaluation.frontier``)."""
+    mmr = "no MMR" if mmr_lambda is None else f"MMR lambda {mmr_lambda:g}"
+    items = "items as scored" if centering == 0 and scaling == 0 else f"items centred {centering:g}, scaled {scaling:g}"
+    return f"trend x{trend_scale:g}, {mmr}, {items}"
 
 
 def _metrics_table(title: str, by_model: dict[str, dict[str, float]]) -> Table:

@@ -7,6 +7,7 @@ import scipy.sparse as sp
 
 from recsys_core.evaluation import metrics as M
 from recsys_core.evaluation.frontier import OperatingPoint, choose, pareto, point_at, sweep
+from recsys_core.models.adjustment import adjust
 from recsys_core.serving.rerank import mmr_rerank
 
 N_USERS, N_ITEMS = 40, 30
@@ -27,10 +28,10 @@ def window():
     return scores, popularity, np.zeros(N_USERS, dtype=np.int64), sp.csr_matrix((N_USERS, N_ITEMS)), relevant, categories
 
 
-def run_sweep(scales=(0.0, 1.0), lambdas=(None, 0.5), query=None):
-    scores, popularity, new_users, seen, relevant, categories = window()
+def run_sweep(scales=(0.0, 1.0), lambdas=(None, 0.5), query=None, centerings=(0.0,), scalings=(0.0,), scores=None):
+    base, popularity, new_users, seen, relevant, categories = window()
     return sweep(
-        scores,
+        base if scores is None else scores,
         popularity,
         new_users if query is None else query,
         seen,
@@ -39,17 +40,20 @@ def run_sweep(scales=(0.0, 1.0), lambdas=(None, 0.5), query=None):
         returning_bucket=10,
         trend_scales=scales,
         mmr_lambdas=lambdas,
+        centerings=centerings,
+        scalings=scalings,
         categories=categories,
         pool_factor=3,
         rerank=mmr_rerank,
+        adjust=adjust,
         k=3,
     )
 
 
 def test_sweep_scores_every_combination_and_the_popularity_boost_costs_coverage():
     points = run_sweep()
-    assert [p.knobs for p in points] == [(0.0, None), (0.0, 0.5), (1.0, None), (1.0, 0.5)]
-    plain, boosted = point_at(points, (0.0, None)), point_at(points, (1.0, None))
+    assert [p.knobs for p in points] == [(0.0, None, 0.0, 0.0), (0.0, 0.5, 0.0, 0.0), (1.0, None, 0.0, 0.0), (1.0, 0.5, 0.0, 0.0)]
+    plain, boosted = point_at(points, (0.0, None, 0.0, 0.0)), point_at(points, (1.0, None, 0.0, 0.0))
     assert boosted.coverage < plain.coverage and boosted.ndcg < plain.ndcg
     assert all(0.0 <= p.coverage <= 1.0 and 0.0 <= p.ndcg <= 1.0 for p in points)
 
@@ -57,7 +61,7 @@ def test_sweep_scores_every_combination_and_the_popularity_boost_costs_coverage(
 def test_each_point_is_the_metrics_of_the_lists_it_stands_for():
     scores, popularity, _, seen, relevant, _ = window()
     plain, boosted, mmr_off = (
-        point_at(run_sweep(lambdas=(None, 1.0)), knobs) for knobs in ((0.0, None), (1.0, None), (1.0, 1.0))
+        point_at(run_sweep(lambdas=(None, 1.0)), (*knobs, 0.0, 0.0)) for knobs in ((0.0, None), (1.0, None), (1.0, 1.0))
     )
     for point, shifted in ((plain, scores), (boosted, scores + 5.0 * popularity[None, :])):
         top = M.top_k(shifted, 3, exclude=seen)
@@ -70,7 +74,7 @@ def test_each_point_is_the_metrics_of_the_lists_it_stands_for():
 def test_only_new_and_returning_users_get_the_offsets():
     steady = np.full(N_USERS, 5, dtype=np.int64)  # came back within the returning threshold: neither new nor returning
     (points,) = run_sweep(scales=(1.0,), lambdas=(None,), query=steady)
-    plain = point_at(run_sweep(scales=(0.0,), lambdas=(None,)), (0.0, None))
+    plain = point_at(run_sweep(scales=(0.0,), lambdas=(None,)), (0.0, None, 0.0, 0.0))
     assert (points.ndcg, points.coverage) == (plain.ndcg, plain.coverage)
 
 
@@ -107,3 +111,26 @@ def test_choose_on_a_sweep_reaches_the_minimum_coverage_at_the_least_cost():
     floor = (best.coverage + max(p.coverage for p in points)) / 2
     wide = choose(points, floor)
     assert wide.coverage >= floor and wide.ndcg == max(p.ndcg for p in points if p.coverage >= floor)
+
+
+def shared_appeal_scores():
+    """The window's scores plus an appeal every user gives the first 5 items, larger than any
+    user's own signal: the lists are the same 5 items for everybody."""
+    scores = window()[0].copy()
+    scores[:, :5] += 6.0
+    return scores
+
+
+def test_item_centering_takes_out_the_appeal_every_user_shares_and_widens_coverage():
+    scores = shared_appeal_scores()
+    points = run_sweep(scales=(0.0,), lambdas=(None,), centerings=(0.0, 1.0), scalings=(0.0, 0.5), scores=scores)
+    assert [p.knobs[2:] for p in points] == [(0.0, 0.0), (0.0, 0.5), (1.0, 0.0), (1.0, 0.5)]
+    raw, centred = point_at(points, (0.0, None, 0.0, 0.0)), point_at(points, (0.0, None, 1.0, 0.0))
+    assert raw.coverage <= 5 / N_ITEMS < centred.coverage
+    assert centred.ndcg > raw.ndcg
+    # Each adjusted point is the metrics of the lists of the adjusted scores.
+    _, _, _, seen, relevant, _ = window()
+    for point in points:
+        top = M.top_k(adjust(scores, point.centering, point.scaling), 3, exclude=seen)
+        assert point.ndcg == np.mean(M.per_user_ranking_metrics(top, relevant, (3,))["ndcg@3"])
+        assert point.coverage == M.catalog_coverage(top, N_ITEMS, 3)

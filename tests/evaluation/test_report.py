@@ -156,11 +156,14 @@ def test_frontier_figure_marks_the_served_point_and_the_pareto_front(tmp_path: P
         OperatingPoint(1.0, None, ndcg=0.25, coverage=0.35),
         OperatingPoint(0.0, 0.6, ndcg=0.20, coverage=0.30),
         OperatingPoint(1.0, 0.6, ndcg=0.18, coverage=0.60),
+        OperatingPoint(0.0, None, ndcg=0.10, coverage=0.80, centering=1.0, scaling=0.5),
     ]
     fig = frontier_figure(points, served=points[1])
-    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
-    assert set(lines) == {"Pareto front", "no re-ranking", "MMR lambda 0.6", "served"}
-    assert lines["Pareto front"].get_xdata().tolist() == [0.10, 0.35, 0.60]
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+    assert set(lines) == {"Pareto front", "no re-ranking", "MMR lambda 0.6", "items centred c, scaled s", "served"}
+    assert lines["Pareto front"].get_xdata().tolist() == [0.10, 0.35, 0.60, 0.80]
+    assert lines["no re-ranking"].get_xdata().tolist() == [0.10, 0.35]  # the adjusted point is drawn hollow apart
+    assert "x0 c1 s0.5" in [text.get_text() for text in fig.axes[0].texts]
     assert lines["served"].get_xdata().tolist() == [0.35] and lines["served"].get_ydata().tolist() == [0.25]
     _assert_labelled(fig)
     _save(fig, tmp_path / "frontier.png")

@@ -74,3 +74,29 @@ def test_without_a_trend_the_score_is_the_dot_product():
     rows = np.arange(N_USERS)
     np.testing.assert_allclose(scorer(rows), expected.numpy(), rtol=1e-5, atol=1e-5)
     assert scorer.user_vectors(rows).shape == (N_USERS, D) and scorer.item_matrix().shape == (N_ITEMS, D)
+
+
+def random_affine(n: int = N_ITEMS) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(4)
+    return torch.rand(n, generator=gen) + 0.5, torch.randn(n, generator=gen)
+
+
+@pytest.mark.parametrize("with_trend", [False, True])
+def test_an_item_adjustment_changes_every_form_of_the_score_alike(with_trend):
+    model = random_model(use_query_gap=True)
+    inputs = random_inputs()
+    trend = torch.rand(N_ITEMS, len(WINDOWS), generator=torch.Generator().manual_seed(2)) if with_trend else None
+    scale, offset = random_affine()
+    with torch.no_grad():
+        raw = Scorer(model, inputs, model.item_matrix()[1:], trend)
+        adjusted = Scorer(model, inputs, model.item_matrix()[1:], trend, item_affine=(scale, offset))
+    rows = np.array([5, 0, 3])
+    expected = raw.scores(rows) * scale + offset
+    torch.testing.assert_close(adjusted.scores(rows), expected, rtol=1e-5, atol=1e-5)
+    # The matrix-product form (the nightly engines) carries the offset as one more column.
+    torch.testing.assert_close(adjusted.user_vectors(rows) @ adjusted.item_matrix().T, expected, rtol=1e-5, atol=1e-5)
+    assert adjusted.user_vectors(rows).shape[1] == raw.user_vectors(rows).shape[1] + 1
+    # Scores of a few columns per user (the reasons) and a scorer over other inputs keep it.
+    columns = torch.tensor([[0, 4], [11, 2], [7, 7]])
+    torch.testing.assert_close(adjusted.scores_of(rows, columns), expected.gather(1, columns), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adjusted.with_inputs(inputs).scores(rows), expected, rtol=1e-5, atol=1e-5)

@@ -121,6 +121,33 @@ def test_trend_calibration_is_fitted_out_of_sample_and_served(pipeline):
     torch.testing.assert_close(served.model.trend_weights, trained.model.trend_weights)
 
 
+def test_a_minimum_coverage_serves_an_item_adjusted_point_that_the_backtest_measures(pipeline):
+    """With only item-adjusted points on the grid, serve.min_coverage serves one: the served models
+    carry its adjustment, and the backtest evaluation through the scorer equals the sweep's point
+    (without MMR, which only the nightly job applies)."""
+    from recsys_core.evaluation.frontier import choose
+    from recsys_core.stages.train import evaluate_models
+
+    base = pipeline.settings
+    calibration = base.train.calibration.model_copy(
+        update={"frontier_item_centerings": [1.0], "frontier_item_scalings": [0.5], "frontier_mmr_lambdas": [None]}
+    )
+    settings = base.model_copy(
+        update={
+            "train": base.train.model_copy(update={"calibration": calibration}),
+            "serve": base.serve.model_copy(update={"min_coverage": 0.99}),
+        }
+    )
+    report = evaluate_models(settings, pipeline.run_date, ["loo", "backtest", "calibration"])
+    assert report.knobs == choose(report.chosen_on, 0.99).knobs and report.knobs[2:] == (1.0, 0.5)
+    adjustment = report.bundle.adjustment
+    assert adjustment is not None and (adjustment.centering, adjustment.scaling) == (1.0, 0.5)
+    assert len(adjustment.mean) == len(report.bundle.prep.item_ids)
+    assert report.served_point is not None and report.served_point.knobs == report.knobs
+    backtest = report.evaluations["backtest"]["seqrec"].metrics
+    assert backtest["ndcg@10"] == pytest.approx(report.served_point.ndcg, abs=1e-4)
+
+
 def test_published_table_honours_the_contract(pipeline):
     lake = Lake(pipeline.settings.lake)
     k = pipeline.settings.serve.top_k

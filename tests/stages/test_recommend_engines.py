@@ -127,3 +127,33 @@ def test_mmr_rerank_is_the_same_on_both_engines_and_more_diverse(pipeline, tmp_p
     firsts = lambda t: t.filter(pa.compute.equal(t["rank"], 1))["item_id"]  # noqa: E731
     model_rows = pa.compute.equal(plain.filter(pa.compute.equal(plain["rank"], 1))["source"], "model")
     assert firsts(diverse).filter(model_rows).equals(firsts(plain).filter(model_rows))
+
+
+def test_an_item_adjustment_is_served_alike_by_both_engines(pipeline, tmp_path):
+    """The champion's item adjustment (models.adjustment) goes through the matrix-product form of
+    both engines: the same night on each, and not the unadjusted night."""
+    from recsys_core.io.registry import champion
+    from recsys_core.models.adjustment import ItemAdjustment
+    from recsys_core.models.bundle import ModelBundle
+    from recsys_core.stages.recommend import run_recommend
+
+    copies = {
+        "local": copy_pipeline(pipeline, tmp_path / "local"),
+        "spark": copy_pipeline(pipeline, tmp_path / "spark", engine="spark"),
+    }
+    for settings in copies.values():
+        bundle_dir = champion(settings, settings.work_dir / "registry").bundle_dir
+        bundle = ModelBundle.load(bundle_dir)
+        n = len(bundle.prep.item_ids)
+        rng = np.random.default_rng(0)
+        bundle.adjustment = ItemAdjustment(
+            1.0, 0.5, rng.normal(size=n).astype(np.float32), rng.uniform(0.5, 2, n).astype(np.float32)
+        )
+        bundle.save(bundle_dir)
+        assert ModelBundle.load(bundle_dir).adjustment.centering == 1.0
+        assert run_recommend(settings, pipeline.run_date)["status"] == "published"
+    adjusted = night(copies["local"], pipeline.run_date)
+    assert_same_table(adjusted, night(copies["spark"], pipeline.run_date))
+    plain = night(pipeline.settings, pipeline.run_date)
+    model_rows = pa.compute.equal(plain["source"], "model")
+    assert not adjusted.filter(model_rows)["item_id"].equals(plain.filter(model_rows)["item_id"])

@@ -14,8 +14,9 @@ import torch
 from recsys_core.config import Settings
 from recsys_core.errors import MissingInput
 from recsys_core.evaluation.calibration import TrendCalibration, fit_trend_offsets
-from recsys_core.evaluation.frontier import OperatingPoint, choose, point_at, sweep
+from recsys_core.evaluation.frontier import Knobs, OperatingPoint, choose, point_at, sweep
 from recsys_core.evaluation.protocols import EvalResult, ScoreFn, evaluate
+from recsys_core.models.adjustment import ItemAdjustment, adjust
 from recsys_core.models.bundle import ModelBundle
 from recsys_core.models.data import Sequences
 from recsys_core.models.inputs import ModelInputs
@@ -87,9 +88,12 @@ class ScoredWindow:
             returning_bucket=returning_bucket(settings),
             trend_scales=tuple(frontier.frontier_trend_scales),
             mmr_lambdas=tuple(dict.fromkeys([*frontier.frontier_mmr_lambdas, settings.serve.mmr_lambda])),
+            centerings=tuple(frontier.frontier_item_centerings),
+            scalings=tuple(frontier.frontier_item_scalings),
             categories=self.categories,
             pool_factor=settings.serve.mmr_pool_factor,
             rerank=mmr_rerank,
+            adjust=adjust,
             k=min(settings.eval.ks),
         )
 
@@ -139,6 +143,26 @@ def apply_calibration(bundle: ModelBundle, calibration: TrendCalibration, settin
     bundle.model.shift_trend_weight(torch.arange(start, GAP_BUCKETS), scale * calibration.offsets["returning"])
 
 
+def adjust_items(bundle: ModelBundle, scored: ScoredCase, items_table, knobs: Knobs) -> None:
+    """Give ``bundle`` the item adjustment of the served ``knobs`` (``models.adjustment``; none when
+    both are 0), with the statistics of its own scores of the case's users."""
+    centering, scaling = knobs[2], knobs[3]
+    if centering == 0 and scaling == 0:
+        bundle.adjustment = None
+        return
+    bundle.adjustment = None  # the statistics are of the scores before the adjustment
+    scores = seqrec_scorer(bundle, scored, items_table)(scored.case.rows)
+    mean, spread = np.zeros(len(bundle.prep.item_ids), np.float32), np.zeros(len(bundle.prep.item_ids), np.float32)
+    fitted = ItemAdjustment.of_scores(scores, centering, scaling)
+    columns = np.array([bundle.prep.item_index[i] - 1 for i in scored.data.prep.item_ids], dtype=np.int64)
+    scored_columns = np.zeros(len(mean), dtype=bool)
+    scored_columns[columns] = True
+    mean[columns], spread[columns] = fitted.mean, fitted.spread
+    # The model's items outside the case's catalogue: the median item's statistics.
+    mean[~scored_columns], spread[~scored_columns] = np.median(fitted.mean), np.median(fitted.spread)
+    bundle.adjustment = ItemAdjustment(centering, scaling, mean, spread)
+
+
 def _resequence(sequences: Sequences, item_ids: list[str], bundle: ModelBundle) -> Sequences:
     """The same histories in another model's item vocabulary (unknown items dropped)."""
     items, times = [], []
@@ -169,7 +193,7 @@ class EvaluationReport:
     evaluations: dict[str, dict[str, EvalResult]]  # protocol → model name ("seqrec", baselines) → result
     calibration: TrendCalibration
     uncalibrated_backtest: dict[str, float] | None  # the backtest model before the offsets, when calibrated
-    knobs: tuple[float, float | None]  # the served (trend scale, MMR lambda)
+    knobs: Knobs  # the served (trend scale, MMR lambda, item centering, item scaling)
     served_point: OperatingPoint | None  # on the backtest: the knobs chosen on the calibration window
     frontier: list[OperatingPoint]  # on the backtest, every point of the sweep
     chosen_on: list[OperatingPoint]  # on the calibration window, where the served point was chosen
@@ -188,7 +212,8 @@ def evaluate_models(settings: Settings, as_of: date, protocols: list[str]) -> Ev
     datasets = {protocol: load_prepared(prepared_path(ws, protocol)) for protocol in protocols}  # the prepare task's
     data = datasets["loo"]
     bundle = load_trained(settings, as_of, data, "loo")
-    calibration, chosen_on, knobs = TrendCalibration.none(), [], (1.0, settings.serve.mmr_lambda)
+    calibration, chosen_on = TrendCalibration.none(), []
+    knobs: Knobs = (1.0, settings.serve.mmr_lambda, 0.0, 0.0)
     if "calibration" in protocols:
         calibration, window = calibrate_trend(settings, as_of, datasets, items)
         chosen_on = window.sweep(settings, calibration.offsets)
@@ -206,26 +231,28 @@ def evaluate_models(settings: Settings, as_of: date, protocols: list[str]) -> Ev
                     point.coverage,
                 )
         log.info(
-            "operating point chosen on the calibration window (min coverage %s): trend scale %g, mmr lambda %s",
+            "operating point chosen on the calibration window (min coverage %s): trend scale %g, mmr lambda %s, "
+            "item centering %g, item scaling %g",
             min_coverage,
             *knobs,
         )
     apply_calibration(bundle, calibration, settings, knobs[0])
     loo = leave_last_out_scored(settings, data)
+    adjust_items(bundle, loo, items, knobs)
     loo_seqrec = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context)
     evaluations = {"loo": {"seqrec": loo_seqrec, **evaluate_baselines(settings, loo)}}
     uncalibrated, served, frontier, trending = None, None, [], {}
     if "backtest" in protocols:
         backtest = backtest_scored(settings, data, datasets["backtest"])
         bt_bundle = load_trained(settings, as_of, backtest.data, "backtest")
-        scorer = seqrec_scorer(bt_bundle, backtest, items)
         if "calibration" in protocols:  # the model before calibration, for the record: what the offsets add
             window = scored_window(bt_bundle, backtest, items)
             uncalibrated = evaluate(window.score_fn(), backtest.case, **backtest.context).metrics
             frontier = window.sweep(settings, calibration.offsets)
             served = point_at(frontier, knobs)
         apply_calibration(bt_bundle, calibration, settings, knobs[0])
-        bt_seqrec = evaluate(scorer, backtest.case, **backtest.context)
+        adjust_items(bt_bundle, backtest, items, knobs)
+        bt_seqrec = evaluate(seqrec_scorer(bt_bundle, backtest, items), backtest.case, **backtest.context)
         evaluations["backtest"] = {"seqrec": bt_seqrec, **evaluate_baselines(settings, backtest)}
         trending = trending_windows(settings, backtest)
     return EvaluationReport(

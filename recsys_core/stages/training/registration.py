@@ -9,7 +9,7 @@ import time
 from datetime import date
 
 from recsys_core.config import Settings
-from recsys_core.evaluation.frontier import choose, pareto, point_at
+from recsys_core.evaluation.frontier import Knobs, choose, pareto, point_at
 from recsys_core.evaluation.gate import gate_decision
 from recsys_core.evaluation.metric_names import metric_name
 from recsys_core.io.provenance import code_version
@@ -68,6 +68,8 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
     operating = {
         "trend_scale": evaluation.knobs[0],
         "mmr_lambda": evaluation.knobs[1],
+        "item_centering": evaluation.knobs[2],
+        "item_scaling": evaluation.knobs[3],
         "min_coverage": settings.serve.min_coverage,
         "k": min(settings.eval.ks),
         "backtest": served.to_dict() if served else None,  # its NDCG@k and coverage@k on the backtest
@@ -188,6 +190,7 @@ def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[st
         k, served = min(ks), evaluation.served_point
         mlflow.log_params({"serve.min_coverage": settings.serve.min_coverage, "served.trend_scale": evaluation.knobs[0]})
         mlflow.log_params({"served.mmr_lambda": evaluation.knobs[1]})
+        mlflow.log_params({"served.item_centering": evaluation.knobs[2], "served.item_scaling": evaluation.knobs[3]})
         mlflow.log_dict(frontier, "evaluation/frontier.json")
         mlflow.log_figure(report.frontier_figure(evaluation.frontier, served, k), "plots/accuracy_coverage_frontier.png")
         if served is not None:
@@ -232,7 +235,7 @@ def operating_summary(settings: Settings, evaluation: EvaluationReport) -> dict 
     wide = choose(evaluation.chosen_on, share)
     front = pareto(evaluation.frontier)
 
-    def on_backtest(knobs: tuple[float, float | None]) -> dict:
+    def on_backtest(knobs: Knobs) -> dict:
         return point_at(evaluation.frontier, knobs).to_dict()
 
     served = evaluation.served_point
