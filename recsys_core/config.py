@@ -205,6 +205,9 @@ class CalibrationSettings(Section):
     grid: list[float] = [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     returning_after_hours: float = Field(default=24.0, gt=0)
     min_users: int = Field(default=20, ge=1)  # a group with fewer users in the window keeps offset 0
+    # The smallest offset within this many standard errors of the best one is chosen (0: the best);
+    # see recsys_core.evaluation.calibration.fit_trend_offsets.
+    tolerance_se: float = Field(default=1.0, ge=0)
     # The accuracy/coverage frontier (recsys_core.evaluation.frontier) sweeps these multiples of the
     # fitted offsets and these MMR lambdas (null: no re-ranking); serve.min_coverage picks the point.
     frontier_trend_scales: list[float] = Field(default=[0.0, 0.25, 0.5, 1.0], min_length=1)

@@ -57,9 +57,15 @@ def fit_trend_offsets(
     returning_bucket: int,
     k: int = 10,
     min_users: int = 20,
+    tolerance_se: float = 0.0,
 ) -> TrendCalibration:
     """Per group, the offset of ``grid`` whose scores ``base + offset * popularity`` rank ``relevant``
     best (NDCG@k); ties go to the smaller offset. Groups with fewer than ``min_users`` users keep 0.
+
+    With ``tolerance_se`` > 0 the choice is the smallest offset whose NDCG@k falls short of the
+    best by no more than that many standard errors of the per-user difference (paired, over the
+    group's users): the one-standard-error rule. A window of a hundred users cannot tell nearby
+    offsets apart, and the larger ones it happened to favour did not carry over to the next window.
 
     ``base_scores`` [n, items] are the model's scores; ``popularity`` [items] the trend feature the
     offset multiplies (log1p of recent events); ``query_buckets`` [n] the users' recency buckets.
@@ -73,11 +79,18 @@ def fit_trend_offsets(
         if len(rows) < min_users:
             continue
         targets, scores, excluded = [relevant[r] for r in rows], base_scores[rows], seen[rows]
-        curve = []
+        per_user = {}
         for offset in sorted(grid):
             top = M.top_k(scores + offset * popularity[None, :], k, exclude=excluded)
-            curve.append((float(offset), float(np.mean(M.per_user_ranking_metrics(top, targets, (k,))[metric_name("ndcg", k)]))))
-        best = max(curve, key=lambda point: (round(point[1], 9), -point[0]))
+            per_user[float(offset)] = np.asarray(M.per_user_ranking_metrics(top, targets, (k,))[metric_name("ndcg", k)])
+        curve = [(offset, float(values.mean())) for offset, values in per_user.items()]
+        best = max(curve, key=lambda point: (round(point[1], 9), -point[0]))[0]
         result.curves[group] = curve
-        result.offsets[group] = best[0]
+        result.offsets[group] = next(o for o in per_user if _within(per_user[best] - per_user[o], tolerance_se))
     return result
+
+
+def _within(shortfall: np.ndarray, tolerance_se: float) -> bool:
+    """Whether a per-user shortfall against the best offset is within ``tolerance_se`` standard errors of 0."""
+    standard_error = shortfall.std(ddof=1) / np.sqrt(len(shortfall)) if len(shortfall) > 1 else 0.0
+    return bool(round(float(shortfall.mean()), 9) <= tolerance_se * standard_error)

@@ -145,7 +145,8 @@ def new_users_line(new_users: dict) -> str:
 
 def operating_point_line(point: dict) -> str:
     """Where the served point sits on the backtest's accuracy/coverage frontier, beside the most
-    accurate point and the most accurate one of the reference coverage (all chosen on the calibration window)."""
+    accurate point and the most accurate one of the reference coverage, chosen on the calibration
+    window, and the same two chosen on the backtest itself."""
     k = point["k"]
 
     def describe(p: dict | None) -> str:
@@ -154,10 +155,18 @@ def operating_point_line(point: dict) -> str:
         knobs = knobs_text(p["trend_scale"], p["mmr_lambda"], p.get("centering", 0.0), p.get("scaling", 0.0))
         return f"ndcg@{k} {p['ndcg']:.4f}, coverage@{k} {p['coverage']:.1%} ({knobs})"
 
+    best = point.get("backtest_best")
+    after_the_fact = (
+        f"; chosen on the backtest itself (after the fact), most accurate: {describe(best['most_accurate'])}; most accurate "
+        f"with coverage >= {point['reference_coverage']:.0%}: {describe(best['most_accurate_with_reference_coverage'])}"
+        if best
+        else ""
+    )
     return (
         f"served point on the backtest frontier (serve.min_coverage {point['min_coverage']}): {describe(point['served'])}; "
-        f"most accurate: {describe(point['most_accurate'])}; most accurate with coverage >= {point['reference_coverage']:.0%}: "
-        f"{describe(point['most_accurate_with_reference_coverage'])}"
+        f"chosen on the calibration window, most accurate: {describe(point['most_accurate'])}; most accurate with "
+        f"coverage >= {point['reference_coverage']:.0%} there: {describe(point['most_accurate_with_reference_coverage'])}"
+        + after_the_fact
     )
 
 

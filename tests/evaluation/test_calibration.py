@@ -71,3 +71,31 @@ def test_small_groups_keep_zero_and_the_grid_needs_zero():
         fit_trend_offsets(
             base, popularity, np.array([0, 0, 12]), nothing_seen(3, 4), [np.array([3])] * 3, grid=(1.0, 2.0), returning_bucket=11
         )
+
+
+def test_the_one_standard_error_rule_keeps_the_smaller_offset_the_window_cannot_tell_apart():
+    # 40 new users; the trending item 5 is the target of some. Offset 10 ranks item 5 first for
+    # everybody: it gains on the 12 users who take it up and loses on the 28 who take item 0.
+    n = 40
+    base = np.tile(np.array([3.0, 2.0, 1.5, 1.0, 0.5, 0.0]), (n, 1))
+    popularity = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 1.0])
+    relevant = [np.array([5])] * 12 + [np.array([0])] * 28
+    fit = lambda tolerance: fit_trend_offsets(  # noqa: E731
+        base,
+        popularity,
+        np.zeros(n, dtype=np.int64),
+        nothing_seen(n),
+        relevant,
+        grid=GRID,
+        returning_bucket=11,
+        k=3,
+        min_users=5,
+        tolerance_se=tolerance,
+    )
+    best = fit(0.0)
+    curve = dict(best.curves["new"])
+    assert best.offsets["new"] == 10.0 and curve[10.0] > curve[0.0]  # the best, by a little
+    shortfall = np.array([1.0] * 12 + [1 / np.log2(3) - 1] * 28)  # per user: offset 10 minus offset 0
+    assert shortfall.mean() < shortfall.std(ddof=1) / np.sqrt(n)  # within one standard error
+    one_se = fit(1.0)
+    assert one_se.offsets["new"] == 0.0 and one_se.curves == best.curves  # same curves, the smaller choice

@@ -125,6 +125,7 @@ def calibrate_trend(
         grid=tuple(settings.train.calibration.grid),
         returning_bucket=returning_bucket(settings),
         min_users=settings.train.calibration.min_users,
+        tolerance_se=settings.train.calibration.tolerance_se,
     )
     cut = train_cutoff(settings, as_of, "calibration").date()
     offsets = calibration.offsets

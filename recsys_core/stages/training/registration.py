@@ -228,11 +228,13 @@ def new_users_summary(settings: Settings, evaluation: EvaluationReport) -> dict 
 def operating_summary(settings: Settings, evaluation: EvaluationReport) -> dict | None:
     """Where the served point sits on the backtest frontier, beside two reference points: the most
     accurate, and the most accurate whose coverage reaches train.calibration.frontier_reference_coverage.
-    Like the served point, both are chosen on the calibration window and reported on the backtest."""
+    Like the served point, both are chosen on the calibration window and reported on the backtest;
+    the same two chosen on the backtest itself (after the fact: the best the grid could have done)
+    are ``backtest_best``."""
     if not evaluation.frontier:
         return None
     share = settings.train.calibration.frontier_reference_coverage
-    wide = choose(evaluation.chosen_on, share)
+    wide, best_wide = choose(evaluation.chosen_on, share), choose(evaluation.frontier, share)
     front = pareto(evaluation.frontier)
 
     def on_backtest(knobs: Knobs) -> dict:
@@ -246,6 +248,10 @@ def operating_summary(settings: Settings, evaluation: EvaluationReport) -> dict 
         "most_accurate": on_backtest(choose(evaluation.chosen_on, None).knobs),
         "reference_coverage": share,
         "most_accurate_with_reference_coverage": on_backtest(wide.knobs) if wide.coverage >= share else None,
+        "backtest_best": {
+            "most_accurate": choose(evaluation.frontier, None).to_dict(),
+            "most_accurate_with_reference_coverage": best_wide.to_dict() if best_wide.coverage >= share else None,
+        },
         "chosen_on_calibration_window": [p.to_dict() for p in evaluation.chosen_on],
         "backtest": [{**p.to_dict(), "pareto": p in front} for p in evaluation.frontier],
     }
