@@ -197,8 +197,9 @@ class CalibrationSettings(Section):
     """Out-of-sample weight of the trend prior (see recsys_core.evaluation.calibration).
 
     A third model is trained up to two backtest horizons before the run date and scored on the
-    horizon that follows; the offsets that rank that window best are added to the served and the
-    backtest models' trend weights, for users with no events yet and users coming back.
+    horizon that follows; the offsets that rank that window best (within ``tolerance_se``) are added
+    to the served and the backtest models' trend weights, for users with no events yet and users
+    coming back.
     """
 
     enabled: bool = True

@@ -133,7 +133,7 @@ def test_a_minimum_coverage_serves_an_item_adjusted_point_that_the_backtest_meas
     carry its adjustment, and the backtest evaluation through the scorer equals the sweep's point
     (without MMR, which only the nightly job applies)."""
     from recsys_core.evaluation.frontier import choose
-    from recsys_core.stages.train import evaluate_models
+    from recsys_core.stages.train import champion_metric, evaluate_models
 
     base = pipeline.settings
     calibration = base.train.calibration.model_copy(
@@ -153,6 +153,10 @@ def test_a_minimum_coverage_serves_an_item_adjusted_point_that_the_backtest_meas
     assert report.served_point is not None and report.served_point.knobs == report.knobs
     backtest = report.evaluations["backtest"]["seqrec"].metrics
     assert backtest["ndcg@10"] == pytest.approx(report.served_point.ndcg, abs=1e-4)
+    # The gate compares models, not operating points: the same model as champion scores the
+    # candidate's gate figure, which is its leave-last-out figure without the adjustment.
+    assert champion_metric(report, report.bundle, "ndcg@10") == pytest.approx(report.gate_metrics["ndcg@10"])
+    assert report.bundle.adjustment is None  # champion_metric scored it without
 
 
 def test_published_table_honours_the_contract(pipeline):

@@ -146,22 +146,16 @@ def apply_calibration(bundle: ModelBundle, calibration: TrendCalibration, settin
 
 def adjust_items(bundle: ModelBundle, scored: ScoredCase, items_table, knobs: Knobs) -> None:
     """Give ``bundle`` the item adjustment of the served ``knobs`` (``models.adjustment``; none when
-    both are 0), with the statistics of its own scores of the case's users."""
+    both are 0), with the statistics of its own scores of the case's users (the case of the data
+    the bundle was trained on: its catalogue is the bundle's vocabulary)."""
+    bundle.adjustment = None  # the statistics are of the scores before any adjustment
     centering, scaling = knobs[2], knobs[3]
     if centering == 0 and scaling == 0:
-        bundle.adjustment = None
         return
-    bundle.adjustment = None  # the statistics are of the scores before the adjustment
+    if scored.data.prep.item_ids != bundle.prep.item_ids:
+        raise ValueError("the item adjustment's statistics must come from the data the model was trained on")
     scores = seqrec_scorer(bundle, scored, items_table)(scored.case.rows)
-    mean, spread = np.zeros(len(bundle.prep.item_ids), np.float32), np.zeros(len(bundle.prep.item_ids), np.float32)
-    fitted = ItemAdjustment.of_scores(scores, centering, scaling)
-    columns = np.array([bundle.prep.item_index[i] - 1 for i in scored.data.prep.item_ids], dtype=np.int64)
-    scored_columns = np.zeros(len(mean), dtype=bool)
-    scored_columns[columns] = True
-    mean[columns], spread[columns] = fitted.mean, fitted.spread
-    # The model's items outside the case's catalogue: the median item's statistics.
-    mean[~scored_columns], spread[~scored_columns] = np.median(fitted.mean), np.median(fitted.spread)
-    bundle.adjustment = ItemAdjustment(centering, scaling, mean, spread)
+    bundle.adjustment = ItemAdjustment.of_scores(scores, centering, scaling)
 
 
 def _resequence(sequences: Sequences, item_ids: list[str], bundle: ModelBundle) -> Sequences:
@@ -200,6 +194,9 @@ class EvaluationReport:
     chosen_on: list[OperatingPoint]  # on the calibration window, where the served point was chosen
     trending: dict[str, dict[str, float]]  # backtest metrics of trending popularity over each popularity window
     bundle: ModelBundle  # the served model, calibrated
+    # The served model's leave-last-out metrics without its item adjustment, which is what the gate
+    # compares: a wider operating point is a choice of policy and must not lose the model its place.
+    gate_metrics: dict[str, float]
     leave_last_out: ScoredCase
     profiles: pa.Table
     items: pa.Table
@@ -239,8 +236,11 @@ def evaluate_models(settings: Settings, as_of: date, protocols: list[str]) -> Ev
         )
     apply_calibration(bundle, calibration, settings, knobs[0])
     loo = leave_last_out_scored(settings, data)
-    adjust_items(bundle, loo, items, knobs)
     loo_seqrec = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context)
+    gate_metrics = loo_seqrec.metrics
+    adjust_items(bundle, loo, items, knobs)
+    if bundle.adjustment is not None:
+        loo_seqrec = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context)
     evaluations = {"loo": {"seqrec": loo_seqrec, **evaluate_baselines(settings, loo)}}
     uncalibrated, served, frontier, trending = None, None, [], {}
     if "backtest" in protocols:
@@ -267,6 +267,7 @@ def evaluate_models(settings: Settings, as_of: date, protocols: list[str]) -> Ev
         chosen_on,
         trending,
         bundle,
+        gate_metrics,
         loo,
         profiles,
         items,
@@ -274,7 +275,9 @@ def evaluate_models(settings: Settings, as_of: date, protocols: list[str]) -> Ev
 
 
 def champion_metric(report: EvaluationReport, champion: ModelBundle, metric: str) -> float:
-    """The current champion's ``metric``, scored by the same code on the same leave-last-out users."""
+    """The current champion's ``metric``, scored by the same code on the same leave-last-out users,
+    without its item adjustment: the gate compares models, not operating points (``gate_metrics``)."""
+    champion.adjustment = None
     loo = report.leave_last_out
     inputs = _resequence(loo.inputs, loo.data.prep.item_ids, champion)
     _, feats = champion.prep.user_features(report.profiles.sort_by("user_id"))

@@ -88,7 +88,7 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
         if current is not None and current.version != version:
             champion_value = champion_metric(evaluation, ModelBundle.load(current.bundle_dir), metric)
             log_metrics({metric: champion_value}, prefix="champion/")
-        candidate = evaluation.evaluations["loo"]["seqrec"].metrics[metric]
+        candidate = evaluation.gate_metrics[metric]
         decision = gate_decision(metric, candidate, champion_value, settings.registry.gate_min_relative_improvement)
         apply_gate(settings, version, decision)
         mlflow.set_tags({"gate.promoted": str(decision.promote), "gate.reason": decision.reason, "model_version": version})
