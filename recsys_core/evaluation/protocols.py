@@ -41,6 +41,9 @@ class EvalResult:
     recommended: np.ndarray  # [n_users, max_k] top items, for plots
 
 
+EVAL_BATCH = 512  # users scored at once: [batch, items] scores in memory
+
+
 def evaluate(
     score: ScoreFn,
     case: EvalCase,
@@ -49,7 +52,7 @@ def evaluate(
     item_popularity: np.ndarray,
     item_categories: sp.csr_matrix,
     cold_user_max_events: int,
-    batch: int = 512,
+    batch: int = EVAL_BATCH,
 ) -> EvalResult:
     max_k = max(ks)
     ranks, recommended = [], []

@@ -22,10 +22,37 @@ import numpy as np
 MIN_SPREAD = 1e-3
 
 
+class ScoreMoments:
+    """Each item's score mean and standard deviation over users, gathered batch by batch: the
+    statistics of a large case without holding its [users, items] scores at once."""
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.total: np.ndarray | None = None
+        self.squares: np.ndarray | None = None
+
+    def add(self, scores: np.ndarray) -> np.ndarray:
+        """Count the users (rows) of ``scores`` [n, m]; returns ``scores``, so that a scorer can be wrapped."""
+        batch = np.asarray(scores, dtype=np.float64)
+        total, squares = batch.sum(axis=0), np.square(batch).sum(axis=0)
+        self.total = total if self.total is None else self.total + total
+        self.squares = squares if self.squares is None else self.squares + squares
+        self.users += len(batch)
+        return scores
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.total is None or self.squares is None or self.users == 0:
+            raise ValueError("no scores were counted")
+        mean = self.total / self.users
+        spread = np.sqrt(np.maximum(self.squares / self.users - np.square(mean), 0.0))
+        return mean.astype(np.float32), spread.astype(np.float32)
+
+
 def item_score_stats(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each item's score mean and standard deviation over the users (rows) of ``scores`` [n, m]."""
-    scores = np.asarray(scores, dtype=np.float64)
-    return scores.mean(axis=0).astype(np.float32), scores.std(axis=0).astype(np.float32)
+    moments = ScoreMoments()
+    moments.add(scores)
+    return moments.stats()
 
 
 def affine(mean: np.ndarray, spread: np.ndarray, centering: float, scaling: float) -> tuple[np.ndarray, np.ndarray]:

@@ -116,6 +116,7 @@ class ModelBundle:
         ``catalogue``) and ``trend_days`` (one per input row): each user's trend prior is the
         items' popularity as of that user's own prediction day instead of the features' date.
         """
+        item_ids: list[str] | None = catalogue
         if item_features is None:
             item_features = self.popularity
             with torch.no_grad():
@@ -125,9 +126,13 @@ class ModelBundle:
             if catalogue is not None:
                 item_features = _rows_in_order(item_features, catalogue)
             vectors = self.item_vectors(item_features)
-            item_ids = item_features["item_id"].to_pylist()
-        adjustment = self.item_affine(item_ids)
-        affine = None if adjustment is None else (torch.from_numpy(adjustment[0]), torch.from_numpy(adjustment[1]))
+        affine = None
+        if self.adjustment is not None:  # only then the ids: a list of a million strings takes a while
+            if item_ids is None:
+                assert item_features is not None  # without a catalogue, item_features is given
+                item_ids = item_features["item_id"].to_pylist()
+            scale, offset = self.adjustment.affine_of(self._vocabulary_index(item_ids))
+            affine = (torch.from_numpy(scale), torch.from_numpy(offset))
         if trend is not None:
             if catalogue is None or trend_days is None:
                 raise ValueError("a per-user trend table needs the catalogue it is indexed by and each user's day")
@@ -139,14 +144,16 @@ class ModelBundle:
 
     def item_affine(self, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
         """The served item adjustment of these catalogue items as (scale, offset); None without one."""
-        if self.adjustment is None:
-            return None
-        return self.adjustment.affine_of(np.array([self.prep.item_index.get(i, 0) for i in item_ids], dtype=np.int64))
+        return None if self.adjustment is None else self.adjustment.affine_of(self._vocabulary_index(item_ids))
+
+    def _vocabulary_index(self, item_ids: list[str]) -> np.ndarray:
+        """1-based index of each item in the model's vocabulary; 0 for items it never saw."""
+        return np.array([self.prep.item_index.get(i, 0) for i in item_ids], dtype=np.int64)
 
     def item_vectors(self, item_features: pa.Table) -> torch.Tensor:
         """[m, d] output representations of the rows of ``item_features``; items the model never
         saw in training have only their content."""
-        index = torch.as_tensor([self.prep.item_index.get(i, 0) for i in item_features["item_id"].to_pylist()])
+        index = torch.from_numpy(self._vocabulary_index(item_features["item_id"].to_pylist()))
         with torch.no_grad():
             vectors = self.model.item_embedding.weight[index]
             if self.model.content_projection is not None:

@@ -72,8 +72,9 @@ def night_catalogue(
     trending = catalogue[popularity_column(trending_window_days)].to_numpy().astype(np.float32)
     trending = trending + catalogue["pop_all"].to_numpy().astype(np.float32) * 1e-6  # all-time breaks ties
     trend = bundle.catalogue_trend(catalogue)
+    item_ids = catalogue["item_id"].to_pylist()
     return NightCatalogue(
-        item_ids=catalogue["item_id"].to_pylist(),
+        item_ids=item_ids,
         item_vectors=bundle.item_vectors(catalogue).numpy(),
         trend=None if trend is None else trend.numpy(),
         trending=trending,
@@ -83,7 +84,7 @@ def night_catalogue(
         model_name=model_name,
         model_version=model_version,
         generated_at=generated_at,
-        item_affine=bundle.item_affine(catalogue["item_id"].to_pylist()),
+        item_affine=bundle.item_affine(item_ids),
     )
 
 

@@ -40,3 +40,14 @@ def test_catalogue_items_the_model_never_saw_get_the_median_statistics():
     assert (scale[2], offset[2]) == (expected_scale[0], expected_offset[0])
     median_scale, median_offset = affine(np.median(fitted.mean), np.median(fitted.spread), 1.0, 0.5)
     np.testing.assert_allclose([scale[1], offset[1]], [median_scale, median_offset], rtol=1e-6)
+
+
+def test_moments_gathered_batch_by_batch_equal_those_of_the_whole_matrix():
+    from recsys_core.models.adjustment import ScoreMoments
+
+    whole = scores()
+    moments = ScoreMoments()
+    for start in range(0, len(whole), 7):
+        assert moments.add(whole[start : start + 7]) is not None
+    for gathered, direct in zip(moments.stats(), (whole.astype(np.float64).mean(0), whole.astype(np.float64).std(0))):
+        np.testing.assert_allclose(gathered, direct, rtol=1e-5, atol=1e-5)

@@ -15,8 +15,8 @@ from recsys_core.config import Settings
 from recsys_core.errors import MissingInput
 from recsys_core.evaluation.calibration import TrendCalibration, fit_trend_offsets
 from recsys_core.evaluation.frontier import Knobs, OperatingPoint, choose, point_at, sweep
-from recsys_core.evaluation.protocols import EvalResult, ScoreFn, evaluate
-from recsys_core.models.adjustment import ItemAdjustment, adjust
+from recsys_core.evaluation.protocols import EVAL_BATCH, EvalResult, ScoreFn, evaluate
+from recsys_core.models.adjustment import ItemAdjustment, ScoreMoments, adjust
 from recsys_core.models.bundle import ModelBundle
 from recsys_core.models.data import Sequences
 from recsys_core.models.inputs import ModelInputs
@@ -144,18 +144,22 @@ def apply_calibration(bundle: ModelBundle, calibration: TrendCalibration, settin
     bundle.model.shift_trend_weight(torch.arange(start, GAP_BUCKETS), scale * calibration.offsets["returning"])
 
 
-def adjust_items(bundle: ModelBundle, scored: ScoredCase, items_table, knobs: Knobs) -> None:
+def adjust_items(bundle: ModelBundle, scored: ScoredCase, items_table, knobs: Knobs, moments: ScoreMoments | None = None) -> None:
     """Give ``bundle`` the item adjustment of the served ``knobs`` (``models.adjustment``; none when
     both are 0), with the statistics of its own scores of the case's users (the case of the data
-    the bundle was trained on: its catalogue is the bundle's vocabulary)."""
+    the bundle was trained on: its catalogue is the bundle's vocabulary). ``moments``: those
+    statistics, when a pass over the case already gathered them; else the users are scored in batches."""
     bundle.adjustment = None  # the statistics are of the scores before any adjustment
     centering, scaling = knobs[2], knobs[3]
     if centering == 0 and scaling == 0:
         return
     if scored.data.prep.item_ids != bundle.prep.item_ids:
         raise ValueError("the item adjustment's statistics must come from the data the model was trained on")
-    scores = seqrec_scorer(bundle, scored, items_table)(scored.case.rows)
-    bundle.adjustment = ItemAdjustment.of_scores(scores, centering, scaling)
+    if moments is None:
+        moments, scorer, rows = ScoreMoments(), seqrec_scorer(bundle, scored, items_table), scored.case.rows
+        for start in range(0, len(rows), EVAL_BATCH):
+            moments.add(scorer(rows[start : start + EVAL_BATCH]))
+    bundle.adjustment = ItemAdjustment(centering, scaling, *moments.stats())
 
 
 def _resequence(sequences: Sequences, item_ids: list[str], bundle: ModelBundle) -> Sequences:
@@ -236,9 +240,11 @@ def evaluate_models(settings: Settings, as_of: date, protocols: list[str]) -> Ev
         )
     apply_calibration(bundle, calibration, settings, knobs[0])
     loo = leave_last_out_scored(settings, data)
-    loo_seqrec = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context)
+    moments, scorer = ScoreMoments(), seqrec_scorer(bundle, loo, items)
+    # The gate's pass gathers the item adjustment's statistics: the users are scored once for both.
+    loo_seqrec = evaluate(lambda rows: moments.add(scorer(rows)), loo.case, **loo.context)
     gate_metrics = loo_seqrec.metrics
-    adjust_items(bundle, loo, items, knobs)
+    adjust_items(bundle, loo, items, knobs, moments)
     if bundle.adjustment is not None:
         loo_seqrec = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context)
     evaluations = {"loo": {"seqrec": loo_seqrec, **evaluate_baselines(settings, loo)}}
