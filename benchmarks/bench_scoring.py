@@ -16,9 +16,9 @@ Random user vectors and item matrix (float32), a few seen items per user
   and the time per stage (GEMM, mask or bf16 candidate pool, re-rank, top-k, fp32 fallback);
 - the implementation before the optimisation (COO mask per batch, one topk over
   the row), same inputs, for reference;
-- (b) ``recsys_core.serving.spark_score.spark_top_k`` on local[*] (Arrow batches
-  via mapInArrow, item matrix broadcast), end to end (input DataFrame, tasks,
-  rows collected back to the driver as Arrow), users/s;
+- (b) ``recsys_core.serving.spark_score.write_top_k`` on local[*] (the users staged as
+  an Arrow file, one Spark task per core reading its batch, item matrix broadcast, each
+  task writing its own Parquet file), end to end, users/s;
 - agreement of (a) and (b): same top-K lists, same order, max score difference.
 - the cost of reasons (``--reasons-users``, 100K by default, over MovieLens-100K's catalogue size):
   the model scoring of the nightly (user vectors and top-K) with and without the leave-one-out
@@ -217,7 +217,7 @@ def spark_path(args, user_vectors, item_matrix, exclude, precision: str):
 
     from recsys_core.config import settings_for
     from recsys_core.io.spark import spark_session
-    from recsys_core.serving.spark_score import rows_to_matrices, top_k_frame
+    from recsys_core.serving.spark_score import rows_to_matrices, write_top_k
 
     work = Path(tempfile.mkdtemp(prefix="bench-spark-"))
     out = work / "rows"
@@ -231,8 +231,9 @@ def spark_path(args, user_vectors, item_matrix, exclude, precision: str):
     options = {"batch_users": args.batch, "precision": precision}
 
     def score_and_write(users: int) -> None:
-        with top_k_frame(spark, user_ids[:users], vectors[:users], item_ids, matrix, args.k, exclude[:users], **options) as rows:
-            rows.write.mode("overwrite").parquet(str(out))
+        write_top_k(
+            spark, user_ids[:users], vectors[:users], item_ids, matrix, args.k, exclude[:users], folder=str(out), **options
+        )
 
     try:
         score_and_write(2000)  # warm-up: Python workers started, torch imported and kernels compiled in them
@@ -567,9 +568,9 @@ def markdown(r: dict) -> str:
     lines += [
         "",
         "Effective FLOP/s = 2 x users x items x d / wall time of the whole scoring (GEMM, masking, top-K, copies out).",
-        "The Spark figure includes building the input DataFrame from Arrow, the tasks, and the executors",
-        "writing the (user_id, rank, item_id, score) rows to Parquet, as the nightly's tasks do (nothing is",
-        "collected to the driver); the median of the timed runs; the session start is not counted.",
+        "The Spark figure includes staging the users as an Arrow file, the tasks (each reads its users,",
+        "scores them and writes its (user_id, rank, item_id, score) rows to Parquet; nothing is collected",
+        "to the driver but a row count per task); the median of the timed runs; the session start is not counted.",
         noise_note(list(r["phases"].values())),
         "",
         *reasons_markdown(r.get("reasons")),

@@ -5,10 +5,10 @@ run the local engine's per-user function (``serving.nightly.score_and_explain``:
 top-K, reasons) with the champion loaded on the executor, and write the rows; see the section
 "Executors score and write the night" below.
 
-``top_k_frame`` is the scoring kernel alone over user vectors computed elsewhere (Arrow batches
-via mapInArrow, the item matrix broadcast as a numpy array): ``benchmarks/bench_scoring.py``
-lets the executors write its rows and measures that against the local kernel; ``spark_top_k``
-collects them.
+``write_top_k`` is the scoring kernel alone over user vectors computed elsewhere: Spark tasks
+read their users from a staged Arrow file, score them against the item matrix (a broadcast)
+and write their own Parquet files; ``benchmarks/bench_scoring.py`` measures it against the
+local kernel; ``spark_top_k`` reads the rows back.
 
 Every task uses ``spark.task.cpus`` torch threads, so local[*] runs one
 single-threaded task per core instead of oversubscribing the cores.
@@ -16,8 +16,6 @@ single-threaded task per core instead of oversubscribing the cores.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,14 +29,13 @@ from recsys_core.serving.nightly import INTERACTION_COLUMNS, PROFILE_COLUMNS
 from recsys_core.sparkconf import WHOLE_FILES, spark_conf
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
-
     from recsys_core.config import ServeSettings
     from recsys_core.serving.nightly import NightCatalogue
     from recsys_core.serving.score import Precision
 
-OUTPUT_SCHEMA = "user_id string, rank int, item_id string, score float"
 _ARROW_OUTPUT = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())])
+_WRITTEN = pa.schema([("task", pa.int64()), ("rows", pa.int64())])
+MAX_USERS_PER_TASK = 50_000  # bounds a task's memory: its users' vectors, exclusions and [batch x items] scores
 
 
 def user_batch_table(user_ids: list[str], user_vectors: np.ndarray, exclude: sp.csr_matrix | None) -> pa.Table:
@@ -108,8 +105,7 @@ def score_arrow_batch(
     )
 
 
-@contextmanager
-def top_k_frame(
+def write_top_k(
     spark,
     user_ids: list[str],
     user_vectors: np.ndarray,
@@ -118,24 +114,44 @@ def top_k_frame(
     k: int,
     exclude: sp.csr_matrix | None = None,
     *,
+    folder: str,
+    fs: pafs.FileSystem | None = None,
     batch_users: int = 1024,
     mmr_lambda: float | None = None,
     categories: np.ndarray | None = None,
     pool_factor: int = 3,
     users_per_task: int | None = None,
     precision: Precision = "fp32",
-) -> Iterator[DataFrame]:
-    """The lazy DataFrame of top-k rows (user_id, rank, item_id, score) for every user, scored by
-    Spark tasks with the item matrix broadcast; valid inside the ``with`` block (its broadcasts go
-    at the end): collect it, or let the executors write it."""
+) -> int:
+    """Score every user in Spark tasks, each writing its own ``part-NNNNN.parquet`` of (user_id,
+    rank, item_id, score) rows, users in input order, into ``folder`` of ``fs`` (a file system
+    every executor sees: local, NFS, S3); returns the number of rows written.
+
+    Neither the users nor the rows pass through the JVM: the driver stages the users as an Arrow
+    IPC file in ``folder`` (one record batch per task, removed at the end), the tasks are just
+    their indices (``spark.range``), and each task reads its batch, scores it against the item
+    matrix (a broadcast) and writes its file under a temporary name, then renames it, so a retried
+    task replaces its file whole. Going through Spark rows instead (``createDataFrame``, then the
+    JVM's Parquet writer) cost about 3x the scoring itself on 2 cores.
+    """
     if k > len(item_ids):
         raise ValueError(f"K={k} is larger than the catalogue ({len(item_ids)} items)")
+    fs = fs or pafs.LocalFileSystem()
+    fs.create_dir(folder, recursive=True)
+    fs.delete_dir_contents(folder)  # the previous run's parts: this run may write fewer
+    if not user_ids:
+        return 0
     sc = spark.sparkContext
     threads = int(sc.getConf().get("spark.task.cpus", "1"))
-    users_per_task = users_per_task or max(1, -(-len(user_ids) // (2 * sc.defaultParallelism)))
-    users_per_task = min(users_per_task, 50_000)
-    matrix = np.ascontiguousarray(item_matrix, dtype=np.float32)
-    b_items = sc.broadcast(matrix)
+    # One task per core: each scores single-threaded, so more tasks only add their fixed costs.
+    users_per_task = min(users_per_task or -(-len(user_ids) // sc.defaultParallelism), MAX_USERS_PER_TASK)
+    staged = f"{folder}/_users.arrow"
+    inputs = user_batch_table(user_ids, user_vectors, exclude).combine_chunks()
+    batches = inputs.to_batches(max_chunksize=users_per_task)
+    with fs.open_output_stream(staged) as stream, pa.ipc.new_file(stream, inputs.schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    b_items = sc.broadcast(np.ascontiguousarray(item_matrix, dtype=np.float32))
     b_ids = sc.broadcast(np.asarray(item_ids, dtype=object))
     b_cats = sc.broadcast(np.asarray(categories, dtype=bool)) if categories is not None else None
     options: dict[str, Any] = {
@@ -145,35 +161,49 @@ def top_k_frame(
         "precision": precision,
     }
 
-    def score_partition(batches):
+    def score_and_write(tasks):
+        import pyarrow.parquet as pq
         import torch
 
         torch.set_num_threads(threads)
         ids = pa.array(b_ids.value, pa.string())
         cats = b_cats.value if b_cats is not None else None
-        for batch in batches:
-            yield score_arrow_batch(batch, b_items.value, ids, k, categories=cats, **options)
+        for task in (i for part in tasks for i in part.column(0).to_pylist()):
+            with fs.open_input_file(staged) as source:
+                batch = pa.ipc.open_file(source).get_batch(task)
+                rows = score_arrow_batch(batch, b_items.value, ids, k, categories=cats, **options)
+            path = f"{folder}/part-{task:05d}.parquet"
+            pq.write_table(pa.Table.from_batches([rows]), f"{path}.tmp", filesystem=fs)
+            fs.move(f"{path}.tmp", path)
+            yield pa.RecordBatch.from_pydict({"task": [task], "rows": [rows.num_rows]}, schema=_WRITTEN)
 
-    inputs = user_batch_table(user_ids, user_vectors, exclude)
-    previous = spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch")
-    # createDataFrame(arrow) makes one partition per batch of this size: that sets the task size.
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(users_per_task))
     try:
-        yield spark.createDataFrame(inputs).mapInArrow(score_partition, OUTPUT_SCHEMA)
+        written = spark.range(0, len(batches), numPartitions=len(batches)).mapInArrow(score_and_write, "task long, rows long")
+        counts = {row["task"]: row["rows"] for row in written.collect()}
     finally:
-        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
+        fs.delete_file(staged)
         for broadcast in (b_items, b_ids, b_cats):
             if broadcast is not None:
                 broadcast.unpersist()
+    if sorted(counts) != list(range(len(batches))) or sum(counts.values()) != len(user_ids) * k:
+        raise ValueError(
+            f"the Spark tasks wrote {sum(counts.values())} rows in {len(counts)} files, expected "
+            f"{len(user_ids) * k} in {len(batches)}"
+        )
+    return len(user_ids) * k
 
 
 def spark_top_k(spark, user_ids: list[str], *args, **options) -> pa.Table:
-    """``top_k_frame``'s rows collected, sorted by user and rank."""
-    if len(user_ids) == 0:
-        return _ARROW_OUTPUT.empty_table()
-    with top_k_frame(spark, user_ids, *args, **options) as frame:
-        rows = frame.toArrow()
-    return rows.cast(_ARROW_OUTPUT).sort_by([("user_id", "ascending"), ("rank", "ascending")])
+    """``write_top_k``'s rows, read back, sorted by user and rank (a local temporary folder: for
+    local[*] and single-machine clusters)."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="spark-top-k-") as folder:
+        write_top_k(spark, user_ids, *args, folder=folder, **options)
+        rows = pq.read_table(folder, schema=_ARROW_OUTPUT) if user_ids else _ARROW_OUTPUT.empty_table()
+    return rows.sort_by([("user_id", "ascending"), ("rank", "ascending")])
 
 
 def rows_to_matrices(rows: pa.Table, user_ids: list[str], item_ids: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:

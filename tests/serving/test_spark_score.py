@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 import torch
 
 from recsys_core.serving.score import recommend_top_k, score_top_k
-from recsys_core.serving.spark_score import rows_to_matrices, score_arrow_batch, spark_top_k, user_batch_table
+from recsys_core.serving.spark_score import rows_to_matrices, score_arrow_batch, spark_top_k, user_batch_table, write_top_k
 
 N_USERS, N_ITEMS, DIM, K = 23, 40, 6, 5
 
@@ -86,7 +87,6 @@ def test_spark_engine_equals_the_local_engine(spark):
     np.testing.assert_array_equal(top, expected_top)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
     assert rows["user_id"].to_pylist() == sorted(rows["user_id"].to_pylist())
-    assert spark.conf.get("spark.sql.execution.arrow.maxRecordsPerBatch") != "64"  # restored
 
 
 @pytest.mark.spark
@@ -99,3 +99,19 @@ def test_spark_engine_with_mmr_and_no_users(spark):
     np.testing.assert_array_equal(top, expected[0])
     np.testing.assert_allclose(scores, expected[1], rtol=1e-6, atol=1e-6)
     assert spark_top_k(spark, [], np.zeros((0, DIM), np.float32), item_ids, items, K).num_rows == 0
+
+
+@pytest.mark.spark
+def test_spark_tasks_write_their_own_files_and_a_rerun_replaces_them(spark, tmp_path):
+    user_ids, users, item_ids, items, seen = case(seed=3, n_users=50)
+    folder = tmp_path / "rows"
+    assert write_top_k(spark, user_ids, users, item_ids, items, K, seen, folder=str(folder), users_per_task=16) == 50 * K
+    assert sorted(p.name for p in folder.iterdir()) == [f"part-{i:05d}.parquet" for i in range(4)]  # staging gone
+    first = pq.read_table(folder / "part-00000.parquet")
+    assert first["user_id"].to_pylist() == [u for u in user_ids[:16] for _ in range(K)]  # input order, ranks 1..K
+    assert first["rank"].to_pylist() == list(range(1, K + 1)) * 16
+
+    write_top_k(spark, user_ids, users, item_ids, items, K, seen, folder=str(folder), users_per_task=30)
+    assert sorted(p.name for p in folder.iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    top, _ = rows_to_matrices(pq.read_table(folder), user_ids, item_ids, K)
+    np.testing.assert_array_equal(top, score_top_k(torch.as_tensor(users), torch.as_tensor(items), K, exclude=seen)[0])
