@@ -25,3 +25,8 @@ def spark_conf(spark, conf: dict[str, str]) -> Iterator[None]:
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, value)
+
+
+# The ingest's one cached copy of the checked rows is read a few times within minutes, then
+# dropped: compressing its columns cost more (2-3 s per 1M lines on 2 cores) than it saves.
+UNCOMPRESSED_CACHE = {"spark.sql.inMemoryColumnarStorage.compressed": "false"}
