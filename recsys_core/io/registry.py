@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import shutil
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,9 +146,20 @@ def champion(settings: Settings, download_to: Path) -> Champion | None:
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
-    target = download_to / f"{name}-v{version.version}"
-    if not (target / "artifacts" / "bundle").exists():
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}@{alias}", dst_path=str(target))
+    # Keyed by what the version holds, not only its number: another tracking store's v1 is another model.
+    held = hashlib.sha256(f"{version.source}\n{version.run_id}".encode()).hexdigest()[:12]
+    target = download_to / f"{name}-v{version.version}-{held}"
+    if not target.exists():
+        # Downloaded aside, then renamed: a download cut short is never taken for the model.
+        partial = download_to / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
+        try:
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=str(partial))
+            partial.rename(target)
+        except OSError:
+            if not target.exists():  # not another process's finished download
+                raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     return Champion(name, str(version.version), version.run_id, target / "artifacts" / "bundle")
 
 

@@ -40,3 +40,29 @@ def test_a_new_store_keeps_every_artifact_under_the_artifact_location(settings, 
         assert experiment.artifact_location.startswith(settings.artifact_location), experiment
     assert recsys.tags[EXPERIMENT_KIND] == MODEL_DEVELOPMENT
     assert not any(task_dir.iterdir()), "nothing is written under the opening process's working directory"
+
+
+def test_the_champion_download_is_keyed_by_what_the_version_holds(settings, tmp_path):
+    """Two tracking stores each with a v1: the same download folder serves each store its own."""
+    import mlflow
+
+    from recsys_core.io.registry import champion, configure_tracking, log_bundle
+
+    downloads = tmp_path / "downloads"
+    served = []
+    for store in ("first", "second"):
+        store_settings = settings.model_copy(update={"data_root": tmp_path / store})
+        configure_tracking(store_settings)
+        bundle = tmp_path / f"{store}-model" / "bundle"  # logged under artifacts/bundle, as the training logs it
+        bundle.mkdir(parents=True)
+        (bundle / "store.txt").write_text(store)
+        with mlflow.start_run():
+            logged = log_bundle(bundle, "model", None, registered_model_name=store_settings.train.model_name)
+        mlflow.MlflowClient().set_registered_model_alias(
+            store_settings.train.model_name, store_settings.registry.champion_alias, logged.registered_model_version
+        )
+        current = champion(store_settings, downloads)
+        served.append((current.version, (current.bundle_dir / "store.txt").read_text()))
+        assert champion(store_settings, downloads).bundle_dir == current.bundle_dir  # downloaded once
+    assert served == [("1", "first"), ("1", "second")]
+    assert sorted(p.name.startswith(".") for p in downloads.iterdir()) == [False, False]  # no partial download left
