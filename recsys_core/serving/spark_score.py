@@ -125,7 +125,8 @@ def write_top_k(
 ) -> int:
     """Score every user in Spark tasks, each writing its own ``part-NNNNN.parquet`` of (user_id,
     rank, item_id, score) rows, users in input order, into ``folder`` of ``fs`` (a file system
-    every executor sees: local, NFS, S3); returns the number of rows written.
+    every executor sees: local, NFS, S3), whose previous contents it replaces, as Spark's overwrite
+    mode does; returns the number of rows written.
 
     Neither the users nor the rows pass through the JVM: the driver stages the users as an Arrow
     IPC file in ``folder`` (one record batch per task, removed at the end), the tasks are just
