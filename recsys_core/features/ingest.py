@@ -457,7 +457,7 @@ def check_rows(lines, settings: IngestSettings):
     # map_filter's lambda runs interpreted, row by row: only rows that have an extra key pay for it.
     known = F.array(*[F.lit(name) for name in KNOWN_FIELDS])
     has_extra = F.size(F.array_except(F.map_keys("m"), known)) > 0
-    extra = F.to_json(F.map_filter("m", lambda k, v: ~k.isin(*KNOWN_FIELDS)))
+    extra = F.to_json(F.map_filter("m", lambda k, v: ~F.array_contains(known, k)))
     renamed = ("event_id", "user_id", "item_id", "event_type")  # the ids as read (f_<name>), kept under their name
     return df.withColumn("extra", F.when(has_extra, extra)).select(
         *[F.col(f"f_{c}").alias(c) if c in renamed else c for c in CLASSIFIED_COLUMNS]

@@ -153,7 +153,7 @@ def write_top_k(
         for batch in batches:
             writer.write_batch(batch)
     b_items = sc.broadcast(np.ascontiguousarray(item_matrix, dtype=np.float32))
-    b_ids = sc.broadcast(np.asarray(item_ids, dtype=object))
+    b_ids = sc.broadcast(pa.array(item_ids, pa.string()))  # converted once here, not in every task
     b_cats = sc.broadcast(np.asarray(categories, dtype=bool)) if categories is not None else None
     options: dict[str, Any] = {
         "batch_users": batch_users,
@@ -167,12 +167,11 @@ def write_top_k(
         import torch
 
         torch.set_num_threads(threads)
-        ids = pa.array(b_ids.value, pa.string())
         cats = b_cats.value if b_cats is not None else None
         for task in (i for part in tasks for i in part.column(0).to_pylist()):
             with fs.open_input_file(staged) as source:
                 batch = pa.ipc.open_file(source).get_batch(task)
-                rows = score_arrow_batch(batch, b_items.value, ids, k, categories=cats, **options)
+                rows = score_arrow_batch(batch, b_items.value, b_ids.value, k, categories=cats, **options)
             path = f"{folder}/part-{task:05d}.parquet"
             pq.write_table(pa.Table.from_batches([rows]), f"{path}.tmp", filesystem=fs)
             fs.move(f"{path}.tmp", path)

@@ -277,16 +277,20 @@ def create_backfill(live, command: list[str], attempts: int = 3) -> subprocess.C
     runs; it is cancelled before the next attempt, unless the scheduler completed it already (a running
     backfill would refuse a second one).
     """
-    for attempt in range(attempts):
-        result = subprocess.run(command, env=live.env, cwd=PROJECT, capture_output=True, text=True, timeout=300)
-        if result.returncode == 0 or "database is locked" not in result.stdout + result.stderr or attempt == attempts - 1:
+
+    def run() -> subprocess.CompletedProcess:
+        return subprocess.run(command, env=live.env, cwd=PROJECT, capture_output=True, text=True, timeout=300)
+
+    for _ in range(attempts - 1):
+        result = run()
+        if result.returncode == 0 or "database is locked" not in result.stdout + result.stderr:
             return result
         for backfill in live.client.request("GET", "/backfills", params={"dag_id": "recsys_nightly"})["backfills"]:
             if backfill["completed_at"] is None:
                 with contextlib.suppress(AssertionError):  # the scheduler completed it (no runs) in between
                     live.client.request("PUT", f"/backfills/{backfill['id']}/cancel")
         time.sleep(5)
-    raise AssertionError("unreachable")
+    return run()
 
 
 class mlflow_ui:
