@@ -52,10 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import TreeSampler, bench_env, measure, noise_note, write_results
 
+from recsys_core.serving.precision import BF16_CPU_FLAGS, PRECISIONS, cpu_flags, native_bf16, resolve_precision
 from recsys_core.serving.score import score_top_k
 
 QUICK = {"users": 5_000, "items": 5_000}
-PRECISIONS = ("fp32", "bf16")  # serve.precision
+# bf16 on a CPU without AVX-512 BF16/AMX is emulated (tens of times slower than fp32): timed on this many users.
+EMULATED_USERS = 4_096
 TARGET_FRACTION = 1.0  # scoring at least the fp32 GEMM rate (effective fp32 FLOPs over the whole scoring)
 AGREEMENT_TARGET = 0.999  # share of users whose top-K equals the exact fp32 one
 EXACT_SAMPLE = 10_000  # users whose exact top-K (float64 scores rounded once to fp32) is computed
@@ -127,18 +129,28 @@ def timed(fn, repeats: int):
     return result, times
 
 
+def scored_users(args) -> dict[str, int]:
+    """Users timed per precision: all of them, but only ``EMULATED_USERS`` for bf16 where this CPU emulates it."""
+    emulated = not native_bf16(torch.device("cpu"))
+    return {p: min(args.users, EMULATED_USERS) if p == "bf16" and emulated else args.users for p in PRECISIONS}
+
+
 def precision_rounds(args, user_vectors, item_matrix, exclude) -> dict[str, dict]:
-    """Per round and precision: a GEMM-only pass, then score_top_k, back to back (same load for both)."""
-    runs: dict[str, dict] = {p: {"gemm_seconds": [], "seconds": [], "stats": [], "cpu_ratio": []} for p in PRECISIONS}
+    """Per round and precision: a GEMM-only pass, then score_top_k, back to back (same load for both),
+    on the same users (``scored_users``: the first n)."""
+    runs: dict[str, dict] = {
+        p: {"users": n, "gemm_seconds": [], "seconds": [], "stats": [], "cpu_ratio": []} for p, n in scored_users(args).items()
+    }
     for _ in range(args.repeats):
         for precision, run in runs.items():
+            users, seen = user_vectors[: run["users"]], exclude[: run["users"]]
             cpu = time.process_time()
-            run["gemm_seconds"].append(gemm_pass(user_vectors, item_matrix, args.batch))
+            run["gemm_seconds"].append(gemm_pass(users, item_matrix, args.batch))
             gemm_cpu, cpu = time.process_time() - cpu, time.process_time()
             stats: dict = {}
             started = time.perf_counter()
             run["items"], run["scores"] = score_top_k(
-                user_vectors, item_matrix, args.k, exclude=exclude, batch_users=args.batch, precision=precision, stats=stats
+                users, item_matrix, args.k, exclude=seen, batch_users=args.batch, precision=precision, stats=stats
             )
             run["seconds"].append(time.perf_counter() - started)
             run["cpu_ratio"].append(gemm_cpu / (time.process_time() - cpu))
@@ -146,8 +158,9 @@ def precision_rounds(args, user_vectors, item_matrix, exclude) -> dict[str, dict
     return runs
 
 
-def summarise(run: dict, args, flops: float, gemm_best: float) -> dict:
-    times, gemms = run["seconds"], run["gemm_seconds"]
+def summarise(run: dict, args, gemm_best: float) -> dict:
+    times, gemms, users = run["seconds"], run["gemm_seconds"], run["users"]
+    flops = 2.0 * users * args.items * args.dim
     ratios = [g / t for g, t in zip(gemms, times, strict=True)]
     stage = lambda key: statistics.median(s.get(f"{key}_s", 0.0) for s in run["stats"])  # noqa: E731
     # fp32: gemm, mask, top_k; bf16: gemm, pool (masking, block maxima, the candidate pool), rerank, top_k
@@ -155,17 +168,18 @@ def summarise(run: dict, args, flops: float, gemm_best: float) -> dict:
     split["top_k"], split["fallback_fp32"] = stage("select"), stage("fallback")
     split["other"] = statistics.median(times) - sum(split.values())  # checks, copies out
     return {
+        "users": users,
         "seconds": [round(t, 3) for t in times],
         "gemm_pass_seconds": [round(t, 3) for t in gemms],
-        "users_per_s": args.users / min(times),
-        "users_per_s_median": args.users / statistics.median(times),
+        "users_per_s": users / min(times),
+        "users_per_s_median": users / statistics.median(times),
         "effective_flop_per_s": flops / statistics.median(times),
         "fraction_of_gemm_same_batch": statistics.median(ratios),
         "fraction_of_gemm_per_round": [round(r, 3) for r in ratios],
         # CPU seconds of this process (all its threads), GEMM pass / scoring: less disturbed by a shared machine
         "cpu_fraction_of_gemm": statistics.median(run["cpu_ratio"]),
         "fraction_of_best_gemm": flops / statistics.median(times) / max(gemm_best, flops / min(gemms)),
-        "batches": -(-args.users // args.batch),
+        "batches": -(-users // args.batch),
         "seconds_by_stage": {k: round(v, 4) for k, v in split.items() if v > 0 or k in ("gemm", "top_k")},
         "fallback_rows": statistics.median(s.get("fallback_rows", 0) for s in run["stats"]),
         "pool": run["stats"][-1].get("pool"),
@@ -378,22 +392,24 @@ def main() -> int:
     with measure(sampler, "local engine, fp32 and bf16 (interleaved with GEMM passes)") as phase:
         runs = precision_rounds(args, user_vectors, item_matrix, exclude)
     phases["local"] = phase.to_dict()
-    local = {name: summarise(run, args, flops, gemm_best) for name, run in runs.items()}
-    sample = np.sort(np.random.default_rng(args.seed).choice(args.users, min(args.users, EXACT_SAMPLE), replace=False))
-    exact_items, exact_scores = exact_top_k(user_vectors, item_matrix, exclude, args.k, sample)
+    local = {name: summarise(run, args, gemm_best) for name, run in runs.items()}
     for name, run in runs.items():
+        n = run["users"]
+        sample = np.sort(np.random.default_rng(args.seed).choice(n, min(n, EXACT_SAMPLE), replace=False))
+        exact_items, exact_scores = exact_top_k(user_vectors, item_matrix, exclude, args.k, sample)
         local[name]["agreement_with_exact_fp32"] = top_k_agreement(
             exact_items, exact_scores, run["items"][sample], run["scores"][sample]
         )
     exact_items, exact_scores = runs["fp32"]["items"], runs["fp32"]["scores"]  # the reference of the other engines
     passing = [n for n in local if local[n]["agreement_with_exact_fp32"]["users_identical_top_k"] >= AGREEMENT_TARGET]
     fastest = max(passing, key=lambda n: local[n]["fraction_of_gemm_same_batch"])
-    gemm_after = max(flops / min(run["gemm_seconds"]) for run in runs.values())
+    gemm_after = max(2.0 * run["users"] * args.items * args.dim / min(run["gemm_seconds"]) for run in runs.values())
+    auto = resolve_precision("auto")
     for name, loc in local.items():
         agree = loc["agreement_with_exact_fp32"]
         split = ", ".join(f"{stage} {1e3 * sec / loc['batches']:.1f}" for stage, sec in loc["seconds_by_stage"].items())
         print(
-            f"(a) local {name}: {loc['users_per_s']:,.0f} users/s, "
+            f"(a) local {name} ({loc['users']:,} users): {loc['users_per_s']:,.0f} users/s, "
             f"{100 * loc['fraction_of_gemm_same_batch']:.0f}% of the fp32 GEMM rate (batch {args.batch}, median of "
             f"{args.repeats} interleaved rounds, spread {min(loc['fraction_of_gemm_per_round']):.2f}-"
             f"{max(loc['fraction_of_gemm_per_round']):.2f}; in CPU seconds {loc['cpu_fraction_of_gemm']:.2f}); "
@@ -470,6 +486,9 @@ def main() -> int:
         "gemm_flop_per_s": {str(b): r for b, r in gemm.items()} | {f"{args.batch}_interleaved_pass": gemm_after},
         "local": local,
         "fastest_passing_precision": fastest,
+        # serve.precision "auto": what it picks here, and the CPU flags it goes by
+        "auto_precision": auto,
+        "native_bf16_cpu_flags": sorted(cpu_flags() & BF16_CPU_FLAGS),
         "local_before_optimisation": before,
         "spark": spark,
         "reasons": reasons,
@@ -504,7 +523,9 @@ def markdown(r: dict) -> str:
         agree = run["agreement_with_exact_fp32"]
         gap = agree["max_score_gap_of_mismatches"]
         lines.append(
-            f"| (a) local engine, `score_top_k` precision {name} (batch {s['batch_users']}) | {run['users_per_s_median']:,.0f} | "
+            f"| (a) local engine, `score_top_k` precision {name} (batch {s['batch_users']}"
+            + (f"; emulated, timed on {run['users']:,} users" if run.get("users", s["users"]) < s["users"] else "")
+            + f") | {run['users_per_s_median']:,.0f} | "
             f"{run['effective_flop_per_s'] / 1e9:.1f} | {100 * run['fraction_of_gemm_same_batch']:.0f}% "
             f"({100 * min(run['fraction_of_gemm_per_round']):.0f}-{100 * max(run['fraction_of_gemm_per_round']):.0f}%; "
             f"best-batch GEMM: {100 * run['fraction_of_best_gemm']:.0f}%; "
@@ -534,7 +555,7 @@ def markdown(r: dict) -> str:
         + ".",
         "Share of GEMM rate for (a): median over rounds of (fp32 GEMM-only pass time / scoring time), each round",
         "running a GEMM pass right before each precision's scoring on the same users and batches (same machine load).",
-        f"Top-K identical: of {EXACT_SAMPLE:,} sampled users, those whose list (items and order) equals the exact fp32",
+        f"Top-K identical: of up to {EXACT_SAMPLE:,} sampled users, those whose list (items and order) equals the exact fp32",
         "top-K: every score a float64 dot product rounded once to fp32, ties lowest column first. A fp32 GEMM rounds",
         "after each partial sum, so the fp32 path itself misses it for near-ties; the bf16 path re-ranks its pool with",
         "float64 dot products rounded to fp32 and rescores in fp32 every row its error bound cannot clear.",
@@ -553,6 +574,12 @@ def markdown(r: dict) -> str:
         f"{r['fastest_passing_precision']}: {'met' if r['meets_target'] else 'NOT met'}"
         + (" (quick smoke run: small shapes, not what the target is about)." if r["quick_run"] else "."),
     ]
+    if "auto_precision" in r:
+        flags = ", ".join(r["native_bf16_cpu_flags"]) or "none"
+        lines.append(
+            f"`serve.precision: auto` picks {r['auto_precision']} on this machine (native bf16 CPU flags: {flags}), "
+            + ("the fastest one." if r["auto_precision"] == r["fastest_passing_precision"] else "NOT the fastest one.")
+        )
     if r["spark"]:
         a = r["spark"]["agreement_with_local"]
         lines.append(

@@ -31,26 +31,72 @@ def _level_max(below: np.ndarray, out: np.ndarray) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
+def _key(bits):
+    """The order key of fp32 ``bits`` (as int32): ordered as the floats are, -0.0 equal to 0.0 (negative
+    keys moved up by one), a positive NaN above +inf and a negative one below -inf."""
+    key = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    return key - (key >> 31)
+
+
+@numba.njit(cache=True, nogil=True)
+def _from_key(key):
+    """The fp32 bits (as int32) of order key ``key`` (0: +0.0)."""
+    key = key + (key >> 31)
+    return key ^ ((key >> 31) & 0x7FFFFFFF)
+
+
+@numba.njit(cache=True, nogil=True)
 def _kth_largest(values: np.ndarray, k: int, counts: np.ndarray) -> int:
-    """The k-th largest of int16 ``values`` (1 <= k <= len): a radix selection on the high byte,
-    then on the low byte among the values in the high byte's bucket (``counts``: 256 scratch)."""
-    counts[:] = 0
-    for v in values:
-        counts[(v + 32768) >> 8] += 1
-    above, high = 0, 255
-    while above + counts[high] < k:
-        above += counts[high]
-        high -= 1
-    counts[:] = 0
-    for v in values:
-        key = v + 32768
-        if key >> 8 == high:
-            counts[key & 255] += 1
-    low = 255
-    while above + counts[low] < k:
-        above += counts[low]
-        low -= 1
-    return (high << 8 | low) - 32768
+    """The k-th largest of integer ``values`` (int16 or int32; 1 <= k <= len): a radix selection, one
+    byte at a time from the highest, among the values that share the bytes chosen so far
+    (``counts``: 256 scratch)."""
+    width = 8 * values.itemsize
+    offset = np.int64(1) << (width - 1)
+    prefix, above = np.int64(0), 0
+    for shift in range(width - 8, -8, -8):
+        counts[:] = 0
+        for v in values:
+            key = np.int64(v) + offset
+            if key >> (shift + 8) == prefix:
+                counts[(key >> shift) & 255] += 1
+        digit = 255
+        while above + counts[digit] < k:
+            above += counts[digit]
+            digit -= 1
+        prefix = prefix << 8 | digit
+    return int(prefix - offset)
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_level(row, level1, level2, level3, n_levels: int):
+    """``n_levels`` (0 to 3) levels of block maxima over ``row`` (``GROUP`` strided items per block:
+    block b of a level of width w holds b, b + w, ... of the level below); returns the top one."""
+    if n_levels >= 1:
+        _level_max(row, level1)
+    if n_levels >= 2:
+        _level_max(level1, level2)
+    if n_levels == 3:
+        _level_max(level2, level3)
+    return row if n_levels == 0 else (level1 if n_levels == 1 else (level2 if n_levels == 2 else level3))
+
+
+@numba.njit(cache=True, nogil=True)
+def _descend(row, level1, level2, level3, n_levels: int, t, nodes: np.ndarray, kept: np.ndarray) -> int:
+    """The positions of ``row`` whose value reaches ``t``, found from the top level of block maxima
+    down, keeping at each level only the children of the blocks that reach it: ``nodes[:n]``; returns
+    n, which exceeds ``len(nodes)`` (the positions then incomplete) when they do not fit."""
+    top = row if n_levels == 0 else (level1 if n_levels == 1 else (level2 if n_levels == 2 else level3))
+    capacity = nodes.shape[0]
+    n = _reaching(top, 0, top.shape[0], 1, t, nodes, 0)
+    level = n_levels
+    while level > 0 and n <= capacity:  # children of node j: j, j + w, ... (w: its level's width)
+        below = row if level == 1 else (level1 if level == 2 else level2)
+        width, m = below.shape[0] // GROUP, 0
+        for i in range(n):
+            m = _reaching(below, nodes[i], nodes[i] + GROUP * width, width, t, kept, m)
+        nodes[: min(m, capacity)] = kept[: min(m, capacity)]
+        n, level = m, level - 1
+    return n
 
 
 @numba.njit(cache=True, nogil=True)
@@ -86,27 +132,12 @@ def bf16_pools(
         for p in range(indptr[first_row + r], indptr[first_row + r + 1]):
             row[indices[p]] = NEG_INF_BITS
         row[n_items:] = NEG_INF_BITS
-        if n_levels >= 1:
-            _level_max(row, level1)
-        if n_levels >= 2:
-            _level_max(level1, level2)
-        if n_levels == 3:
-            _level_max(level2, level3)
-        top = row if n_levels == 0 else (level1 if n_levels == 1 else (level2 if n_levels == 2 else level3))
-        t = _kth_largest(top, pool, histogram)
+        t = _kth_largest(_top_level(row, level1, level2, level3, n_levels), pool, histogram)
         threshold_bits[r] = t
         counts[r] = NO_POOL
         if t < 0:
             continue
-        n = _reaching(top, 0, top.shape[0], 1, t, nodes, 0)
-        level = n_levels
-        while level > 0 and n <= capacity:  # children of node j: j, j + w, ... (w: its level's width)
-            below = row if level == 1 else (level1 if level == 2 else level2)
-            width, m = below.shape[0] // GROUP, 0
-            for i in range(n):
-                m = _reaching(below, nodes[i], nodes[i] + GROUP * width, width, t, kept, m)
-            nodes[: min(m, capacity)] = kept[: min(m, capacity)]
-            n, level = m, level - 1
+        n = _descend(row, level1, level2, level3, n_levels, t, nodes, kept)
         if n > capacity:
             continue
         members[r, :n] = nodes[:n]
@@ -114,7 +145,99 @@ def bf16_pools(
 
 
 @numba.njit(cache=True, nogil=True)
-def _reaching(values: np.ndarray, start: int, stop: int, step: int, t: int, out: np.ndarray, n: int) -> int:
+def fp32_top_k(
+    lo: int,
+    hi: int,
+    scores: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    first_row: int,
+    n_items: int,
+    n_levels: int,
+    finite: bool,
+    capacity: int,
+    values: np.ndarray,
+    columns: np.ndarray,
+) -> None:
+    """Rows [lo, hi) of the fp32 ``scores`` [rows, padded]: the exact top-k (k = ``columns.shape[1]``),
+    best first, equal scores lowest column first, into ``columns`` and ``values``.
+
+    Seen items (CSR rows from ``first_row``) and the padding are set to -inf; then the block-maximum
+    tree of ``bf16_pools`` with a pool of k gives every item that reaches the k-th best top-level
+    maximum (they include the k best), and those are sorted. A row where more than ``capacity``
+    items reach it (ties) is sorted whole.
+
+    ``finite``: the caller knows that no score is NaN (finite inputs whose dot products cannot
+    overflow), so the tree is built on the floats themselves. Otherwise (and without levels) each
+    row is first turned, in place, into order keys (``_key``); a row with a NaN score then gets NaN
+    values (the caller refuses it)."""
+    padded = scores.shape[1]
+    k = columns.shape[1]
+    level1 = np.empty(padded // GROUP, dtype=np.float32)
+    level2 = np.empty(padded // GROUP**2, dtype=np.float32)
+    level3 = np.empty(padded // GROUP**3, dtype=np.float32)
+    level1_keys = np.empty(padded // GROUP, dtype=np.int32)
+    level2_keys = np.empty(padded // GROUP**2, dtype=np.int32)
+    level3_keys = np.empty(padded // GROUP**3, dtype=np.int32)
+    top_keys = np.empty(padded, dtype=np.int32)
+    nodes = np.empty(capacity, dtype=np.int64)
+    kept = np.empty(capacity, dtype=np.int64)
+    histogram = np.empty(256, dtype=np.int64)
+    threshold = np.empty(1, dtype=np.int32)
+    everything = np.arange(n_items)
+    on_floats = finite and n_levels > 0
+    bits = scores.view(np.int32)
+    values_bits = values.view(np.int32)
+    for r in range(lo, hi):
+        row = scores[r]
+        for p in range(indptr[first_row + r], indptr[first_row + r + 1]):
+            row[indices[p]] = -np.inf
+        row[n_items:] = -np.inf
+        if on_floats:
+            top = _top_level(row, level1, level2, level3, n_levels)
+            top_bits = top.view(np.int32)
+            for j in range(len(top)):
+                top_keys[j] = _key(top_bits[j])
+            threshold[0] = _from_key(_kth_largest(top_keys[: len(top)], k, histogram))
+            n = _descend(row, level1, level2, level3, n_levels, threshold.view(np.float32)[0], nodes, kept)
+        else:
+            keys = bits[r]
+            if _to_order_keys(keys):
+                values[r] = np.nan
+                columns[r] = 0
+                continue
+            t = _kth_largest(_top_level(keys, level1_keys, level2_keys, level3_keys, n_levels), k, histogram)
+            n = _descend(keys, level1_keys, level2_keys, level3_keys, n_levels, t, nodes, kept)
+        _best_first(bits[r], nodes[:n] if n <= capacity else everything, on_floats, values_bits[r], columns[r])
+
+
+@numba.njit(cache=True, nogil=True)
+def _to_order_keys(row: np.ndarray) -> bool:
+    """In place, fp32 bits (as int32) to their order keys (``_key``); returns whether one is NaN."""
+    has_nan = False
+    for j in range(row.shape[0]):
+        has_nan |= (row[j] & 0x7FFFFFFF) > 0x7F800000
+        row[j] = _key(row[j])
+    return has_nan
+
+
+@numba.njit(cache=True, nogil=True)
+def _best_first(row: np.ndarray, positions: np.ndarray, fp32_bits: bool, values_bits: np.ndarray, columns: np.ndarray) -> None:
+    """The len(columns) best of ``row[positions]`` (fp32 bits if ``fp32_bits``, else their order
+    keys), best first, equal scores lowest position first: one sort of int64 (inverted key,
+    position) pairs; their fp32 bits into ``values_bits``."""
+    pairs = np.empty(len(positions), dtype=np.int64)
+    for i in range(len(positions)):
+        key = _key(row[positions[i]]) if fp32_bits else row[positions[i]]
+        pairs[i] = (np.int64(~key) << 32) | positions[i]
+    pairs.sort()
+    for i in range(len(columns)):
+        values_bits[i] = _from_key(~(pairs[i] >> 32))
+        columns[i] = pairs[i] & 0xFFFFFFFF
+
+
+@numba.njit(cache=True, nogil=True)
+def _reaching(values: np.ndarray, start: int, stop: int, step: int, t, out: np.ndarray, n: int) -> int:
     """Append to ``out[n:]`` the positions in range(start, stop, step) whose value reaches ``t``;
     returns the new count, which exceeds ``len(out)`` (nothing more written) when they do not fit."""
     for j in range(start, stop, step):

@@ -1,4 +1,4 @@
-"""Batch top-K scoring: user vectors x item matrix, seen items masked, top-k per row (pure torch).
+"""Batch top-K scoring: user vectors x item matrix, seen items masked, top-k per row (torch, numba kernels).
 
 This is the reference ("local") engine and also the kernel every Spark task
 runs (``recsys_core.serving.spark_score``), so both engines rank identically.
@@ -6,21 +6,20 @@ runs (``recsys_core.serving.spark_score``), so both engines rank identically.
 How a batch of users is scored (``precision="fp32"``; see ``benchmarks/bench_scoring.py`` for the figures):
 
 1. one GEMM into a preallocated, contiguous float32 buffer ``[batch, items]``,
-2. the excluded (seen) items are set to -inf by one ``index_fill_`` on the flat
-   buffer, with indices taken straight from the CSR arrays (no COO per batch),
-3. exact top-k in two stages when the catalogue is large: the items are cut into
-   ``n_blocks`` strided blocks (block b = columns b, b + n_blocks, ...), the
-   maximum of each block is one vectorised pass, the top-k *blocks* by maximum
-   are selected, and the final top-k is taken over those blocks' items only.
-   The k best blocks contain a k best items (an item outside them sits in a block
-   whose maximum is no better than the k-th block maximum, which is no better
-   than the k-th best item), so the result is exact. The two small selections
-   run in numpy (``argpartition``) over row chunks in parallel threads; equal
-   scores come lowest item column first, also at the k-th place.
+2. on the CPU, one compiled pass per row while it is in cache (``pool_kernels.fp32_top_k``,
+   row chunks in parallel threads): the seen items (straight from the CSR arrays) set to -inf,
+   a tree of block maxima (strided blocks of ``pool_kernels.GROUP`` items per level), ``t``,
+   the k-th best top-level maximum, a descent to the items that reach ``t`` (the k best are
+   among them: each of the k best blocks holds an item >= t), and a sort of those few;
+   equal scores come lowest item column first, also at the k-th place;
+3. on a GPU, the masking by one ``index_fill_`` on the flat buffer and a two-stage
+   top-k over strided blocks (``_Selector``): block maxima on the device, the small
+   selections (``argpartition``) on the host.
 
 ``precision="bf16"`` (``serve.precision``, see ``_Bf16Scorer``) scores the
 catalogue with a bf16 GEMM (about 4x the fp32 GEMM rate on a CPU with AMX /
-AVX-512 BF16), keeps a small candidate pool per user and re-ranks it with fp32
+AVX-512 BF16; emulated, tens of times slower, elsewhere: ``precision="auto"`` then
+scores in fp32, see ``recsys_core.serving.precision``), keeps a small candidate pool per user and re-ranks it with fp32
 scores; a per-user bound on the bf16 error proves that no item outside the pool
 can reach the top-k, and rows where it cannot are scored again in fp32. The
 published lists and scores are the exact fp32 ones in both cases.
@@ -40,17 +39,16 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from recsys_core.serving import pool_kernels
+from recsys_core.serving.precision import PrecisionSetting, resolve_precision
 
 T = TypeVar("T")
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 
 # Below this many items per candidate item the two-stage selection does not pay.
 _TWO_STAGE_MIN_RATIO = 8
@@ -58,12 +56,15 @@ _TWO_STAGE_MIN_RATIO = 8
 # a wider pool costs re-rank time, a narrower one more rows failing the exactness check.
 _POOL_MARGIN = 0.5
 _POOL_MARGIN_MIN = 16
-# bf16 path: up to this many levels of block maxima (pool_kernels.GROUP items per block; a
-# level is used while the catalogue has 4 x pool blocks at it).
+# Up to this many levels of block maxima (pool_kernels.GROUP items per block; a level is used
+# while the catalogue has 4 x pool blocks at it; the pool is k on the fp32 path).
 _MAX_LEVELS = 3
-# bf16 path: a row whose pool (the items reaching the threshold) holds more than this many times
-# ``pool`` items (ties at the threshold) is scored again in fp32.
+# A row whose pool (the items reaching the threshold) holds more than this many times ``pool``
+# items (ties at the threshold) is scored again in fp32 (bf16 path) or sorted whole (fp32 path).
 _POOL_CAPACITY = 4
+_NO_INDICES = np.zeros(0, dtype=np.int64)
+# fp32 path: scores bounded by this (|u| |e| < 2^126) cannot overflow, so none is NaN.
+_NO_OVERFLOW = 2.0**126
 # The bf16 GEMM rounds its fp32 accumulator to the nearest bf16 (8 significant bits):
 # |c - acc| <= 2^-8 |acc|, so |c - acc| <= 2^-8 / (1 - 2^-8) |c|.
 _BF16_OUTPUT_REL = 2.0**-8 / (1 - 2.0**-8)
@@ -77,7 +78,7 @@ def score_top_k(
     batch_users: int = 1024,
     *,
     min_valid: int | None = None,
-    precision: Precision = "fp32",
+    precision: PrecisionSetting = "fp32",
     stats: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k item columns and their scores per user, best first, excluded items never returned.
@@ -85,12 +86,11 @@ def score_top_k(
     Raises when a user has fewer than ``min_valid`` (default: k) items left to recommend.
     With ``min_valid < k`` (a candidate pool), the slots a user cannot fill hold
     item -1 and score -inf. ``precision`` picks how the full catalogue is scored
-    (see the module docstring); the result is the exact fp32 top-k either way.
-    ``stats``, if given, receives seconds per stage, the rows the bf16 path
-    scored again in fp32 and its pool size.
+    (see the module docstring; "auto": ``precision.resolve_precision``); the result
+    is the exact fp32 top-k either way. ``stats``, if given, receives the precision
+    used, seconds per stage, the rows the bf16 path scored again in fp32 and its pool size.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    resolved = resolve_precision(precision, user_vectors.device)
     n_users, n_items = user_vectors.shape[0], item_matrix.shape[0]
     need = k if min_valid is None else min_valid
     if k > n_items:
@@ -108,7 +108,7 @@ def score_top_k(
     users = user_vectors.detach().to(torch.float32).contiguous()
     items = item_matrix.detach().to(device=users.device, dtype=torch.float32)
     exact = _Fp32Scorer(users, items, k, csr)
-    scorer: _Fp32Scorer | _Bf16Scorer = exact if precision == "fp32" else _Bf16Scorer(users, items, k, csr, batch, exact)
+    scorer: _Fp32Scorer | _Bf16Scorer = exact if resolved == "fp32" else _Bf16Scorer(users, items, k, csr, batch, exact)
     with torch.no_grad():
         for start in range(0, n_users, batch):
             stop = min(start + batch, n_users)
@@ -123,6 +123,7 @@ def score_top_k(
             items_out[start:stop] = np.where(finite, indices, -1) if need < k else indices
             scores_out[start:stop] = np.where(finite, values, np.float32(-np.inf)) if need < k else values
     if stats is not None:
+        stats["precision"] = resolved
         stats.update({f"{stage}_s": seconds for stage, seconds in scorer.clock.seconds.items()})
         stats["fallback_rows"] = getattr(scorer, "fallback_rows", 0)
         stats["pool"] = getattr(scorer, "pool", None)
@@ -163,13 +164,24 @@ def _mask_rows(flat_scores: torch.Tensor, csr: sp.csr_matrix, start: int, stop: 
 
 
 class _Fp32Scorer:
-    """The exact path: fp32 GEMM into a reused buffer, seen items masked, exact top-k (``_Selector``)."""
+    """The exact path: fp32 GEMM into a reused buffer, seen items masked, exact top-k.
+
+    On the CPU the masking and the selection are one compiled pass per row while it is in cache
+    (``pool_kernels.fp32_top_k``: the bf16 path's block-maximum tree with a pool of k, row chunks
+    in parallel threads); on a GPU, a masked buffer and ``_Selector``.
+    """
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, k: int, csr: sp.csr_matrix | None):
-        self.users, self.csr, self.n_items = users, csr, items.shape[0]
-        self.selector = _Selector(self.n_items, k)
-        if self.selector.padded > self.n_items:  # zero rows: their columns are set to -inf after the GEMM
-            items = torch.cat([items, items.new_zeros(self.selector.padded - self.n_items, items.shape[1])])
+        self.users, self.csr, self.n_items, self.k = users, csr, items.shape[0], k
+        self.compiled = users.device.type == "cpu"
+        if self.compiled:
+            self.levels, self.padded = _block_levels(self.n_items, k)
+            self.max_item_norm = _max_norm(items)
+        else:
+            self.selector = _Selector(self.n_items, k)
+            self.padded = self.selector.padded
+        if self.padded > self.n_items:  # zero rows: their columns are set to -inf after the GEMM
+            items = torch.cat([items, items.new_zeros(self.padded - self.n_items, items.shape[1])])
         self.items_t = items.T.contiguous()
         self.buffer: torch.Tensor | None = None  # allocated on first use: the bf16 path may never need it
         self.clock = _Clock()
@@ -179,20 +191,59 @@ class _Fp32Scorer:
 
     def rows(self, users: torch.Tensor, csr: sp.csr_matrix | None, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k of ``users`` (csr rows [start, stop) are their exclusions)."""
-        width = self.selector.padded
+        width = self.padded
         if self.buffer is None or self.buffer.numel() < len(users) * width:
             self.buffer = torch.empty(len(users) * width, dtype=torch.float32, device=users.device)
         scores = self.buffer[: len(users) * width].view(len(users), width)
         torch.mm(users, self.items_t, out=scores)
         self.clock.lap("gemm")
-        if width > self.n_items:
-            scores[:, self.n_items :] = float("-inf")
-        if csr is not None:
-            _mask_rows(scores.view(-1), csr, start, stop, width)
-        self.clock.lap("mask")
-        selected = self.selector(scores)
+        if self.compiled:
+            selected = self._select_compiled(scores.numpy(), users, csr, start)
+        else:
+            if width > self.n_items:
+                scores[:, self.n_items :] = float("-inf")
+            if csr is not None:
+                _mask_rows(scores.view(-1), csr, start, stop, width)
+            self.clock.lap("mask")
+            selected = self.selector(scores)
         self.clock.lap("select")
         return selected
+
+    def _select_compiled(
+        self, scores: np.ndarray, users: torch.Tensor, csr: sp.csr_matrix | None, start: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = len(scores)
+        indptr, indices = (csr.indptr, csr.indices) if csr is not None else (np.zeros(start + rows + 1, np.int64), _NO_INDICES)
+        values = np.empty((rows, self.k), dtype=np.float32)
+        columns = np.empty((rows, self.k), dtype=np.int64)
+        # |u.e| <= |u| |e|: far below fp32's overflow, no score is inf or NaN (the kernel may skip the check)
+        finite = _max_norm(users) * self.max_item_norm < _NO_OVERFLOW
+        capacity = _POOL_CAPACITY * self.k
+        _in_threads(
+            lambda lo, hi: pool_kernels.fp32_top_k(
+                lo, hi, scores, indptr, indices, start, self.n_items, self.levels, finite, capacity, values, columns
+            ),
+            _row_chunks(rows),
+        )
+        return torch.from_numpy(values), torch.from_numpy(columns)
+
+
+def _max_norm(vectors: torch.Tensor) -> float:
+    """The largest row norm (float64; inf if a value is not finite, 0 for no rows)."""
+    if not len(vectors):
+        return 0.0
+    norm = float(vectors.double().norm(dim=1).max())
+    return norm if math.isfinite(norm) else math.inf
+
+
+def _block_levels(n_items: int, pool: int) -> tuple[int, int]:
+    """Levels of block maxima for a catalogue and pool size (one more while the catalogue holds
+    4 x pool blocks at it, up to ``_MAX_LEVELS``), and the catalogue padded to whole top-level blocks."""
+    levels = 0
+    while levels < _MAX_LEVELS and n_items >= pool_kernels.GROUP ** (levels + 1) * 4 * pool:
+        levels += 1
+    group = pool_kernels.GROUP**levels
+    return levels, group * -(-n_items // group)
 
 
 class _Bf16Scorer:
@@ -233,11 +284,7 @@ class _Bf16Scorer:
         n_items, dim = items.shape
         self.users, self.csr, self.k, self.exact, self.n_items = users, csr, k, exact, n_items
         self.pool = min(n_items, k + max(_POOL_MARGIN_MIN, math.ceil(_POOL_MARGIN * k)))
-        self.levels = 0
-        while self.levels < _MAX_LEVELS and n_items >= pool_kernels.GROUP ** (self.levels + 1) * 4 * self.pool:
-            self.levels += 1
-        group = pool_kernels.GROUP**self.levels
-        self.padded = group * -(-n_items // group)
+        self.levels, self.padded = _block_levels(n_items, self.pool)
         # zero columns past the catalogue (masked to -inf by the pool kernel); pool members are real items
         self.items_t = torch.cat([items, items.new_zeros(self.padded - n_items, dim)]).T.contiguous().to(torch.bfloat16)
         self.item_norms = _item_norms(items)
@@ -452,7 +499,7 @@ def recommend_top_k(
     mmr_lambda: float | None = None,
     categories: np.ndarray | None = None,
     pool_factor: int = 3,
-    precision: Precision = "fp32",
+    precision: PrecisionSetting = "fp32",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The published ranking: plain top-k, or MMR re-ranking of a top-(pool_factor*k) pool.
 

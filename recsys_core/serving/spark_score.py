@@ -31,7 +31,7 @@ from recsys_core.sparkconf import WHOLE_FILES, spark_conf
 if TYPE_CHECKING:
     from recsys_core.config import ServeSettings
     from recsys_core.serving.nightly import NightCatalogue
-    from recsys_core.serving.score import Precision
+    from recsys_core.serving.precision import PrecisionSetting
 
 _ARROW_OUTPUT = pa.schema([("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())])
 _WRITTEN = pa.schema([("task", pa.int64()), ("rows", pa.int64())])
@@ -60,7 +60,7 @@ def score_arrow_batch(
     mmr_lambda: float | None = None,
     categories: np.ndarray | None = None,
     pool_factor: int = 3,
-    precision: Precision = "fp32",
+    precision: PrecisionSetting = "fp32",
 ) -> pa.RecordBatch:
     """Score one Arrow batch of users (see ``user_batch_table``) → (user_id, rank, item_id, score) rows."""
     import torch
@@ -121,7 +121,7 @@ def write_top_k(
     categories: np.ndarray | None = None,
     pool_factor: int = 3,
     users_per_task: int | None = None,
-    precision: Precision = "fp32",
+    precision: PrecisionSetting = "fp32",
 ) -> int:
     """Score every user in Spark tasks, each writing its own ``part-NNNNN.parquet`` of (user_id,
     rank, item_id, score) rows, users in input order, into ``folder`` of ``fs`` (a file system

@@ -49,6 +49,7 @@ from recsys_core.io.tables import ingests_as_of, read_interactions, required_ing
 from recsys_core.models.bundle import FILES, ModelBundle, bundle_metadata, bundle_trained_as_of, files_digest
 from recsys_core.serving.nightly import INTERACTION_COLUMNS, BatchStats, NightCatalogue, night_catalogue, score_and_explain
 from recsys_core.serving.output import combine_digests, content_digest, format_report
+from recsys_core.serving.precision import resolve_precision
 from recsys_core.serving.validate import InvalidRecommendations, validate_recommendations, validate_spark_recommendations
 from recsys_core.timeutil import end_of_day
 
@@ -102,13 +103,14 @@ def run_recommend(settings: Settings, run_date: date, spark=None) -> dict:
         generated_at=datetime.now(UTC).replace(microsecond=0),
     )
     log.info(
-        "scoring the users of %s over %d items (%d unavailable excluded) with %s v%s on the %s engine",
+        "scoring the users of %s over %d items (%d unavailable excluded) with %s v%s on the %s engine, precision %s",
         lake.partition_path(USER_PROFILES, run_date),
         len(night.item_ids),
         len(excluded),
         current.name,
         current.version,
         serve.engine,
+        serve.precision if serve.precision != "auto" else f"auto ({resolve_precision('auto')} on this machine)",
     )
     target = lake.partition_path(RECOMMENDATIONS, run_date)
     scoring_started = time.monotonic()

@@ -229,3 +229,26 @@ def test_non_finite_scores_are_refused(n_items):
     users[3, 0] = float("nan")
     with pytest.raises(ValueError, match=r"user row 3 .*non-finite"):
         score_top_k(users, items, 5)
+
+
+@pytest.mark.parametrize("finite", [False, True])  # checking for NaN (order keys), or not (floats)
+@pytest.mark.parametrize("n_levels", [0, 1, 2])
+def test_compiled_fp32_selection_ties_zero_signs_and_finds_any_nan(n_levels, finite):
+    from recsys_core.serving.pool_kernels import GROUP, fp32_top_k
+
+    n_items, k = 256, 3
+    rows = np.random.default_rng(1).standard_normal((4, n_items)).astype(np.float32) - 10
+    rows[0, [7, 3, 200]] = [-0.0, 0.0, 0.0]  # -0.0 ties with 0.0: lowest column first
+    if not finite:
+        rows[1, 50] = np.frombuffer(np.uint32(0xFFC00000).tobytes(), np.float32)[0]  # x86's default NaN, negative
+    rows[2, 9] = np.nan  # a NaN on a seen item is masked, not refused
+    rows[3, [5, 6]] = np.inf
+    indptr, indices = np.array([0, 0, 0, 1, 1]), np.array([9])
+    expected = np.argsort(-np.where(np.arange(n_items) == 9, -np.inf, rows[2]), kind="stable")[:k]
+    values, columns = np.empty((4, k), np.float32), np.empty((4, k), np.int64)
+    assert n_items >= GROUP**n_levels * 4 * k
+    fp32_top_k(0, 4, rows, indptr, indices, 0, n_items, n_levels, finite, 4 * k, values, columns)
+    assert columns[0].tolist() == [3, 7, 200] and (values[0] == 0).all()
+    assert np.isnan(values[1]).all() != finite
+    assert columns[2].tolist() == expected.tolist()
+    assert columns[3, :2].tolist() == [5, 6] and np.isposinf(values[3, :2]).all()

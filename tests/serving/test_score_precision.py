@@ -135,9 +135,9 @@ def test_bf16_small_catalogues(n_items):
 
 def test_precision_is_checked():
     users, items, _ = exact_case(n_users=2, n_items=20)
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match=r"serve\.precision must be 'auto' or one of"):
         score_top_k(users, items, 3, precision="fp16")  # type: ignore[arg-type]
-    assert ServeSettings().precision == "bf16"
+    assert ServeSettings().precision == "auto"
     with pytest.raises(ValueError):
         ServeSettings(precision="int8")
 
@@ -192,3 +192,36 @@ def test_bf16_pool_is_exact_at_every_depth_of_the_block_maximum_tree(n_items, le
     np.testing.assert_array_equal(scores, expected_scores.astype(np.float32))
     assert stats["levels"] == levels
     assert stats["fallback_rows"] < len(users) // 4
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [({"avx2", "fma"}, "fp32"), ({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_bf16", "amx_tile"}, "bf16"), (set(), "fp32")],
+)
+def test_auto_precision_is_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch, flags, expected):
+    from recsys_core.serving import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+    assert precision.resolve_precision("auto") == expected
+    assert precision.resolve_precision("fp32") == "fp32" and precision.resolve_precision("bf16") == "bf16"
+    stats: dict = {}
+    users, items, mask = exact_case(n_users=5, n_items=200)
+    top, _ = score_top_k(users, items, K, exclude=sp.csr_matrix(mask.astype(np.float32)), precision="auto", stats=stats)
+    assert stats["precision"] == expected
+    np.testing.assert_array_equal(top, oracle(users, items, K, mask)[0])
+
+
+def test_cpu_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
+    from recsys_core.serving import precision
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512_bf16 amx_tile\n\nprocessor\t: 1\n")
+    monkeypatch.setattr(precision, "CPUINFO", info)
+    precision.cpu_flags.cache_clear()
+    try:
+        assert precision.cpu_flags() == {"fpu", "avx2", "avx512_bf16", "amx_tile"}
+        monkeypatch.setattr(precision, "CPUINFO", tmp_path / "missing")
+        precision.cpu_flags.cache_clear()
+        assert precision.cpu_flags() == frozenset()
+    finally:
+        precision.cpu_flags.cache_clear()
