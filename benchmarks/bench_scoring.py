@@ -13,7 +13,7 @@ Random user vectors and item matrix (float32), a few seen items per user
   (2 * users * items * d / time) as a fraction of the fp32 GEMM rate, the share
   of sampled users whose top-K equals the exact fp32 one (float64 scores rounded
   once to fp32; score gaps of mismatches),
-  and the time per stage (GEMM, mask or bf16 candidate pool, re-rank, top-k, fp32 fallback);
+  and the time per stage (GEMM, candidate pool, exact re-rank, top-k, exact fallback);
 - the implementation before the optimisation (COO mask per batch, one topk over
   the row), same inputs, for reference;
 - (b) ``recsys_core.serving.spark_score.write_top_k`` on local[*] (the users staged as
@@ -163,9 +163,9 @@ def summarise(run: dict, args, gemm_best: float) -> dict:
     flops = 2.0 * users * args.items * args.dim
     ratios = [g / t for g, t in zip(gemms, times, strict=True)]
     stage = lambda key: statistics.median(s.get(f"{key}_s", 0.0) for s in run["stats"])  # noqa: E731
-    # fp32: gemm, mask, top_k; bf16: gemm, pool (masking, block maxima, the candidate pool), rerank, top_k
+    # gemm, pool (masking, block maxima, the candidate pool), rerank, top_k, fallback
     split = {key: stage(key) for key in ("gemm", "mask", "pool", "rerank")}
-    split["top_k"], split["fallback_fp32"] = stage("select"), stage("fallback")
+    split["top_k"], split["fallback_exact"] = stage("select"), stage("fallback")
     split["other"] = statistics.median(times) - sum(split.values())  # checks, copies out
     return {
         "users": users,
@@ -556,15 +556,15 @@ def markdown(r: dict) -> str:
         "Share of GEMM rate for (a): median over rounds of (fp32 GEMM-only pass time / scoring time), each round",
         "running a GEMM pass right before each precision's scoring on the same users and batches (same machine load).",
         f"Top-K identical: of up to {EXACT_SAMPLE:,} sampled users, those whose list (items and order) equals the exact fp32",
-        "top-K: every score a float64 dot product rounded once to fp32, ties lowest column first. A fp32 GEMM rounds",
-        "after each partial sum, so the fp32 path itself misses it for near-ties; the bf16 path re-ranks its pool with",
-        "float64 dot products rounded to fp32 and rescores in fp32 every row its error bound cannot clear.",
+        "top-K: every score a float64 dot product rounded once to fp32, ties lowest column first. A GEMM rounds after",
+        "each partial sum, so its own top-K swaps near-ties; both paths re-rank their candidate pool with float64 dot",
+        "products rounded to fp32 and score exactly every row their GEMM's error bound cannot clear.",
         "",
         "Time per batch (ms, median round): "
         + "; ".join(
             f"{name}: "
             + ", ".join(f"{k} {1e3 * v / run['batches']:.1f}" for k, v in run["seconds_by_stage"].items())
-            + (f" (pool {run['pool']}, {run['fallback_rows']:.0f} rows rescored in fp32)" if run["pool"] else "")
+            + (f" (pool {run['pool']}, {run['fallback_rows']:.0f} rows scored exactly over the catalogue)" if run["pool"] else "")
             for name, run in loc.items()
         )
         + ".",

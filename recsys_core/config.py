@@ -366,11 +366,11 @@ class ServeSettings(Section):
     # bucket of users each, encode, score, explain and write their users (the champion read from the
     # lake, the item side broadcast); the driver gets only aggregates. Both publish the same table.
     engine: Literal["local", "spark"] = "local"
-    # How the whole catalogue is scored: "bf16" (bf16 GEMM for a candidate pool, re-ranked with
-    # float64 dot products rounded once to fp32: the exact fp32 top-K; faster only where the CPU has
-    # AVX-512 BF16/AMX or on a GPU, tens of times slower elsewhere), "fp32" (one fp32 GEMM, whose
-    # partial-sum rounding can swap near-ties), or "auto": bf16 where it runs natively, else fp32
-    # (recsys_core.serving.precision). bench_scoring.py measures both.
+    # How the whole catalogue is scored for a candidate pool, which is then re-ranked with float64
+    # dot products rounded once to fp32 (the exact fp32 top-K either way): "bf16" (a bf16 GEMM;
+    # faster only where the CPU has AVX-512 BF16/AMX or on a GPU, tens of times slower elsewhere),
+    # "fp32", or "auto": bf16 where it runs natively, else fp32 (recsys_core.serving.precision).
+    # bench_scoring.py measures both.
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     # If item features carry this column, items whose value is set and not in
     # available_statuses are never recommended (a null status counts as available).

@@ -145,7 +145,7 @@ def bf16_pools(
 
 
 @numba.njit(cache=True, nogil=True)
-def fp32_top_k(
+def fp32_pools(
     lo: int,
     hi: int,
     scores: np.ndarray,
@@ -154,86 +154,42 @@ def fp32_top_k(
     first_row: int,
     n_items: int,
     n_levels: int,
-    finite: bool,
-    capacity: int,
-    values: np.ndarray,
-    columns: np.ndarray,
+    pool: int,
+    members: np.ndarray,
+    counts: np.ndarray,
+    threshold: np.ndarray,
 ) -> None:
-    """Rows [lo, hi) of the fp32 ``scores`` [rows, padded]: the exact top-k (k = ``columns.shape[1]``),
-    best first, equal scores lowest column first, into ``columns`` and ``values``.
-
-    Seen items (CSR rows from ``first_row``) and the padding are set to -inf; then the block-maximum
-    tree of ``bf16_pools`` with a pool of k gives every item that reaches the k-th best top-level
-    maximum (they include the k best), and those are sorted. A row where more than ``capacity``
-    items reach it (ties) is sorted whole.
-
-    ``finite``: the caller knows that no score is NaN (finite inputs whose dot products cannot
-    overflow), so the tree is built on the floats themselves. Otherwise (and without levels) each
-    row is first turned, in place, into order keys (``_key``); a row with a NaN score then gets NaN
-    values (the caller refuses it)."""
+    """``bf16_pools`` for fp32 ``scores`` [rows, padded] (none NaN: the caller checks), the tree built
+    on the floats themselves; ``threshold[r] = t`` as a float, which may be negative (no pool where
+    it is -inf). The ``pool``-th best top-level maximum is found on the top level's order keys (``_key``)."""
     padded = scores.shape[1]
-    k = columns.shape[1]
+    capacity = members.shape[1]
     level1 = np.empty(padded // GROUP, dtype=np.float32)
     level2 = np.empty(padded // GROUP**2, dtype=np.float32)
     level3 = np.empty(padded // GROUP**3, dtype=np.float32)
-    level1_keys = np.empty(padded // GROUP, dtype=np.int32)
-    level2_keys = np.empty(padded // GROUP**2, dtype=np.int32)
-    level3_keys = np.empty(padded // GROUP**3, dtype=np.int32)
-    top_keys = np.empty(padded, dtype=np.int32)
+    top_keys = np.empty(padded // GROUP**n_levels, dtype=np.int32)
     nodes = np.empty(capacity, dtype=np.int64)
     kept = np.empty(capacity, dtype=np.int64)
     histogram = np.empty(256, dtype=np.int64)
-    threshold = np.empty(1, dtype=np.int32)
-    everything = np.arange(n_items)
-    on_floats = finite and n_levels > 0
-    bits = scores.view(np.int32)
-    values_bits = values.view(np.int32)
+    t_bits = np.empty(1, dtype=np.int32)
+    t_value = t_bits.view(np.float32)
     for r in range(lo, hi):
         row = scores[r]
         for p in range(indptr[first_row + r], indptr[first_row + r + 1]):
             row[indices[p]] = -np.inf
         row[n_items:] = -np.inf
-        if on_floats:
-            top = _top_level(row, level1, level2, level3, n_levels)
-            top_bits = top.view(np.int32)
-            for j in range(len(top)):
-                top_keys[j] = _key(top_bits[j])
-            threshold[0] = _from_key(_kth_largest(top_keys[: len(top)], k, histogram))
-            n = _descend(row, level1, level2, level3, n_levels, threshold.view(np.float32)[0], nodes, kept)
-        else:
-            keys = bits[r]
-            if _to_order_keys(keys):
-                values[r] = np.nan
-                columns[r] = 0
-                continue
-            t = _kth_largest(_top_level(keys, level1_keys, level2_keys, level3_keys, n_levels), k, histogram)
-            n = _descend(keys, level1_keys, level2_keys, level3_keys, n_levels, t, nodes, kept)
-        _best_first(bits[r], nodes[:n] if n <= capacity else everything, on_floats, values_bits[r], columns[r])
-
-
-@numba.njit(cache=True, nogil=True)
-def _to_order_keys(row: np.ndarray) -> bool:
-    """In place, fp32 bits (as int32) to their order keys (``_key``); returns whether one is NaN."""
-    has_nan = False
-    for j in range(row.shape[0]):
-        has_nan |= (row[j] & 0x7FFFFFFF) > 0x7F800000
-        row[j] = _key(row[j])
-    return has_nan
-
-
-@numba.njit(cache=True, nogil=True)
-def _best_first(row: np.ndarray, positions: np.ndarray, fp32_bits: bool, values_bits: np.ndarray, columns: np.ndarray) -> None:
-    """The len(columns) best of ``row[positions]`` (fp32 bits if ``fp32_bits``, else their order
-    keys), best first, equal scores lowest position first: one sort of int64 (inverted key,
-    position) pairs; their fp32 bits into ``values_bits``."""
-    pairs = np.empty(len(positions), dtype=np.int64)
-    for i in range(len(positions)):
-        key = _key(row[positions[i]]) if fp32_bits else row[positions[i]]
-        pairs[i] = (np.int64(~key) << 32) | positions[i]
-    pairs.sort()
-    for i in range(len(columns)):
-        values_bits[i] = _from_key(~(pairs[i] >> 32))
-        columns[i] = pairs[i] & 0xFFFFFFFF
+        top_bits = _top_level(row, level1, level2, level3, n_levels).view(np.int32)
+        for j in range(len(top_keys)):
+            top_keys[j] = _key(top_bits[j])
+        t_bits[0] = _from_key(_kth_largest(top_keys, pool, histogram))
+        threshold[r] = t_value[0]
+        counts[r] = NO_POOL
+        if t_value[0] == -np.inf:  # the pool would hold seen items or padding
+            continue
+        n = _descend(row, level1, level2, level3, n_levels, t_value[0], nodes, kept)
+        if n <= capacity:
+            members[r, :n] = nodes[:n]
+            counts[r] = n
 
 
 @numba.njit(cache=True, nogil=True)

@@ -3,30 +3,29 @@
 This is the reference ("local") engine and also the kernel every Spark task
 runs (``recsys_core.serving.spark_score``), so both engines rank identically.
 
-How a batch of users is scored (``precision="fp32"``; see ``benchmarks/bench_scoring.py`` for the figures):
+How a batch of users is scored (``_PoolScorer``; see ``benchmarks/bench_scoring.py`` for the figures):
 
-1. one GEMM into a preallocated, contiguous float32 buffer ``[batch, items]``,
-2. on the CPU, one compiled pass per row while it is in cache (``pool_kernels.fp32_top_k``,
-   row chunks in parallel threads): the seen items (straight from the CSR arrays) set to -inf,
-   a tree of block maxima (strided blocks of ``pool_kernels.GROUP`` items per level), ``t``,
-   the k-th best top-level maximum, a descent to the items that reach ``t`` (the k best are
-   among them: each of the k best blocks holds an item >= t), and a sort of those few;
-   equal scores come lowest item column first, also at the k-th place;
-3. on a GPU, the masking by one ``index_fill_`` on the flat buffer and a two-stage
-   top-k over strided blocks (``_Selector``): block maxima on the device, the small
-   selections (``argpartition``) on the host.
+1. one GEMM into a preallocated buffer ``[batch, items]``: fp32, or with
+   ``precision="bf16"`` a bf16 GEMM (about 4x the fp32 rate on a CPU with AMX /
+   AVX-512 BF16; emulated, tens of times slower, elsewhere: ``precision="auto"``
+   then scores in fp32, see ``recsys_core.serving.precision``);
+2. one compiled pass per row while it is in cache (``pool_kernels``, row chunks in
+   parallel threads): the seen items (straight from the CSR arrays) set to -inf, a
+   tree of block maxima, ``t``, the pool-th best top-level maximum, and a descent to
+   the candidate pool: the items that reach ``t`` (a few more than k);
+3. the pool's exact fp32 scores (float64 dot products rounded once to fp32), the
+   top-k of the pool, equal scores lowest item column first, and a per-user bound
+   on the GEMM's error that proves no item outside the pool can enter or tie into
+   the top-k; rows it cannot clear are scored exactly over the whole catalogue.
 
-``precision="bf16"`` (``serve.precision``, see ``_Bf16Scorer``) scores the
-catalogue with a bf16 GEMM (about 4x the fp32 GEMM rate on a CPU with AMX /
-AVX-512 BF16; emulated, tens of times slower, elsewhere: ``precision="auto"`` then
-scores in fp32, see ``recsys_core.serving.precision``), keeps a small candidate pool per user and re-ranks it with fp32
-scores; a per-user bound on the bf16 error proves that no item outside the pool
-can reach the top-k, and rows where it cannot are scored again in fp32. The
-published lists and scores are the exact fp32 ones in both cases.
+So the published lists and scores are the exact fp32 top-k with either precision,
+on any machine, whatever order its GEMM sums in (a plain fp32 GEMM + top-k swaps
+near-ties for about 0.1% of users at 20K items).
 
-On a GPU (tensors on a CUDA device) the same code runs the GEMMs, masking and
-block maxima there and the small selections on the host; that path is not
-tested here (no GPU on the build machine). The bound assumes fp32 accumulation
+On a GPU (tensors on a CUDA device), fp32 runs the GEMM, masking and block maxima
+there (``_Fp32Scorer``, ``_Selector``: the GEMM's scores, not re-ranked) and bf16 its
+GEMM there and the pool on the host; that path is not tested here (no GPU on the
+build machine). The bound assumes fp32 accumulation
 and round-to-nearest output: set ``torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False``
 before scoring in bf16 on a GPU.
 """
@@ -46,7 +45,7 @@ import scipy.sparse as sp
 import torch
 
 from recsys_core.serving import pool_kernels
-from recsys_core.serving.precision import PrecisionSetting, resolve_precision
+from recsys_core.serving.precision import Precision, PrecisionSetting, resolve_precision
 
 T = TypeVar("T")
 
@@ -62,7 +61,6 @@ _MAX_LEVELS = 3
 # A row whose pool (the items reaching the threshold) holds more than this many times ``pool``
 # items (ties at the threshold) is scored again in fp32 (bf16 path) or sorted whole (fp32 path).
 _POOL_CAPACITY = 4
-_NO_INDICES = np.zeros(0, dtype=np.int64)
 # fp32 path: scores bounded by this (|u| |e| < 2^126) cannot overflow, so none is NaN.
 _NO_OVERFLOW = 2.0**126
 # The bf16 GEMM rounds its fp32 accumulator to the nearest bf16 (8 significant bits):
@@ -107,8 +105,11 @@ def score_top_k(
     batch = max(1, min(batch_users, n_users))
     users = user_vectors.detach().to(torch.float32).contiguous()
     items = item_matrix.detach().to(device=users.device, dtype=torch.float32)
-    exact = _Fp32Scorer(users, items, k, csr)
-    scorer: _Fp32Scorer | _Bf16Scorer = exact if resolved == "fp32" else _Bf16Scorer(users, items, k, csr, batch, exact)
+    scorer: _Fp32Scorer | _PoolScorer
+    if resolved == "fp32" and users.device.type != "cpu":
+        scorer = _Fp32Scorer(users, items, k, csr)
+    else:
+        scorer = _PoolScorer(users, items, k, csr, batch, resolved)
     with torch.no_grad():
         for start in range(0, n_users, batch):
             stop = min(start + batch, n_users)
@@ -164,76 +165,33 @@ def _mask_rows(flat_scores: torch.Tensor, csr: sp.csr_matrix, start: int, stop: 
 
 
 class _Fp32Scorer:
-    """The exact path: fp32 GEMM into a reused buffer, seen items masked, exact top-k.
-
-    On the CPU the masking and the selection are one compiled pass per row while it is in cache
-    (``pool_kernels.fp32_top_k``: the bf16 path's block-maximum tree with a pool of k, row chunks
-    in parallel threads); on a GPU, a masked buffer and ``_Selector``.
-    """
+    """fp32 on a GPU: the GEMM, masking and block maxima on the device, the small selections on the
+    host (``_Selector``); the published scores are the GEMM's."""
 
     def __init__(self, users: torch.Tensor, items: torch.Tensor, k: int, csr: sp.csr_matrix | None):
-        self.users, self.csr, self.n_items, self.k = users, csr, items.shape[0], k
-        self.compiled = users.device.type == "cpu"
-        if self.compiled:
-            self.levels, self.padded = _block_levels(self.n_items, k)
-            self.max_item_norm = _max_norm(items)
-        else:
-            self.selector = _Selector(self.n_items, k)
-            self.padded = self.selector.padded
-        if self.padded > self.n_items:  # zero rows: their columns are set to -inf after the GEMM
-            items = torch.cat([items, items.new_zeros(self.padded - self.n_items, items.shape[1])])
+        self.users, self.csr, self.n_items = users, csr, items.shape[0]
+        self.selector = _Selector(self.n_items, k)
+        if self.selector.padded > self.n_items:  # zero rows: their columns are set to -inf after the GEMM
+            items = torch.cat([items, items.new_zeros(self.selector.padded - self.n_items, items.shape[1])])
         self.items_t = items.T.contiguous()
-        self.buffer: torch.Tensor | None = None  # allocated on first use: the bf16 path may never need it
+        self.buffer: torch.Tensor | None = None
         self.clock = _Clock()
 
     def __call__(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.rows(self.users[start:stop], self.csr, start, stop)
-
-    def rows(self, users: torch.Tensor, csr: sp.csr_matrix | None, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k of ``users`` (csr rows [start, stop) are their exclusions)."""
-        width = self.padded
+        users, width = self.users[start:stop], self.selector.padded
         if self.buffer is None or self.buffer.numel() < len(users) * width:
             self.buffer = torch.empty(len(users) * width, dtype=torch.float32, device=users.device)
         scores = self.buffer[: len(users) * width].view(len(users), width)
         torch.mm(users, self.items_t, out=scores)
         self.clock.lap("gemm")
-        if self.compiled:
-            selected = self._select_compiled(scores.numpy(), users, csr, start)
-        else:
-            if width > self.n_items:
-                scores[:, self.n_items :] = float("-inf")
-            if csr is not None:
-                _mask_rows(scores.view(-1), csr, start, stop, width)
-            self.clock.lap("mask")
-            selected = self.selector(scores)
+        if width > self.n_items:
+            scores[:, self.n_items :] = float("-inf")
+        if self.csr is not None:
+            _mask_rows(scores.view(-1), self.csr, start, stop, width)
+        self.clock.lap("mask")
+        selected = self.selector(scores)
         self.clock.lap("select")
         return selected
-
-    def _select_compiled(
-        self, scores: np.ndarray, users: torch.Tensor, csr: sp.csr_matrix | None, start: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = len(scores)
-        indptr, indices = (csr.indptr, csr.indices) if csr is not None else (np.zeros(start + rows + 1, np.int64), _NO_INDICES)
-        values = np.empty((rows, self.k), dtype=np.float32)
-        columns = np.empty((rows, self.k), dtype=np.int64)
-        # |u.e| <= |u| |e|: far below fp32's overflow, no score is inf or NaN (the kernel may skip the check)
-        finite = _max_norm(users) * self.max_item_norm < _NO_OVERFLOW
-        capacity = _POOL_CAPACITY * self.k
-        _in_threads(
-            lambda lo, hi: pool_kernels.fp32_top_k(
-                lo, hi, scores, indptr, indices, start, self.n_items, self.levels, finite, capacity, values, columns
-            ),
-            _row_chunks(rows),
-        )
-        return torch.from_numpy(values), torch.from_numpy(columns)
-
-
-def _max_norm(vectors: torch.Tensor) -> float:
-    """The largest row norm (float64; inf if a value is not finite, 0 for no rows)."""
-    if not len(vectors):
-        return 0.0
-    norm = float(vectors.double().norm(dim=1).max())
-    return norm if math.isfinite(norm) else math.inf
 
 
 def _block_levels(n_items: int, pool: int) -> tuple[int, int]:
@@ -246,85 +204,84 @@ def _block_levels(n_items: int, pool: int) -> tuple[int, int]:
     return levels, group * -(-n_items // group)
 
 
-class _Bf16Scorer:
-    """bf16 scores for the whole catalogue, a candidate pool, an exact fp32 re-rank of the pool.
+class _PoolScorer:
+    """Scores for the whole catalogue (a bf16 or fp32 GEMM), a candidate pool, an exact re-rank of the pool.
 
-    Per batch: one bf16 GEMM (bf16 output, AMX/AVX-512 BF16 on CPU) into a reused
+    Per batch: one GEMM (bf16 output on AMX/AVX-512 BF16 for bf16; fp32) into a reused
     buffer. Then, per row in one compiled pass while the row is in cache
-    (``pool_kernels.bf16_pools``, row chunks in parallel threads): seen items set
-    to -inf; a tree of block maxima (strided blocks, ``pool_kernels.GROUP`` items per level:
+    (``pool_kernels.bf16_pools`` or ``fp32_pools``, row chunks in parallel threads): seen items
+    set to -inf; a tree of block maxima (strided blocks, ``pool_kernels.GROUP`` items per level:
     block b of a level of width w holds b, b + w, ... of the level below); ``t``,
     the pool-th best top-level maximum; then a descent that keeps, level by level,
     only the children whose maximum reaches ``t``; the items that reach ``t`` form
     the pool.
-    The pool's fp32 scores (``pool_kernels.rerank_pools``: float64 dot products
+    The pool's exact fp32 scores (``pool_kernels.rerank_pools``: float64 dot products
     rounded once to fp32) give the top-k, ties lowest column first.
 
-    Maxima are taken on the raw bf16 bits as int16, which orders every value >= 0
+    bf16 maxima are taken on the raw bf16 bits as int16, which orders every value >= 0
     correctly and puts every negative value below them; so the pool is exact
-    whenever ``t >= 0``. Every item outside the pool scores at most ``t`` in bf16,
-    hence at most ``t (1 + _BF16_OUTPUT_REL) + eps[user]`` in fp32
-    (``_error_bound``). When that is strictly below the k-th re-ranked score, no
+    whenever ``t >= 0``. Every item outside the pool scores at most ``t`` in the GEMM,
+    hence at most ``t (1 + output_rel) + eps[user]`` exactly (``_error_bound``,
+    ``_fp32_error_bound``). When that is strictly below the k-th re-ranked score, no
     item outside the pool can enter or tie into the top-k: the result is the
-    exact fp32 top-k. Other rows (``t < 0``, fewer items than the pool, more than
+    exact fp32 top-k. Other rows (bf16's ``t < 0``, fewer items than the pool, more than
     ``_POOL_CAPACITY`` x pool items reaching ``t``, non-finite scores, or a failed
-    check) are scored again by the exact fp32 path;
-    ``fallback_rows`` counts them.
+    check) are scored again exactly over the whole catalogue (``_exact_rows``);
+    ``fallback_rows`` counts them. So both precisions publish the same lists, whatever
+    order the machine's GEMM sums in.
     """
 
     def __init__(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        k: int,
-        csr: sp.csr_matrix | None,
-        batch: int,
-        exact: _Fp32Scorer,
+        self, users: torch.Tensor, items: torch.Tensor, k: int, csr: sp.csr_matrix | None, batch: int, precision: Precision
     ):
         n_items, dim = items.shape
-        self.users, self.csr, self.k, self.exact, self.n_items = users, csr, k, exact, n_items
-        self.pool = min(n_items, k + max(_POOL_MARGIN_MIN, math.ceil(_POOL_MARGIN * k)))
+        self.users, self.csr, self.k, self.n_items, self.precision = users, csr, k, n_items, precision
+        self.bf16 = precision == "bf16"
+        # fp32's GEMM error is tiny: a few more candidates than k clear the check
+        margin = max(_POOL_MARGIN_MIN, math.ceil(_POOL_MARGIN * k)) if self.bf16 else _POOL_MARGIN_MIN
+        self.pool = min(n_items, k + margin)
         self.levels, self.padded = _block_levels(n_items, self.pool)
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
         # zero columns past the catalogue (masked to -inf by the pool kernel); pool members are real items
-        self.items_t = torch.cat([items, items.new_zeros(self.padded - n_items, dim)]).T.contiguous().to(torch.bfloat16)
+        self.items_t = torch.cat([items, items.new_zeros(self.padded - n_items, dim)]).T.contiguous().to(dtype)
         self.item_norms = _item_norms(items)
-        self.buffer = torch.empty(batch * self.padded, dtype=torch.bfloat16, device=users.device)
+        self.buffer = torch.empty(batch * self.padded, dtype=dtype, device=users.device)
         empty = np.zeros(len(users) + 1, dtype=np.int64)
         self.indptr = csr.indptr.astype(np.int64) if csr is not None else empty
         self.indices = csr.indices.astype(np.int64) if csr is not None else empty[:0]
         self.members = np.empty((batch, _POOL_CAPACITY * self.pool), dtype=np.int64)
         self.counts = np.empty(batch, dtype=np.int64)
-        self.threshold_bits = np.empty(batch, dtype=np.int16)
+        self.threshold = np.empty(batch, dtype=np.int16 if self.bf16 else np.float32)
         self.users_host, self.items_host = users.cpu().numpy(), items.contiguous().cpu().numpy()  # the re-rank's inputs
+        self.items_exact: np.ndarray | None = None  # float64 items, made on the first fallback
         self.fallback_rows = 0
         self.clock = _Clock()
 
     def __call__(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows, clock = stop - start, self.clock
         scores = self.buffer[: rows * self.padded].view(rows, self.padded)
-        users_bf16, eps = _error_bound(self.users[start:stop], self.item_norms)
-        torch.mm(users_bf16, self.items_t, out=scores)
-        clock.lap("gemm")
-        members, counts, threshold_bits = self.members[:rows], self.counts[:rows], self.threshold_bits[:rows]
-        bits = scores.view(torch.int16).cpu().numpy()
+        members, counts, threshold = self.members[:rows], self.counts[:rows], self.threshold[:rows]
         chunks = _row_chunks(rows)
-        _in_threads(
-            lambda lo, hi: pool_kernels.bf16_pools(
-                lo,
-                hi,
-                bits,
-                self.indptr,
-                self.indices,
-                start,
-                self.n_items,
-                self.levels,
-                self.pool,
-                members,
-                counts,
-                threshold_bits,
-            ),
-            chunks,
-        )
+        if self.bf16:
+            users_gemm, eps = _error_bound(self.users[start:stop], self.item_norms)
+            torch.mm(users_gemm, self.items_t, out=scores)
+            clock.lap("gemm")
+            bits = scores.view(torch.int16).cpu().numpy()
+            work = lambda lo, hi: pool_kernels.bf16_pools(  # noqa: E731
+                lo, hi, bits, self.indptr, self.indices, start, self.n_items, self.levels, self.pool, members, counts, threshold
+            )
+        else:
+            eps = _fp32_error_bound(self.users_host[start:stop], self.item_norms[0])
+            torch.mm(self.users[start:stop], self.items_t, out=scores)
+            clock.lap("gemm")
+            host = scores.cpu().numpy()
+            work = lambda lo, hi: pool_kernels.fp32_pools(  # noqa: E731
+                lo, hi, host, self.indptr, self.indices, start, self.n_items, self.levels, self.pool, members, counts, threshold
+            )
+        if np.isfinite(eps).all():  # else a score may be NaN or overflow: every row is scored exactly
+            _in_threads(work, chunks)
+        else:
+            counts[:] = pool_kernels.NO_POOL
         clock.lap("pool")
         width = max(int(counts.max()), self.k)
         exact = np.empty((rows, width), dtype=np.float32)
@@ -337,10 +294,11 @@ class _Bf16Scorer:
         values = np.empty((rows, self.k), dtype=np.float32)
         columns = np.empty((rows, self.k), dtype=np.int64)
         ok = np.empty(rows, dtype=bool)
-        threshold = (threshold_bits.astype(np.int32) << 16).view(np.float32)
+        threshold_values = (threshold.astype(np.int32) << 16).view(np.float32) if self.bf16 else threshold
+        output_rel = _BF16_OUTPUT_REL if self.bf16 else 0.0
         _in_threads(
             lambda lo, hi: pool_kernels.finish_pools(
-                lo, hi, exact, members, counts, threshold, eps, _BF16_OUTPUT_REL, values, columns, ok
+                lo, hi, exact, members, counts, threshold_values, eps, output_rel, values, columns, ok
             ),
             chunks,
         )
@@ -348,11 +306,36 @@ class _Bf16Scorer:
         redo = np.flatnonzero(~ok)
         if len(redo):
             self.fallback_rows += len(redo)
-            csr = self.csr[redo + start] if self.csr is not None else None
-            v, c = self.exact.rows(self.users[torch.from_numpy(redo + start)], csr, 0, len(redo))
-            values[redo], columns[redo] = v.numpy(), c.numpy()
+            values[redo], columns[redo] = self._exact_rows(redo + start)
             clock.lap("fallback")
         return torch.from_numpy(values), torch.from_numpy(columns)
+
+    def _exact_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The exact fp32 top-k of user ``rows`` over the whole catalogue: float64 dot products rounded
+        once to fp32, seen items -inf, equal scores lowest column first (a NaN score stays NaN)."""
+        if self.items_exact is None:
+            self.items_exact = self.items_host.astype(np.float64)
+        scores = (self.users_host[rows].astype(np.float64) @ self.items_exact.T).astype(np.float32)
+        if self.csr is not None:
+            seen = self.csr[rows].tocoo()
+            scores[seen.row, seen.col] = -np.inf
+        columns = np.broadcast_to(np.arange(self.n_items), scores.shape)
+        order = _best_first(np.nan_to_num(scores, nan=np.inf), columns)[:, : self.k]
+        return np.take_along_axis(scores, order, axis=1), order
+
+
+def _fp32_error_bound(users: np.ndarray, max_item_norm: float) -> np.ndarray:
+    """Per user, a bound on |fp32 GEMM score - exact fp32 score| over every item: each is within
+    gamma_d |u| |e| of the real dot product (gamma_d = d u/(1 - d u), u = 2^-24), in float64 with a
+    small relative margin for its own rounding and an absolute one for flushed denormals; inf where
+    a score may overflow or be NaN (non-finite inputs, or |u| |e| near fp32's range)."""
+    dim = users.shape[1]
+    gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.sqrt(np.square(users, dtype=np.float64).sum(axis=1))
+        eps = 2 * gamma * norms * max_item_norm * (1 + 2.0**-20) + dim * 2.0**-125
+    eps[~(norms * max_item_norm < _NO_OVERFLOW)] = np.inf
+    return eps
 
 
 def _error_bound(users: torch.Tensor, item_norms: tuple[float, float]) -> tuple[torch.Tensor, np.ndarray]:

@@ -231,24 +231,34 @@ def test_non_finite_scores_are_refused(n_items):
         score_top_k(users, items, 5)
 
 
-@pytest.mark.parametrize("finite", [False, True])  # checking for NaN (order keys), or not (floats)
 @pytest.mark.parametrize("n_levels", [0, 1, 2])
-def test_compiled_fp32_selection_ties_zero_signs_and_finds_any_nan(n_levels, finite):
-    from recsys_core.serving.pool_kernels import GROUP, fp32_top_k
+def test_fp32_pool_holds_every_item_reaching_its_threshold(n_levels):
+    from recsys_core.serving.pool_kernels import GROUP, NO_POOL, fp32_pools
 
-    n_items, k = 256, 3
-    rows = np.random.default_rng(1).standard_normal((4, n_items)).astype(np.float32) - 10
-    rows[0, [7, 3, 200]] = [-0.0, 0.0, 0.0]  # -0.0 ties with 0.0: lowest column first
-    if not finite:
-        rows[1, 50] = np.frombuffer(np.uint32(0xFFC00000).tobytes(), np.float32)[0]  # x86's default NaN, negative
-    rows[2, 9] = np.nan  # a NaN on a seen item is masked, not refused
-    rows[3, [5, 6]] = np.inf
-    indptr, indices = np.array([0, 0, 0, 1, 1]), np.array([9])
-    expected = np.argsort(-np.where(np.arange(n_items) == 9, -np.inf, rows[2]), kind="stable")[:k]
-    values, columns = np.empty((4, k), np.float32), np.empty((4, k), np.int64)
-    assert n_items >= GROUP**n_levels * 4 * k
-    fp32_top_k(0, 4, rows, indptr, indices, 0, n_items, n_levels, finite, 4 * k, values, columns)
-    assert columns[0].tolist() == [3, 7, 200] and (values[0] == 0).all()
-    assert np.isnan(values[1]).all() != finite
-    assert columns[2].tolist() == expected.tolist()
-    assert columns[3, :2].tolist() == [5, 6] and np.isposinf(values[3, :2]).all()
+    n_rows, n_items, pool = 6, 512, 5
+    rng = np.random.default_rng(1)
+    rows = (rng.integers(-20, 20, size=(n_rows, n_items)) / 4).astype(np.float32)  # ties
+    rows[0, [7, 3, 200]] = [-0.0, 0.0, 0.0]
+    rows[1] = 1.0  # every item ties: more than the pool's capacity
+    rows[2, 3:] = -np.inf  # fewer items than the pool above -inf: no pool
+    seen = rng.random((n_rows, n_items)) < 0.2
+    csr = sp.csr_matrix(seen.astype(np.float32))
+    masked = np.where(seen, -np.inf, rows)
+    members = np.empty((n_rows, 4 * pool), np.int64)
+    counts, threshold = np.empty(n_rows, np.int64), np.empty(n_rows, np.float32)
+    assert n_items >= GROUP**n_levels * 4 * pool
+    fp32_pools(0, n_rows, rows, csr.indptr, csr.indices, 0, n_items, n_levels, pool, members, counts, threshold)
+    assert counts[1] == counts[2] == NO_POOL
+    for r in (0, 3, 4, 5):
+        reaching = np.flatnonzero(masked[r] >= threshold[r])
+        assert sorted(members[r, : counts[r]].tolist()) == reaching.tolist()
+        assert len(reaching) >= pool and threshold[r] <= np.sort(masked[r])[-pool]
+        assert not seen[r, members[r, : counts[r]]].any()
+
+
+def test_fp32_lists_are_exact_where_the_gemm_rounds_a_near_tie_the_other_way():
+    users = torch.ones(3, 3)
+    items = torch.tensor([[1.0, 1e8, -1e8], [0.0, 0.0, 0.5], [0.25, 0.0, 0.0], [0.0, 0.125, 0.0]])
+    assert torch.mm(users, items.T)[0, 0] == 0  # the GEMM sums 1 + 1e8 first and loses the 1
+    top, scores = score_top_k(users, items, 2)
+    assert top.tolist() == [[0, 1]] * 3 and scores[:, 0].tolist() == [1.0] * 3
