@@ -222,24 +222,22 @@ def finish_pools(
     whether the error bound clears it: every item outside the pool scores at most
     ``threshold[r] (1 + output_rel) + eps[r]`` in fp32, which must be strictly below the k-th score."""
     k = values.shape[1]
-    exact_bits = exact.view(np.int32)
+    exact_bits, values_bits = exact.view(np.int32), values.view(np.int32)
+    pairs = np.empty(members.shape[1], dtype=np.int64)
     for r in range(lo, hi):
         n = counts[r]
         ok[r] = False
         if n < k:
             continue
-        keys = np.empty(n, dtype=np.int64)
         finite = True
         for i in range(n):
-            if np.isnan(exact[r, i]):
-                finite = False
-            # an order-preserving image of the score, negated, then the column (as _best_first)
-            bits = np.int64(0) if exact[r, i] == 0 else np.int64(exact_bits[r, i])  # -0.0 ties with 0.0
-            keys[i] = (~(bits ^ ((bits >> 31) & 0x7FFFFFFF)) << 32) | members[r, i]
-        order = np.argsort(keys)[:k]
+            finite &= not np.isnan(exact[r, i])
+            # (inverted order key, column): one int64 sort gives best first, ties lowest column first
+            pairs[i] = (np.int64(~_key(exact_bits[r, i])) << 32) | members[r, i]
+        best = np.sort(pairs[:n])
         for i in range(k):
-            values[r, i] = exact[r, order[i]]
-            columns[r, i] = members[r, order[i]]
+            values_bits[r, i] = _from_key(~(best[i] >> 32))
+            columns[r, i] = best[i] & 0xFFFFFFFF
         bound = np.float64(threshold[r]) * (1.0 + output_rel) + eps[r]
         ok[r] = finite and bound < values[r, k - 1]
 
