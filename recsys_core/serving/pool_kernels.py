@@ -77,7 +77,21 @@ def _top_level(row, level1, level2, level3, n_levels: int):
         _level_max(level1, level2)
     if n_levels == 3:
         _level_max(level2, level3)
-    return row if n_levels == 0 else (level1 if n_levels == 1 else (level2 if n_levels == 2 else level3))
+    return _level(row, level1, level2, level3, n_levels)
+
+
+@numba.njit(cache=True, nogil=True)
+def _level(row, level1, level2, level3, i: int):
+    """Level ``i`` of the block-maximum tree (0: the row itself)."""
+    return row if i == 0 else (level1 if i == 1 else (level2 if i == 2 else level3))
+
+
+@numba.njit(cache=True, nogil=True)
+def _mask_row(row, indptr: np.ndarray, indices: np.ndarray, csr_row: int, n_items: int, neg_inf) -> None:
+    """Set ``row``'s seen items (CSR row ``csr_row``) and its padding past ``n_items`` to ``neg_inf``."""
+    for p in range(indptr[csr_row], indptr[csr_row + 1]):
+        row[indices[p]] = neg_inf
+    row[n_items:] = neg_inf
 
 
 @numba.njit(cache=True, nogil=True)
@@ -85,12 +99,12 @@ def _descend(row, level1, level2, level3, n_levels: int, t, nodes: np.ndarray, k
     """The positions of ``row`` whose value reaches ``t``, found from the top level of block maxima
     down, keeping at each level only the children of the blocks that reach it: ``nodes[:n]``; returns
     n, which exceeds ``len(nodes)`` (the positions then incomplete) when they do not fit."""
-    top = row if n_levels == 0 else (level1 if n_levels == 1 else (level2 if n_levels == 2 else level3))
+    top = _level(row, level1, level2, level3, n_levels)
     capacity = nodes.shape[0]
     n = _reaching(top, 0, top.shape[0], 1, t, nodes, 0)
     level = n_levels
     while level > 0 and n <= capacity:  # children of node j: j, j + w, ... (w: its level's width)
-        below = row if level == 1 else (level1 if level == 2 else level2)
+        below = _level(row, level1, level2, level3, level - 1)
         width, m = below.shape[0] // GROUP, 0
         for i in range(n):
             m = _reaching(below, nodes[i], nodes[i] + GROUP * width, width, t, kept, m)
@@ -129,9 +143,7 @@ def bf16_pools(
     histogram = np.empty(256, dtype=np.int64)
     for r in range(lo, hi):
         row = scores[r]
-        for p in range(indptr[first_row + r], indptr[first_row + r + 1]):
-            row[indices[p]] = NEG_INF_BITS
-        row[n_items:] = NEG_INF_BITS
+        _mask_row(row, indptr, indices, first_row + r, n_items, NEG_INF_BITS)
         t = _kth_largest(_top_level(row, level1, level2, level3, n_levels), pool, histogram)
         threshold_bits[r] = t
         counts[r] = NO_POOL
@@ -175,9 +187,7 @@ def fp32_pools(
     t_value = t_bits.view(np.float32)
     for r in range(lo, hi):
         row = scores[r]
-        for p in range(indptr[first_row + r], indptr[first_row + r + 1]):
-            row[indices[p]] = -np.inf
-        row[n_items:] = -np.inf
+        _mask_row(row, indptr, indices, first_row + r, n_items, -np.inf)
         top_bits = _top_level(row, level1, level2, level3, n_levels).view(np.int32)
         for j in range(len(top_keys)):
             top_keys[j] = _key(top_bits[j])

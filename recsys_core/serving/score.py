@@ -235,7 +235,7 @@ class _PoolScorer:
         self, users: torch.Tensor, items: torch.Tensor, k: int, csr: sp.csr_matrix | None, batch: int, precision: Precision
     ):
         n_items, dim = items.shape
-        self.users, self.csr, self.k, self.n_items, self.precision = users, csr, k, n_items, precision
+        self.users, self.csr, self.k, self.n_items = users, csr, k, n_items
         self.bf16 = precision == "bf16"
         # fp32's GEMM error is tiny: a few more candidates than k clear the check
         margin = max(_POOL_MARGIN_MIN, math.ceil(_POOL_MARGIN * k)) if self.bf16 else _POOL_MARGIN_MIN
