@@ -361,7 +361,7 @@ def check_rows(lines, settings: IngestSettings):
     earliest = F.to_timestamp(F.date_sub("ingest_dt", settings.lateness_days))
     latest = F.to_timestamp(F.date_add("ingest_dt", 1)) + F.expr(f"INTERVAL {settings.clock_skew_minutes} MINUTES")
 
-    blank = F.regexp_replace("raw", r"\s", "") == ""
+    blank = F.col("raw").rlike(r"^\s*$")
     # Wrapping the line in [ ] makes the parser reject trailing text and a second object on the
     # same line (both would otherwise be silently dropped); the variant parser also rejects
     # duplicate keys, single quotes and NaN literals.
@@ -448,10 +448,15 @@ def check_rows(lines, settings: IngestSettings):
         ("negative_value", F.col("value") < 0, F.concat(F.lit("value="), F.col("f_value"))),
     ]
     reason = F.when(F.col("pre_reason").isNotNull(), F.col("pre_reason"))
-    detail = F.when(F.col("pre_reason").isNotNull(), F.col("pre_detail"))
-    for code, condition, text in checks:
+    for code, condition, _ in checks:
         reason = reason.when(condition, F.lit(code))
-        detail = detail.when(condition, text)
+    # The detail is chosen by the reason, not by the conditions again: the accepted rows,
+    # nearly all of them, then pay for the condition chain once.
+    detail = F.when(F.col("reason").isNull(), F.lit(None).cast("string")).when(
+        F.col("pre_reason").isNotNull(), F.col("pre_detail")
+    )
+    for code, _, text in checks:
+        detail = detail.when(F.col("reason") == code, text)
     df = df.withColumn("reason", reason).withColumn("detail", detail)
 
     # map_filter's lambda runs interpreted, row by row: only rows that have an extra key pay for it.
