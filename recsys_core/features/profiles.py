@@ -30,11 +30,16 @@ def user_profiles(interactions, users, items, as_of_end: datetime, settings: Fea
             .cast("long")
             .alias(activity_column(days))
         )
+    # The last N events come from the same aggregate (a sort of each user's own events), not from a
+    # window over every event (a sort of all of them): newest first, then reversed into a timeline.
+    newest_first = F.sort_array(F.collect_list(F.struct("event_ts", "source_file", "line_no", "item_id")), asc=False)
     activity = (
         interactions.groupBy("user_id")
         .agg(
             *counts,
-            F.countDistinct(F.to_date("event_ts")).alias("active_days"),
+            F.reverse(F.slice(newest_first, 1, settings.recent_items)).getField("item_id").alias("recent_items"),
+            # A set per user, not countDistinct: that would expand every row once per distinct aggregate.
+            F.size(F.collect_set(F.to_date("event_ts"))).cast("long").alias("active_days"),
             F.min("event_ts").alias("first_event_ts"),
             F.max("event_ts").alias("last_event_ts"),
             # The values are summed in sorted order, so the mean does not depend on how the
@@ -71,24 +76,12 @@ def user_profiles(interactions, users, items, as_of_end: datetime, settings: Fea
         .groupBy("user_id")
         .agg(F.map_from_entries(F.array_sort(F.collect_list(F.struct("genre", "share")))).alias("genre_affinity"))
     )
-    latest_first = Window.partitionBy("user_id").orderBy(
-        F.col("event_ts").desc(), F.col("source_file").desc(), F.col("line_no").desc()
-    )
-    recent = (
-        interactions.withColumn("pos", F.row_number().over(latest_first))
-        .where(F.col("pos") <= settings.recent_items)
-        .groupBy("user_id")
-        # Oldest first, so the list reads as the user's timeline.
-        .agg(F.sort_array(F.collect_list(F.struct(F.col("pos").alias("neg"), "item_id")), asc=False).alias("seq"))
-        .select("user_id", F.col("seq.item_id").alias("recent_items"))
-    )
     known = users.select("user_id").union(interactions.select("user_id")).distinct()
     zero = {activity_column(d): 0 for d in settings.activity_windows_days}
     return (
         known.join(activity, "user_id", "left")
         .join(by_type, "user_id", "left")
         .join(affinity, "user_id", "left")
-        .join(recent, "user_id", "left")
         .join(users.select("user_id", "age", "gender", "occupation"), "user_id", "left")
         .fillna({"n_events": 0, "active_days": 0, **zero})
         .withColumn("events_by_type", F.coalesce("events_by_type", F.create_map().cast("map<string,bigint>")))
