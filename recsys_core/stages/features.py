@@ -20,6 +20,9 @@ from recsys_core.timeutil import end_of_day
 log = logging.getLogger(__name__)
 
 EMBEDDING_CACHE = "embeddings_cache"
+# The interaction columns that profiles and item features read: only these are cached, not the
+# event ids and the raw lines' extra fields, which would double what every aggregate scans.
+FEATURE_INPUTS = ("user_id", "item_id", "event_type", "event_ts", "value", "source_file", "line_no")
 
 
 def run_features(settings: Settings, as_of: date, spark=None) -> dict:
@@ -32,7 +35,7 @@ def run_features(settings: Settings, as_of: date, spark=None) -> dict:
     # Listed once: the lineage names exactly what is read.
     ingests = required_ingests(lake, as_of, settings.ingest.lateness_days)
     users_path, items_path = snapshot_path(lake, RAW_USERS, as_of), snapshot_path(lake, RAW_ITEMS, as_of)
-    interactions = spark_interactions(spark, lake, as_of, ingests).persist()
+    interactions = spark_interactions(spark, lake, as_of, ingests).select(*FEATURE_INPUTS).persist()
     users = spark.read.parquet(lake.spark_uri(users_path))
     items = spark.read.parquet(lake.spark_uri(items_path))
     end = end_of_day(as_of)
@@ -93,9 +96,12 @@ def _stage(lake: Lake, contract, as_of: date, df) -> str:
     staged = lake.new_staging_path(contract, f"dt={as_of}")
     key = contract.columns[0]
     # Range-partitioned by the key, so that the files are ordered and a rerun writes the same rows to the same files.
-    spark_conform(df, contract).repartitionByRange(key).sortWithinPartitions(key).write.mode("overwrite").parquet(
-        lake.spark_uri(staged)
-    )
+    # The range bounds come from a sample, a job of their own: cached, the table is computed once for both.
+    conformed = spark_conform(df, contract).persist()
+    try:
+        conformed.repartitionByRange(key).sortWithinPartitions(key).write.mode("overwrite").parquet(lake.spark_uri(staged))
+    finally:
+        conformed.unpersist()
     lake.drop_spark_markers(staged)
     return staged
 
