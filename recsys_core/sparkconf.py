@@ -12,19 +12,23 @@ WHOLE_FILES = {"spark.sql.files.maxPartitionBytes": str(1 << 40), "spark.sql.fil
 
 
 @contextmanager
-def spark_conf(spark, conf: dict[str, str]) -> Iterator[None]:
-    """Set ``conf`` on the session for the block; the previous values (or none) come back after it."""
+def spark_conf(spark, conf: dict[str, str | None]) -> Iterator[dict[str, str | None]]:
+    """Set ``conf`` on the session for the block (None: unset); the previous values (or none) come back
+    after it. Yields them, so that a block inside can give them back for a while."""
     previous = {key: spark.conf.get(key, None) for key in conf}
-    for key, value in conf.items():
-        spark.conf.set(key, value)
+    _apply(spark, conf)
     try:
-        yield
+        yield previous
     finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
+        _apply(spark, previous)
+
+
+def _apply(spark, conf: dict[str, str | None]) -> None:
+    for key, value in conf.items():
+        if value is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, value)
 
 
 # The ingest's one cached copy of the checked rows is read a few times within minutes, then

@@ -94,7 +94,7 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
     all_files = [f for d in dates for f in files[d]]
     spark = spark or spark_session(settings, f"ingest-{dates[-1]}")
     # Every input file one partition: line numbers come from the row index (features.ingest.text_lines).
-    with spark_conf(spark, WHOLE_FILES | UNCOMPRESSED_CACHE), spark_progress(spark, f"ingest of {len(all_files)} files"):
+    with spark_conf(spark, WHOLE_FILES | UNCOMPRESSED_CACHE) as before, spark_progress(spark, f"ingest of {len(all_files)} files"):
         lines = _lines(spark, lake, all_files, settings.ingest.max_line_bytes)
         lines = lines.withColumn("ingest_dt", F.to_date(F.regexp_extract("source_file", r"/dt=(\d{4}-\d{2}-\d{2})/", 1)))
 
@@ -144,8 +144,10 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
                 .partitionBy("dt")
                 .parquet(lake.spark_uri(staged_quarantine))
             )
-            # The data checks run on what was written, before anything is published.
-            _check_staged(spark, lake, reports, staged_interactions, staged_quarantine, settings)
+            # The data checks run on what was written, before anything is published. Its many small
+            # files (a day's events by event date) are packed into partitions as usual, not a task each.
+            with spark_conf(spark, {key: before[key] for key in WHOLE_FILES}):
+                _check_staged(spark, lake, reports, staged_interactions, staged_quarantine, settings)
         except BaseException:
             lake.fs.delete_dir(staged_interactions)
             lake.fs.delete_dir(staged_quarantine)
