@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 EMBEDDING_CACHE = "embeddings_cache"
 # The interaction columns that profiles and item features read: only these are cached, not the
 # event ids and the raw lines' extra fields, which would double what every aggregate scans. The
-# cache is partitioned by user, so that every per-user aggregate and their joins need no shuffle
-# of their own.
+# cache is partitioned and sorted by user, so that every per-user aggregate and their joins need
+# no shuffle of their own, and their sorts by user find the rows in order.
 FEATURE_INPUTS = ("user_id", "item_id", "event_type", "event_ts", "value", "source_file", "line_no")
 
 
@@ -37,7 +37,8 @@ def run_features(settings: Settings, as_of: date, spark=None) -> dict:
     # Listed once: the lineage names exactly what is read.
     ingests = required_ingests(lake, as_of, settings.ingest.lateness_days)
     users_path, items_path = snapshot_path(lake, RAW_USERS, as_of), snapshot_path(lake, RAW_ITEMS, as_of)
-    interactions = spark_interactions(spark, lake, as_of, ingests).select(*FEATURE_INPUTS).repartition("user_id").persist()
+    interactions = spark_interactions(spark, lake, as_of, ingests).select(*FEATURE_INPUTS)
+    interactions = interactions.repartition("user_id").sortWithinPartitions("user_id").persist()
     users = spark.read.parquet(lake.spark_uri(users_path))
     items = spark.read.parquet(lake.spark_uri(items_path))
     end = end_of_day(as_of)
