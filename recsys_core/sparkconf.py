@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
 # Spark's file splitting: with the open cost of a file as large as a partition, every non-empty
@@ -12,7 +12,7 @@ WHOLE_FILES = {"spark.sql.files.maxPartitionBytes": str(1 << 40), "spark.sql.fil
 
 
 @contextmanager
-def spark_conf(spark, conf: dict[str, str | None]) -> Iterator[dict[str, str | None]]:
+def spark_conf(spark, conf: Mapping[str, str | None]) -> Iterator[dict[str, str | None]]:
     """Set ``conf`` on the session for the block (None: unset); the previous values (or none) come back
     after it. Yields them, so that a block inside can give them back for a while."""
     previous = {key: spark.conf.get(key, None) for key in conf}
@@ -23,7 +23,7 @@ def spark_conf(spark, conf: dict[str, str | None]) -> Iterator[dict[str, str | N
         _apply(spark, previous)
 
 
-def _apply(spark, conf: dict[str, str | None]) -> None:
+def _apply(spark, conf: Mapping[str, str | None]) -> None:
     for key, value in conf.items():
         if value is None:
             spark.conf.unset(key)

@@ -94,7 +94,8 @@ def run_ingest(settings: Settings, dates: list[date], spark=None) -> list[Ingest
     all_files = [f for d in dates for f in files[d]]
     spark = spark or spark_session(settings, f"ingest-{dates[-1]}")
     # Every input file one partition: line numbers come from the row index (features.ingest.text_lines).
-    with spark_conf(spark, WHOLE_FILES | UNCOMPRESSED_CACHE) as before, spark_progress(spark, f"ingest of {len(all_files)} files"):
+    progress = spark_progress(spark, f"ingest of {len(all_files)} files")
+    with spark_conf(spark, WHOLE_FILES | UNCOMPRESSED_CACHE) as before, progress:
         lines = _lines(spark, lake, all_files, settings.ingest.max_line_bytes)
         lines = lines.withColumn("ingest_dt", F.to_date(F.regexp_extract("source_file", r"/dt=(\d{4}-\d{2}-\d{2})/", 1)))
 
