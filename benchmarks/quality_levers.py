@@ -46,6 +46,7 @@ def train_and_score(as_of: date, lever: str) -> dict:
     from recsys_core.timeutil import end_of_day, epoch_day
     from recsys_core.training.checkpoint import load_checkpoint
     from recsys_core.training.dataset import build_dataset, model_config, prepare
+    from recsys_core.training.item_item import fit_item_item
     from recsys_core.training.loop import BEST, RESULT
 
     settings = get_settings()
@@ -70,9 +71,15 @@ def train_and_score(as_of: date, lever: str) -> dict:
     best = load_checkpoint(out / "checkpoints" / BEST)
     assert best is not None, f"torchrun left no {BEST} in {out / 'checkpoints'}"
     model.load_state_dict(best["model"])
-    bundle = ModelBundle(config, data.prep, model.eval())
+    item_item = fit_item_item(model.eval(), data.split.train, dataset.valid, dataset.trend_table, settings.train) or {}
+    bundle = ModelBundle(config, data.prep, model)
     loo = leave_last_out_scored(settings, data)
     metrics = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context).metrics
+    alone = None  # the transformer without its item-item term, on the same users
+    if item_item and model.item_item_weight is not None:
+        model.item_item_weight.fill_(0.0)
+        alone = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context).metrics["ndcg@10"]
+        model.item_item_weight.fill_(item_item["weight"])
     trained = json.loads((out / "checkpoints" / RESULT).read_text())
     overrides = {k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSYS_") and k != "RECSYS_DATA_ROOT"}
     return {
@@ -82,11 +89,13 @@ def train_and_score(as_of: date, lever: str) -> dict:
         "overrides": overrides,
         "ndcg@10": round(metrics["ndcg@10"], 5),
         "hitrate@10": round(metrics["hitrate@10"], 5),
+        "ndcg@10_transformer_alone": None if alone is None else round(alone, 5),
         "coverage@10": round(metrics.get("coverage@10", float("nan")), 5),
         "users": len(loo.case.rows),
         "best_epoch": trained.get("best_epoch"),
         "epochs_run": trained.get("epochs_run"),
         "best_val_ndcg@10": round(trained.get("best_val_ndcg@10", float("nan")), 5),
+        "item_item": item_item,
         "train_seconds": round(train_seconds, 1),
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -113,8 +122,14 @@ def render() -> str:
         "of the torchrun (2 processes); `load` is the 1-minute load average after it (2 cores): above ~2.5 the",
         "machine was shared and the time is pessimistic. NDCG@10 does not depend on the load.",
         "",
-        "| lever | overrides | date | seeds | NDCG@10 | change | HR@10 | coverage@10 | best epoch / run | train s | load |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "`transformer alone` is the same model's NDCG@10 without its item-item term (models/item_item.py;",
+        "rows with `ITEM_ITEM_RANK=0` were measured before the term existed, and are the transformer alone).",
+        "",
+        (
+            "| lever | overrides | date | seeds | NDCG@10 | change | transformer alone | HR@10 | coverage@10 "
+            "| best epoch / run | train s | load |"
+        ),
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for day in dates:
         base = by.get((DEFAULT, day))
@@ -129,8 +144,10 @@ def render() -> str:
             shown = {k: v for k, v in group[0]["overrides"].items() if k != "RECSYS_TRAIN__SEED"}
             overrides = ", ".join(f"`{k.removeprefix('RECSYS_')}={v}`" for k, v in shown.items())
             epochs = ", ".join(f"{r['best_epoch']}/{r['epochs_run']}" for r in group)
+            alone = [r.get("ndcg@10_transformer_alone") or r["ndcg@10"] for r in group]
             lines.append(
                 f"| {lever} | {overrides or '—'} | {day} | {len(group)} | {mean:.4f}{spread} | {change} | "
+                f"{statistics.mean(alone):.4f} | "
                 f"{statistics.mean(r['hitrate@10'] for r in group):.4f} | "
                 f"{statistics.mean(r['coverage@10'] for r in group):.3f} | "
                 f"{epochs} | {statistics.median(r['train_seconds'] for r in group):.0f} | "

@@ -182,6 +182,20 @@ class ModelSettings(Section):
     future_horizon_days: float = Field(default=0.0, ge=0)
     future_samples: int = Field(default=4, ge=1)  # future items drawn per step
     future_weight: float = Field(default=1.0, ge=0)  # their loss weight, relative to the next item's
+    # An item-item term added to the score after training: a rank-r factorization of EASE's weights
+    # (train.ease_lambda) on the training histories, with the weight (and decay) of item_item_weights
+    # (x item_item_decays) that ranks the validation split best (0 included, so it never loses there).
+    # 0 = off. Its fit inverts and decomposes an n_items^2 matrix (seconds at 2K items, cubic beyond):
+    # catalogues over item_item_max_items leave it off.
+    item_item_rank: int = Field(default=128, ge=0)
+    # The user side sums the history factors of the window's events, each counted decay^k, k the events
+    # after it (1: EASE's plain history row; recent events say more about the next item). The decay is
+    # chosen with the weight, on the validation split.
+    item_item_decays: list[Annotated[float, Field(gt=0, le=1)]] = Field(default=[0.65, 0.75, 0.85, 1.0], min_length=1)
+    item_item_weights: list[Annotated[float, Field(ge=0)]] = Field(
+        default=[0.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0], min_length=1
+    )
+    item_item_max_items: PositiveInt = 5_000
 
     @model_validator(mode="after")
     def _heads_split_the_width(self) -> ModelSettings:

@@ -149,7 +149,7 @@ def _variant_scores(
     # Events from the left-out one to the end of the history: the variant's last `tail` positions change.
     tail = shared[np.cumsum(np.r_[False, last_of_user[:-1]])] - np.arange(len(owner)) + 1
     saved, shared_hidden = model.layer_states(*_fields(inputs.rows(shared)))
-    hidden = torch.empty(len(owner), model.config.d_model, device=scorer.device)
+    hidden = torch.empty(len(owner), model.state_width, device=scorer.device)
     hidden[shared] = shared_hidden
     shared_of = np.empty(int(owner.max()) + 1, dtype=np.int64)
     shared_of[owner[shared]] = np.arange(len(shared))

@@ -23,6 +23,21 @@ def history_matrix(histories: list[np.ndarray], n_items: int) -> sp.csr_matrix:
     return matrix
 
 
+def gram_matrix(history: sp.csr_matrix) -> np.ndarray:
+    """[items, items] float64 co-occurrence counts of a users x items history matrix."""
+    return (history.T @ history).toarray().astype(np.float64)
+
+
+def ease_weights(gram: np.ndarray, l2: float) -> np.ndarray:
+    """EASE's closed-form item-item weights B (zero diagonal) from a Gram matrix, float64."""
+    regularized = gram.copy()
+    regularized[np.diag_indices_from(regularized)] += l2
+    precision = np.linalg.inv(regularized)
+    weights = -precision / np.diag(precision)
+    np.fill_diagonal(weights, 0.0)
+    return weights
+
+
 @dataclass
 class Popularity:
     """Trending: interaction counts over the last ``window_days`` before the cut-off (all time if empty)."""
@@ -49,12 +64,7 @@ class EASE:
     weights: np.ndarray | None = None
 
     def fit(self, history: sp.csr_matrix) -> EASE:
-        gram = (history.T @ history).toarray().astype(np.float64)
-        gram[np.diag_indices_from(gram)] += self.l2
-        precision = np.linalg.inv(gram)
-        weights = -precision / np.diag(precision)
-        np.fill_diagonal(weights, 0.0)
-        self.weights = weights.astype(np.float32)
+        self.weights = ease_weights(gram_matrix(history), self.l2).astype(np.float32)
         return self
 
     def score(self, history: sp.csr_matrix) -> np.ndarray:

@@ -50,6 +50,9 @@ class ModelBundle:
     # ``prep.item_ids`` order): the trend prior of a scorer given no item features (the MLflow model).
     popularity: pa.Table | None = None
     adjustment: ItemAdjustment | None = None  # the served item adjustment; None: raw scores
+    # How the item-item term's weight was chosen (training.item_item.fit_item_item), for the record:
+    # not saved with the bundle, whose weights hold the term itself.
+    item_item_fit: dict[str, float] | None = None
 
     def remember_popularity(self, item_features: pa.Table) -> None:
         """Keep the trend windows' popularity of the training catalogue, as of ``item_features``."""
@@ -120,7 +123,7 @@ class ModelBundle:
         if item_features is None:
             item_features = self.popularity
             with torch.no_grad():
-                vectors = self.model.item_matrix()[1:]
+                vectors = self.model.output_vectors()[1:]
             item_ids = self.prep.item_ids
         else:
             if catalogue is not None:
@@ -151,13 +154,15 @@ class ModelBundle:
         return np.array([self.prep.item_index.get(i, 0) for i in item_ids], dtype=np.int64)
 
     def item_vectors(self, item_features: pa.Table) -> torch.Tensor:
-        """[m, d] output representations of the rows of ``item_features``; items the model never
-        saw in training have only their content."""
+        """[m, state_width] output representations of the rows of ``item_features``; items the model
+        never saw in training have only their content (and no item-item term)."""
         index = torch.from_numpy(self._vocabulary_index(item_features["item_id"].to_pylist()))
         with torch.no_grad():
             vectors = self.model.item_embedding.weight[index]
             if self.model.content_projection is not None:
                 vectors = vectors + self.model.content_projection(_content_rows(self.prep, item_features))
+            if self.model.item_item_out is not None:
+                vectors = torch.cat([vectors, self.model.item_item_out[index]], dim=1)
         return vectors
 
     def catalogue_trend(self, item_features: pa.Table) -> torch.Tensor | None:

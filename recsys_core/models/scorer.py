@@ -2,9 +2,10 @@
 
     score[u, i] = h_u · e_i + Σ_w weight_w(recency_u) · log1p(pop_w[i] at u's prediction time)
 
-``h_u`` is the last hidden state of user row u, ``e_i`` the item's output representation
-(id embedding + projected content), and the trend prior's weights depend on the user's recency
-when the model learned them per recency bucket (see ``SeqRec.trend_weight``).
+``h_u`` is user row u's state (``SeqRec.last_hidden``: the transformer's last hidden state, then
+the item-item term's user side, see ``models.item_item``), ``e_i`` the item's output vector (id
+embedding + projected content, then the item-item term's item side), and the trend prior's weights
+depend on the user's recency when the model learned them per recency bucket (``SeqRec.trend_weight``).
 
 Training validation, offline evaluation, calibration, champion re-scoring, the nightly job and
 the MLflow model all score through a ``Scorer``. The nightly job ranks with one matrix product;
@@ -72,7 +73,7 @@ class Scorer:
             states.append(self.model.last_hidden(part.items, part.gaps, part.user_feats, part.query_gaps))
             recency.append(part.query_gaps[:, -1])
         if not states:
-            empty = torch.zeros(0, self.model.config.d_model, device=self.device)
+            empty = torch.zeros(0, self.model.state_width, device=self.device)
             return empty, torch.zeros(0, dtype=torch.long, device=self.device)
         return torch.cat(states), torch.cat(recency)
 

@@ -56,6 +56,8 @@ class SeqRecConfig:
     future_horizon_days: float  # > 0: also learn items taken up within this horizon (see forward)
     future_samples: int
     future_weight: float
+    # Rank of the item-item term (see SeqRec.with_item_item): 0 = none.
+    item_item_rank: int = 0
 
     @classmethod
     def from_settings(
@@ -85,6 +87,7 @@ class SeqRecConfig:
             future_horizon_days=settings.future_horizon_days,
             future_samples=settings.future_samples,
             future_weight=settings.future_weight,
+            item_item_rank=min(settings.item_item_rank, n_items) if n_items <= settings.item_item_max_items else 0,
         )
 
     def to_dict(self) -> dict:
@@ -95,6 +98,7 @@ class SeqRecConfig:
         data = dict(data)
         data["user_cardinalities"] = tuple(data.get("user_cardinalities", ()))
         data["trend_windows"] = tuple(data.get("trend_windows", ()))
+        data.setdefault("item_item_rank", 0)  # bundles saved before the item-item term
         return cls(**data)
 
 
@@ -106,7 +110,11 @@ def gap_buckets(gaps_seconds: torch.Tensor, items: torch.Tensor | None = None) -
 
 
 class SeqRec(nn.Module):
-    causal_mask: torch.Tensor  # a buffer, registered in __init__
+    causal_mask: torch.Tensor  # buffers, registered in __init__
+    item_item_in: torch.Tensor | None
+    item_item_out: torch.Tensor | None
+    item_item_weight: torch.Tensor | None
+    item_item_decay: torch.Tensor | None
 
     def __init__(self, config: SeqRecConfig, item_content: torch.Tensor | None = None):
         super().__init__()
@@ -123,6 +131,13 @@ class SeqRec(nn.Module):
         # Weights of log1p(recent popularity) per window, added to every item's score.
         self.trend_weights = nn.Parameter(torch.zeros(len(config.trend_windows))) if config.trend_windows else None
         self.query_gap_embedding = nn.Embedding(GAP_BUCKETS, d) if config.use_query_gap else None
+        # The item-item term: data fitted after training (models.item_item), not trained. Its weight
+        # is 0 until then, so training and its validation see the transformer alone.
+        rank = config.item_item_rank
+        self.register_buffer("item_item_in", torch.zeros(config.n_items + 1, rank) if rank else None)
+        self.register_buffer("item_item_out", torch.zeros(config.n_items + 1, rank) if rank else None)
+        self.register_buffer("item_item_weight", torch.zeros(()) if rank else None)
+        self.register_buffer("item_item_decay", torch.ones(()) if rank else None)
         # Per recency bucket, an offset to the trend weights (bucket 0: no event yet).
         self.trend_by_gap = (
             nn.Parameter(torch.zeros(GAP_BUCKETS, len(config.trend_windows)))
@@ -175,6 +190,46 @@ class SeqRec(nn.Module):
             cached = (key, self.item_embedding.weight + self.content_projection(self.item_content))
             self.__dict__["_item_matrix_cache"] = cached
         return cached[1]
+
+    @property
+    def state_width(self) -> int:
+        """Width of a user's state (``last_hidden``) and of an item's ``output_vectors`` row."""
+        return self.config.d_model + self.config.item_item_rank
+
+    def output_vectors(self) -> torch.Tensor:
+        """[n_items + 1, state_width]: ``item_matrix`` with the item-item term's item side, what a
+        user's ``last_hidden`` state scores against."""
+        if self.item_item_out is None:
+            return self.item_matrix()
+        return torch.cat([self.item_matrix(), self.item_item_out], dim=1)
+
+    def with_item_item(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The transformer's last hidden states [B, d] of histories ``items`` [B, L] (left-padded, the
+        newest last) followed by the user side of the item-item term: the sum of the history's
+        ``item_item_in`` rows, the k-th newest counted ``item_item_decay^k`` (padding's row is zero),
+        so that ``state · output_vectors`` adds ``weight · Σ_j decay^k_j · P_j · Q_i``."""
+        if self.item_item_in is None or self.item_item_weight is None or self.item_item_decay is None:
+            return hidden
+        age = torch.arange(items.shape[1] - 1, -1, -1, device=items.device, dtype=self.item_item_in.dtype)
+        decay = torch.pow(self.item_item_decay, age)
+        history = torch.einsum("blr,l->br", self.item_item_in[items], decay) * self.item_item_weight
+        return torch.cat([hidden, history.to(hidden.dtype)], dim=1)
+
+    @torch.no_grad()
+    def set_item_item(self, item_in: torch.Tensor, item_out: torch.Tensor, weight: float, decay: float = 1.0) -> None:
+        """Install the fitted item-item factors ([n_items + 1, rank] each, row 0 zero), their weight and
+        the decay of the history's events."""
+        if (
+            self.item_item_in is None
+            or self.item_item_out is None
+            or self.item_item_weight is None
+            or self.item_item_decay is None
+        ):
+            raise ValueError("this model has no item-item term (train.model.item_item_rank is 0)")
+        self.item_item_in.copy_(item_in)
+        self.item_item_out.copy_(item_out)
+        self.item_item_weight.fill_(weight)
+        self.item_item_decay.fill_(decay)
 
     def embed(
         self,
@@ -233,12 +288,12 @@ class SeqRec(nn.Module):
         user_feats: torch.Tensor | None,
         query_gaps: torch.Tensor | None = None,
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """Every layer's attention keys and values [B, L, d] (one pair per layer), and the last hidden state [B, d]."""
+        """Every layer's attention keys and values [B, L, d] (one pair per layer), and ``last_hidden`` [B, state_width]."""
         x, saved = self.embed(items, gaps, user_feats, query_gaps), []
         for layer in self.encoder.layers:
             x, keys_values = self._layer_after(cast(nn.TransformerEncoderLayer, layer), x, None)
             saved.append(keys_values)
-        return saved, self.final_norm(x[:, -1])
+        return saved, self.with_item_item(self.final_norm(x[:, -1]), items)
 
     @torch.no_grad()
     def last_hidden_after(
@@ -261,7 +316,7 @@ class SeqRec(nn.Module):
         )
         for layer, saved in zip(self.encoder.layers, prefix):
             x, _ = self._layer_after(cast(nn.TransformerEncoderLayer, layer), x, saved)
-        return self.final_norm(x[:, -1])
+        return self.with_item_item(self.final_norm(x[:, -1]), items)
 
     def _layer_after(
         self, layer: nn.TransformerEncoderLayer, x: torch.Tensor, saved: tuple[torch.Tensor, torch.Tensor] | None
@@ -288,13 +343,14 @@ class SeqRec(nn.Module):
     def scores(
         self, hidden: torch.Tensor, trend: torch.Tensor | None = None, query_gaps: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """hidden [..., d] → scores over the catalogue [..., n_items + 1] (index 0 is padding).
+        """``last_hidden`` states [..., state_width] → scores over the catalogue [..., n_items + 1]
+        (index 0 is padding).
 
         ``trend`` [..., n_items + 1, len(trend_windows)]: the items' log1p recent popularity at
         the time of each prediction (see models.data.TrendTable); ``query_gaps`` [...]: the
         recency bucket of each prediction.
         """
-        return self.score_items(hidden, self.item_matrix(), trend, query_gaps)
+        return self.score_items(hidden, self.output_vectors(), trend, query_gaps)
 
     def score_items(
         self, hidden: torch.Tensor, item_vectors: torch.Tensor, trend: torch.Tensor | None, query_gaps: torch.Tensor | None
@@ -364,7 +420,8 @@ class SeqRec(nn.Module):
         rows = trend_rows[valid] if trend_table is not None and trend_rows is not None else None
         if self.config.loss == "full":
             trend = trend_table[rows] if trend_table is not None and rows is not None else None
-            logits = self.scores(h, trend, query).float()
+            # The item-item term's weight is 0 while training: the transformer alone is trained.
+            logits = self.score_items(h, self.item_matrix(), trend, query).float()
             logits[:, 0] = float("-inf")
             nll = -torch.log_softmax(logits, dim=-1).gather(1, labels)
         else:
@@ -426,5 +483,6 @@ class SeqRec(nn.Module):
         user_feats: torch.Tensor | None,
         query_gaps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The representation used to score the next item: the last position's hidden state."""
-        return self.encode(items, gaps, user_feats, query_gaps)[:, -1]
+        """The state [B, state_width] that scores the next item against ``output_vectors``: the last
+        position's hidden state, then the item-item term's user side."""
+        return self.with_item_item(self.encode(items, gaps, user_feats, query_gaps)[:, -1], items)

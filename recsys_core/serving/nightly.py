@@ -166,7 +166,7 @@ def score_and_explain(
             n_last=serve.reason_history,
             now=night.now,
             batch_users=serve.score_batch_users,
-            hidden=vectors[:, : bundle.config.d_model],  # the scoring pass's states: not encoded twice
+            hidden=vectors[:, : bundle.model.state_width],  # the scoring pass's states: not encoded twice
         )
     table = build_table(
         user_ids,

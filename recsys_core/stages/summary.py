@@ -79,6 +79,9 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
             console.print(
                 _metrics_table("Temporal backtest: trained up to the cut, new items of the following days", training["backtest"])
             )
+        item_item = training.get("item_item")
+        if item_item:
+            console.print(item_item_line(item_item))
         calibration = training.get("calibration")
         if calibration:
             offsets = ", ".join(f"{group} users +{offset:g}" for group, offset in calibration["offsets"].items())
@@ -131,6 +134,14 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
         console.print(table)
     console.print(f"MLflow UI: make mlflow  (store {settings.tracking_uri}); Airflow UI: make airflow")
     return s
+
+
+def item_item_line(fit: dict) -> str:
+    """The served model's item-item term: its weight and decay, and what it did on the validation split."""
+    return (
+        f"item-item term: weight {fit['weight']:g}, history decay {fit['decay']:g}, chosen on the validation split "
+        f"(ndcg@10 {fit['valid_ndcg@10']:.4f}, without it {fit['valid_ndcg@10_without']:.4f})"
+    )
 
 
 def new_users_line(new_users: dict) -> str:

@@ -97,7 +97,7 @@ def evaluate_split(
         return {"users": 0}
     seen = exclusion_from_lists(split.seen_indptr.numpy(), split.seen_indices.numpy(), model.config.n_items)[rows]
     model.eval()
-    catalogue = model.item_matrix()[1:]  # column 0 of the tables is the padding item
+    catalogue = model.output_vectors()[1:]  # column 0 of the tables is the padding item
     scorer = Scorer(model, split.inputs, catalogue, trend_table[:, 1:], split.trend_rows, batch=batch, device=device)
     ranks = []
     for start in range(0, len(rows), batch):

@@ -16,6 +16,7 @@ from recsys_core.models.attribution import MIN_DROP, explain, leave_one_out
 from recsys_core.models.inputs import encode
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
+from tests.models.test_scorer import install_item_item
 
 N_ITEMS, L, D, WINDOWS = 30, 8, 16, (7, 30)
 NOW = 10_000_000
@@ -42,12 +43,13 @@ def model_with(trend: bool) -> SeqRec:
             parameter.mul_(8.0)
         if model.trend_by_gap is not None:
             model.trend_by_gap.normal_()
+    install_item_item(model)  # a left-out event also leaves the item-item term
     return model
 
 
 def scorer_of(model: SeqRec, items, times, feats, trend: torch.Tensor | None) -> Scorer:
     with torch.no_grad():
-        return Scorer(model, encode(model.config, items, times, feats, NOW), model.item_matrix()[1:], trend, batch=5)
+        return Scorer(model, encode(model.config, items, times, feats, NOW), model.output_vectors()[1:], trend, batch=5)
 
 
 def test_a_variant_encodes_like_the_full_history_minus_that_event():

@@ -23,7 +23,16 @@ def random_model(use_query_gap: bool) -> SeqRec:
         model.trend_weights.normal_()
         if model.trend_by_gap is not None:
             model.trend_by_gap.normal_()
+    install_item_item(model)
     return model
+
+
+def install_item_item(model: SeqRec, weight: float = 0.7) -> None:
+    """Random item-item factors (row 0, the padding item, zero), so that every form of the score carries the term."""
+    gen = torch.Generator().manual_seed(9)
+    item_in, item_out = (torch.randn(model.config.n_items + 1, model.config.item_item_rank, generator=gen) for _ in range(2))
+    item_in[0] = item_out[0] = 0.0
+    model.set_item_item(item_in, item_out, weight)
 
 
 def random_inputs() -> ModelInputs:
@@ -42,11 +51,12 @@ def test_matrix_product_form_equals_the_score(use_query_gap):
     model = random_model(use_query_gap)
     trend = torch.rand(N_ITEMS, len(WINDOWS), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        scorer = Scorer(model, random_inputs(), model.item_matrix()[1:], trend, batch=3)
+        scorer = Scorer(model, random_inputs(), model.output_vectors()[1:], trend, batch=3)
     rows = np.array([4, 0, 2, 6])
     product = scorer.user_vectors(rows) @ scorer.item_matrix().T
     torch.testing.assert_close(product, scorer.scores(rows), rtol=1e-5, atol=1e-5)
-    assert scorer.user_vectors(rows).shape == (4, D + len(WINDOWS))
+    assert scorer.user_vectors(rows).shape == (4, model.state_width + len(WINDOWS))
+    assert model.state_width == D + model.config.item_item_rank > D
 
 
 def test_score_is_the_models_own_with_each_users_trend_snapshot():
@@ -55,7 +65,7 @@ def test_score_is_the_models_own_with_each_users_trend_snapshot():
     table = torch.rand(3, N_ITEMS + 1, len(WINDOWS), generator=torch.Generator().manual_seed(3))
     snapshot = torch.tensor([2, 0, 1, 1, 0, 2, 2])
     with torch.no_grad():
-        scorer = Scorer(model, inputs, model.item_matrix()[1:], table[:, 1:], snapshot)
+        scorer = Scorer(model, inputs, model.output_vectors()[1:], table[:, 1:], snapshot)
         hidden = model.last_hidden(inputs.items, inputs.gaps, inputs.user_feats, inputs.query_gaps)
         expected = model.scores(hidden, table[snapshot], inputs.query_gaps[:, -1])[:, 1:]
     np.testing.assert_allclose(scorer(np.arange(N_USERS)), expected.numpy(), rtol=1e-5, atol=1e-5)
@@ -68,12 +78,13 @@ def test_without_a_trend_the_score_is_the_dot_product():
     model = random_model(use_query_gap=False)
     inputs = random_inputs()
     with torch.no_grad():
-        scorer = Scorer(model, inputs, model.item_matrix()[1:])
+        scorer = Scorer(model, inputs, model.output_vectors()[1:])
         hidden = model.last_hidden(inputs.items, inputs.gaps, inputs.user_feats, inputs.query_gaps)
-        expected = hidden @ model.item_matrix()[1:].T
+        expected = hidden @ model.output_vectors()[1:].T
     rows = np.arange(N_USERS)
     np.testing.assert_allclose(scorer(rows), expected.numpy(), rtol=1e-5, atol=1e-5)
-    assert scorer.user_vectors(rows).shape == (N_USERS, D) and scorer.item_matrix().shape == (N_ITEMS, D)
+    width = model.state_width
+    assert scorer.user_vectors(rows).shape == (N_USERS, width) and scorer.item_matrix().shape == (N_ITEMS, width)
 
 
 def random_affine(n: int = N_ITEMS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,8 +99,8 @@ def test_an_item_adjustment_changes_every_form_of_the_score_alike(with_trend):
     trend = torch.rand(N_ITEMS, len(WINDOWS), generator=torch.Generator().manual_seed(2)) if with_trend else None
     scale, offset = random_affine()
     with torch.no_grad():
-        raw = Scorer(model, inputs, model.item_matrix()[1:], trend)
-        adjusted = Scorer(model, inputs, model.item_matrix()[1:], trend, item_affine=(scale, offset))
+        raw = Scorer(model, inputs, model.output_vectors()[1:], trend)
+        adjusted = Scorer(model, inputs, model.output_vectors()[1:], trend, item_affine=(scale, offset))
     rows = np.array([5, 0, 3])
     expected = raw.scores(rows) * scale + offset
     torch.testing.assert_close(adjusted.scores(rows), expected, rtol=1e-5, atol=1e-5)

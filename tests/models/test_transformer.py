@@ -87,7 +87,7 @@ def test_full_loss_equals_cross_entropy_over_catalogue():
     with torch.no_grad():
         loss = model(items, gaps, user_feats, targets)
         hidden = model.encode(items, gaps, user_feats)
-        logits = model.scores(hidden[targets > 0])
+        logits = model.score_items(hidden[targets > 0], model.item_matrix(), None, None)
         logits[:, 0] = -math.inf
         expected = torch.nn.functional.cross_entropy(logits, targets[targets > 0])
     torch.testing.assert_close(loss, expected)
@@ -181,7 +181,7 @@ def test_left_padded_and_empty_histories_give_finite_outputs(no_fastpath):
     hidden = model.encode(items, gaps, user_feats)
     assert torch.isfinite(hidden).all()
     last = model.last_hidden(items, gaps, user_feats)
-    assert last.shape == (3, D)
+    assert last.shape == (3, model.state_width)
     scores = model.scores(last)
     assert scores.shape == (3, N_ITEMS + 1)
     assert torch.isfinite(scores).all()
@@ -259,7 +259,7 @@ def test_future_targets_add_their_weighted_cross_entropy():
     future = torch.stack([targets, torch.where(targets > 0, 5, 0)], dim=-1)  # the target itself, and item 5
     loss = model(items, gaps, user_feats, targets, future=future)
     hidden = model.encode(items, gaps, user_feats)[targets > 0]
-    logits = model.scores(hidden)
+    logits = model.score_items(hidden, model.item_matrix(), None, None)
     logits[:, 0] = float("-inf")
     nll_next = torch.nn.functional.cross_entropy(logits, targets[targets > 0], reduction="none")
     nll_five = torch.nn.functional.cross_entropy(logits, torch.full_like(targets[targets > 0], 5), reduction="none")
@@ -297,7 +297,7 @@ def test_step_weights_weigh_each_position_loss():
     items, gaps, user_feats, targets = batch()
     model = model_for(config()).eval()
     valid = targets > 0
-    logits = model.scores(model.encode(items, gaps, user_feats)[valid])
+    logits = model.score_items(model.encode(items, gaps, user_feats)[valid], model.item_matrix(), None, None)
     logits[:, 0] = float("-inf")
     nll = torch.nn.functional.cross_entropy(logits, targets[valid], reduction="none")
     weights = torch.rand(items.shape, generator=torch.Generator().manual_seed(4))

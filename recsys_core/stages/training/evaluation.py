@@ -33,6 +33,7 @@ from recsys_core.stages.training.protocols import (
 from recsys_core.stages.training.workspace import checkpoint_dir, dataset_path, prepared_path, train_cutoff, workspace
 from recsys_core.training.checkpoint import load_checkpoint
 from recsys_core.training.dataset import PreparedData, TrainingDataset
+from recsys_core.training.item_item import fit_item_item
 from recsys_core.training.loop import BEST
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def load_trained(settings: Settings, as_of: date, data: PreparedData, protocol: 
         raise MissingInput(f"no trained model at {checkpoint_dir(ws, protocol) / BEST}", hint="run the torchrun step first")
     model.load_state_dict(best["model"])
     model.eval()
-    return ModelBundle(config, data.prep, model)
+    fitted = fit_item_item(model, data.split.train, dataset.valid, dataset.trend_table, settings.train)
+    return ModelBundle(config, data.prep, model, item_item_fit=fitted)
 
 
 def returning_bucket(settings: Settings) -> int:

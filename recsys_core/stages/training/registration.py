@@ -111,6 +111,7 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
         "metrics": {n: {k: summary["loo"][n][k] for k in headline} for n in summary["loo"]},
         "backtest": {n: {k: summary["backtest"][n][k] for k in backtest_headline} for n in summary.get("backtest", {})},
         "calibration": calibrated,
+        "item_item": bundle.item_item_fit,
         "operating_point": operating_summary(settings, evaluation),
         "new_users": new_users_summary(settings, evaluation),
         "train": {p: {k: v for k, v in r.items() if k != "history"} for p, r in train_results.items()},
@@ -137,6 +138,8 @@ def _log_seqrec_runs(settings: Settings, runs: dict, train_results: dict[str, di
             log_metrics(train_results[protocol], model_id=model_id)
             mlflow.log_figure(report.training_curves_figure(train_results[protocol]["history"]), "plots/training_curves.png")
             if protocol == "loo":
+                if evaluation.bundle.item_item_fit:
+                    log_metrics(evaluation.bundle.item_item_fit, prefix="item_item/", model_id=model_id)
                 example = _input_example(evaluation.leave_last_out.data)
                 info = log_bundle(bundle_dir, "model", example, registered_model_name=settings.train.model_name)
     return info

@@ -1,0 +1,84 @@
+"""recsys_core.models.item_item: EASE's item-item weights in low rank, and their place in the model's score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsys_core.config import ModelSettings
+from recsys_core.models.baselines import EASE, history_matrix
+from recsys_core.models.inputs import ModelInputs
+from recsys_core.models.item_item import item_item_factors
+from recsys_core.models.scorer import Scorer
+from recsys_core.models.transformer import SeqRec, SeqRecConfig
+
+N_ITEMS = 9
+
+
+def random_histories(n_users: int = 40, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.choice(np.arange(1, N_ITEMS + 1), size=rng.integers(1, 6), replace=False) for _ in range(n_users)]
+
+
+def test_at_full_rank_the_factors_give_eases_scores():
+    histories = random_histories()
+    x = history_matrix(histories, N_ITEMS)
+    item_in, item_out = item_item_factors(x, l2=2.0, rank=N_ITEMS)
+    assert item_in.shape == item_out.shape == (N_ITEMS + 1, N_ITEMS)
+    assert not item_in[0].any() and not item_out[0].any()  # the padding item adds nothing
+    ease = EASE(l2=2.0).fit(x).score(x)
+    np.testing.assert_allclose(np.asarray(x @ item_in[1:]) @ item_out[1:].T, ease, atol=1e-4)
+
+
+def test_a_lower_rank_keeps_the_largest_part_of_the_training_scores():
+    histories = random_histories()
+    x = history_matrix(histories, N_ITEMS)
+    ease = EASE(l2=2.0).fit(x).score(x)
+    errors = []
+    for rank in (1, 3, 6, N_ITEMS):
+        item_in, item_out = item_item_factors(x, l2=2.0, rank=rank)
+        errors.append(np.linalg.norm(np.asarray(x @ item_in[1:]) @ item_out[1:].T - ease))
+    assert errors == sorted(errors, reverse=True) and errors[0] > 10 * max(errors[-1], 1e-6)
+    # The best rank-r approximation of the score matrix (Eckart-Young): its error is the tail of the singular values.
+    singular = np.linalg.svd(ease, compute_uv=False)
+    item_in, item_out = item_item_factors(x, l2=2.0, rank=3)
+    error = np.linalg.norm(np.asarray(x @ item_in[1:]) @ item_out[1:].T - ease)
+    np.testing.assert_allclose(error, np.sqrt((singular[3:] ** 2).sum()), rtol=1e-4)
+
+
+@pytest.mark.parametrize("decay", [1.0, 0.5])
+def test_the_model_score_adds_the_weighted_term_of_the_window_it_sees(decay):
+    torch.manual_seed(0)
+    settings = ModelSettings(max_len=4, d_model=8, n_layers=1, dropout=0.0, use_content=False, use_query_gap=False)
+    config = SeqRecConfig.from_settings(settings, N_ITEMS)
+    assert config.item_item_rank == N_ITEMS  # the default rank, cut to the catalogue
+    model = SeqRec(config).eval()
+    histories = random_histories()
+    item_in, item_out = item_item_factors(history_matrix(histories, N_ITEMS), l2=2.0, rank=N_ITEMS)
+    items = torch.tensor([[0, 0, 3, 5], [2, 7, 1, 9], [0, 0, 0, 0]])
+    inputs = ModelInputs(items, torch.zeros_like(items), torch.zeros_like(items), torch.zeros(3, 0, dtype=torch.long))
+    scorer = Scorer(model, inputs, model.output_vectors()[1:].detach())
+    rows = np.arange(3)
+    before = scorer.scores(rows)  # a trained model's weight is 0 until the term is fitted
+    model.set_item_item(torch.from_numpy(item_in), torch.from_numpy(item_out), 2.5, decay)
+    after = Scorer(model, inputs, model.output_vectors()[1:].detach()).scores(rows)
+    ease = EASE(l2=2.0).fit(history_matrix(histories, N_ITEMS)).weights
+    # EASE's score of each window, the k-th newest event counted decay^k.
+    window = np.zeros((3, N_ITEMS))
+    window[0, [4, 2]] = [1.0, decay]  # items 5 (newest) and 3
+    window[1, [8, 0, 6, 1]] = [1.0, decay, decay**2, decay**3]  # items 9, 1, 7, 2
+    torch.testing.assert_close(after - before, torch.from_numpy(2.5 * window @ ease).float(), atol=1e-4, rtol=1e-4)
+
+
+def test_a_bundle_of_old_keeps_no_term():
+    settings = ModelSettings(max_len=4, d_model=8, n_layers=1, use_content=False)
+    saved = SeqRecConfig.from_settings(settings, N_ITEMS).to_dict()
+    del saved["item_item_rank"]  # a config saved before the term existed
+    model = SeqRec(SeqRecConfig.from_dict(saved))
+    assert model.state_width == 8 and "item_item_in" not in model.state_dict()
+
+
+def test_a_catalogue_over_the_limit_leaves_the_term_off():
+    settings = ModelSettings(max_len=4, d_model=8, n_layers=1, use_content=False, item_item_max_items=N_ITEMS - 1)
+    assert SeqRecConfig.from_settings(settings, N_ITEMS).item_item_rank == 0

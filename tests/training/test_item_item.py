@@ -1,0 +1,74 @@
+"""recsys_core.training.item_item: the item-item term's factors and weight, fitted after training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsys_core.config import ModelSettings, TrainSettings
+from recsys_core.models.transformer import SeqRec
+from recsys_core.training.dataset import build_dataset, model_config, prepare
+from recsys_core.training.item_item import fit_item_item
+from recsys_core.training.loop import evaluate_split
+from tests.training.test_data import events, item_features, user_profiles
+
+CLUSTERS, CLUSTER_SIZE, USERS = 3, 6, 90
+
+
+def clustered_world():
+    """Each user meets the items of one cluster in a random order: what co-occurs predicts what comes next."""
+    rng = np.random.default_rng(0)
+    items = item_features([{"item_id": f"i{j}", "genres": ["Drama"]} for j in range(CLUSTERS * CLUSTER_SIZE)])
+    users = user_profiles([{"user_id": f"u{u:03d}", "age": 30, "gender": "F", "occupation": "artist"} for u in range(USERS)])
+    rows = []
+    for u in range(USERS):
+        cluster = u % CLUSTERS
+        for step, j in enumerate(rng.permutation(CLUSTER_SIZE)[:5]):
+            rows.append((f"u{u:03d}", f"i{cluster * CLUSTER_SIZE + j}", 3600 * u + 60 * step, "f.gz", 10 * u + step))
+    return events(rows), users, items
+
+
+def test_the_weight_is_chosen_on_the_validation_split_and_installed():
+    data = prepare(*clustered_world())
+    settings = TrainSettings(model=ModelSettings(max_len=4, d_model=8, n_heads=2, n_layers=1, use_content=False))
+    config = model_config(data, settings.model)
+    dataset = build_dataset(data, config)
+    torch.manual_seed(0)
+    model = SeqRec(config, dataset.item_content).eval()  # untrained: only the item-item term knows the clusters
+    rows = np.arange(len(dataset.valid.targets))
+    alone = evaluate_split(model, dataset.valid, rows, (10,), torch.device("cpu"), dataset.trend_table)["ndcg@10"]
+
+    fitted = fit_item_item(model, data.split.train, dataset.valid, dataset.trend_table, settings)
+
+    assert fitted is not None and fitted["weight"] > 0
+    assert fitted["decay"] in settings.model.item_item_decays
+    assert fitted["valid_ndcg@10_without"] == alone
+    assert fitted["valid_ndcg@10"] > alone + 0.2
+    # Installed: the model now scores with the chosen weight and decay.
+    assert float(model.item_item_weight) == fitted["weight"]
+    assert float(model.item_item_decay) == pytest.approx(fitted["decay"])  # a float32 buffer
+    again = evaluate_split(model, dataset.valid, rows, (10,), torch.device("cpu"), dataset.trend_table)
+    assert again["ndcg@10"] == fitted["valid_ndcg@10"]
+
+
+def test_a_term_that_changes_nothing_gets_weight_0():
+    data = prepare(*clustered_world())
+    settings = TrainSettings(model=ModelSettings(max_len=4, d_model=8, n_heads=2, n_layers=1, use_content=False))
+    config = model_config(data, settings.model)
+    dataset = build_dataset(data, config)
+    model = SeqRec(config, dataset.item_content).eval()
+    # Every history is the same one item: nothing co-occurs, so EASE's weights and every weighted term are 0.
+    fitted = fit_item_item(model, [np.array([1])] * USERS, dataset.valid, dataset.trend_table, settings)
+    assert fitted is not None and fitted["weight"] == 0.0  # on a tie, the smallest weight
+    assert fitted["valid_ndcg@10"] == fitted["valid_ndcg@10_without"]
+
+
+def test_without_the_term_nothing_is_fitted():
+    data = prepare(*clustered_world())
+    settings = TrainSettings(model=ModelSettings(max_len=4, d_model=8, n_heads=2, n_layers=1, item_item_rank=0))
+    config = model_config(data, settings.model)
+    dataset = build_dataset(data, config)
+    model = SeqRec(config, dataset.item_content).eval()
+    assert fit_item_item(model, data.split.train, dataset.valid, dataset.trend_table, settings) is None
+    assert model.state_width == 8
