@@ -35,7 +35,15 @@ TABLE = RESULTS / "quality-levers.md"
 DEFAULT = "default"
 
 
-def train_and_score(as_of: date, lever: str) -> dict:
+def training_settings(settings_json: str) -> dict:
+    """The settings that decide the transformer's training: all of ``train`` but the item-item term's,
+    which is fitted after training."""
+    train = json.loads(settings_json)["train"]
+    train["model"] = {k: v for k, v in train["model"].items() if not k.startswith("item_item")}
+    return train
+
+
+def train_and_score(as_of: date, lever: str, training_of: str | None = None) -> dict:
     from recsys_core.config import get_settings
     from recsys_core.evaluation.protocols import evaluate
     from recsys_core.models.bundle import ModelBundle
@@ -59,28 +67,41 @@ def train_and_score(as_of: date, lever: str) -> dict:
     dataset = build_dataset(data, config, settings.train.seed)
     dataset.save(out / "dataset-loo.pt")
     (out / "settings.json").write_text(settings.model_dump_json(indent=2))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
-    command += [f"--nproc-per-node={settings.train.nproc_per_node}", str(JOB)]
-    command += ["--dataset", str(out / "dataset-loo.pt"), "--out", str(out / "checkpoints")]
-    command += ["--settings", str(out / "settings.json")]
-    started = time.monotonic()
-    subprocess.run(command, env=torchrun_env(settings), check=True)
-    train_seconds = time.monotonic() - started
+    checkpoints = out / "checkpoints"
+    if training_of is None:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1"]
+        command += [f"--nproc-per-node={settings.train.nproc_per_node}", str(JOB)]
+        command += ["--dataset", str(out / "dataset-loo.pt"), "--out", str(checkpoints)]
+        command += ["--settings", str(out / "settings.json")]
+        started = time.monotonic()
+        subprocess.run(command, env=torchrun_env(settings), check=True)
+        train_seconds = time.monotonic() - started
+    else:  # the same training as another lever's run: only the item-item term differs
+        trained_by = out.parents[2] / "".join(c if c.isalnum() else "-" for c in training_of) / out.parent.name / out.name
+        checkpoints = trained_by / "checkpoints"
+        if training_settings((trained_by / "settings.json").read_text()) != training_settings(settings.model_dump_json()):
+            raise SystemExit(f"{trained_by} was trained with other settings than this lever's: train it (drop --training-of)")
+        train_seconds = json.loads((checkpoints / RESULT).read_text())["train_seconds"]
 
     model = SeqRec(config, dataset.item_content)
-    best = load_checkpoint(out / "checkpoints" / BEST)
-    assert best is not None, f"torchrun left no {BEST} in {out / 'checkpoints'}"
-    model.load_state_dict(best["model"])
+    best = load_checkpoint(checkpoints / BEST)
+    assert best is not None, f"torchrun left no {BEST} in {checkpoints}"
+    state = best["model"]
+    if training_of is not None:  # trained with another item-item term's shape: it is refitted below anyway
+        state = {k: v for k, v in state.items() if not k.startswith("item_item")}
+    missing = model.load_state_dict(state, strict=training_of is None).missing_keys
+    assert all(k.startswith("item_item") for k in missing), missing
     item_item = fit_item_item(model.eval(), data.split.train, dataset.valid, dataset.trend_table, settings.train) or {}
     bundle = ModelBundle(config, data.prep, model)
     loo = leave_last_out_scored(settings, data)
     metrics = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context).metrics
     alone = None  # the transformer without its item-item term, on the same users
     if item_item and model.item_item_weight is not None:
+        installed = float(model.item_item_weight)
         model.item_item_weight.fill_(0.0)
         alone = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context).metrics["ndcg@10"]
-        model.item_item_weight.fill_(item_item["weight"])
-    trained = json.loads((out / "checkpoints" / RESULT).read_text())
+        model.item_item_weight.fill_(installed)
+    trained = json.loads((checkpoints / RESULT).read_text())
     overrides = {k: v for k, v in sorted(os.environ.items()) if k.startswith("RECSYS_") and k != "RECSYS_DATA_ROOT"}
     return {
         "lever": lever,
@@ -97,6 +118,7 @@ def train_and_score(as_of: date, lever: str) -> dict:
         "best_val_ndcg@10": round(trained.get("best_val_ndcg@10", float("nan")), 5),
         "item_item": item_item,
         "train_seconds": round(train_seconds, 1),
+        "training_of": training_of,
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -123,7 +145,9 @@ def render() -> str:
         "machine was shared and the time is pessimistic. NDCG@10 does not depend on the load.",
         "",
         "`transformer alone` is the same model's NDCG@10 without its item-item term (models/item_item.py;",
-        "rows with `ITEM_ITEM_RANK=0` were measured before the term existed, and are the transformer alone).",
+        "rows with `ITEM_ITEM_RANK=0` and `ITEM_ITEM_TRANSITIONS=false` have no term: the transformer alone).",
+        "The term's own levers reuse the `default` rows' trained checkpoints (`--training-of default`: same",
+        "seed, same training settings), so only the term differs; their train seconds are those of that training.",
         "",
         (
             "| lever | overrides | date | seeds | NDCG@10 | change | transformer alone | HR@10 | coverage@10 "
@@ -161,11 +185,16 @@ def main() -> int:
     parser.add_argument("--date", type=date.fromisoformat)
     parser.add_argument("--lever", default=DEFAULT, help="the row's name; 'default' is the configuration as shipped")
     parser.add_argument("--table", action="store_true", help="only render quality-levers.md from the recorded runs")
+    parser.add_argument(
+        "--training-of",
+        metavar="LEVER",
+        help="reuse that lever's trained checkpoints (same date, seed and training settings): for the item-item term's levers",
+    )
     args = parser.parse_args()
     if not args.table:
         if args.date is None:
             parser.error("--date is required to train")
-        result = train_and_score(args.date, args.lever)
+        result = train_and_score(args.date, args.lever, args.training_of)
         print(json.dumps(result), flush=True)
         with LINES.open("a") as f:
             f.write(json.dumps(result) + "\n")

@@ -56,8 +56,10 @@ class SeqRecConfig:
     future_horizon_days: float  # > 0: also learn items taken up within this horizon (see forward)
     future_samples: int
     future_weight: float
-    # Rank of the item-item term (see SeqRec.with_item_item): 0 = none.
+    # Rank of the item-item term's EASE part (see SeqRec.with_item_item): 0 = none.
     item_item_rank: int = 0
+    # Whether the term also has a transition part (models.item_item.transition_factors): n_items columns.
+    item_item_transitions: bool = False
 
     @classmethod
     def from_settings(
@@ -88,6 +90,7 @@ class SeqRecConfig:
             future_samples=settings.future_samples,
             future_weight=settings.future_weight,
             item_item_rank=min(settings.item_item_rank, n_items) if n_items <= settings.item_item_max_items else 0,
+            item_item_transitions=settings.item_item_transitions and n_items <= settings.item_item_max_items,
         )
 
     def to_dict(self) -> dict:
@@ -99,7 +102,13 @@ class SeqRecConfig:
         data["user_cardinalities"] = tuple(data.get("user_cardinalities", ()))
         data["trend_windows"] = tuple(data.get("trend_windows", ()))
         data.setdefault("item_item_rank", 0)  # bundles saved before the item-item term
+        data.setdefault("item_item_transitions", False)  # or before its transition part
         return cls(**data)
+
+    @property
+    def item_item_width(self) -> int:
+        """Columns the item-item term adds to a user's state and an item's output vector."""
+        return self.item_item_rank + (self.n_items if self.item_item_transitions else 0)
 
 
 def gap_buckets(gaps_seconds: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -133,11 +142,11 @@ class SeqRec(nn.Module):
         self.query_gap_embedding = nn.Embedding(GAP_BUCKETS, d) if config.use_query_gap else None
         # The item-item term: data fitted after training (models.item_item), not trained. Its weight
         # is 0 until then, so training and its validation see the transformer alone.
-        rank = config.item_item_rank
-        self.register_buffer("item_item_in", torch.zeros(config.n_items + 1, rank) if rank else None)
-        self.register_buffer("item_item_out", torch.zeros(config.n_items + 1, rank) if rank else None)
-        self.register_buffer("item_item_weight", torch.zeros(()) if rank else None)
-        self.register_buffer("item_item_decay", torch.ones(()) if rank else None)
+        width = config.item_item_width
+        self.register_buffer("item_item_in", torch.zeros(config.n_items + 1, width) if width else None)
+        self.register_buffer("item_item_out", torch.zeros(config.n_items + 1, width) if width else None)
+        self.register_buffer("item_item_weight", torch.zeros(()) if width else None)
+        self.register_buffer("item_item_decay", torch.ones(()) if width else None)
         # Per recency bucket, an offset to the trend weights (bucket 0: no event yet).
         self.trend_by_gap = (
             nn.Parameter(torch.zeros(GAP_BUCKETS, len(config.trend_windows)))
@@ -194,7 +203,7 @@ class SeqRec(nn.Module):
     @property
     def state_width(self) -> int:
         """Width of a user's state (``last_hidden``) and of an item's ``output_vectors`` row."""
-        return self.config.d_model + self.config.item_item_rank
+        return self.config.d_model + self.config.item_item_width
 
     def output_vectors(self) -> torch.Tensor:
         """[n_items + 1, state_width]: ``item_matrix`` with the item-item term's item side, what a
@@ -211,13 +220,16 @@ class SeqRec(nn.Module):
         if self.item_item_in is None or self.item_item_weight is None or self.item_item_decay is None:
             return hidden
         age = torch.arange(items.shape[1] - 1, -1, -1, device=items.device, dtype=self.item_item_in.dtype)
-        decay = torch.pow(self.item_item_decay, age)
-        history = torch.einsum("blr,l->br", self.item_item_in[items], decay) * self.item_item_weight
+        decay = torch.pow(self.item_item_decay, age).expand(items.shape)
+        # The decayed history as a [B, n_items + 1] row times the factors: gathering the factors' rows
+        # instead would hold [B, L, width] at once, and the transition part is n_items wide.
+        decayed = torch.zeros(items.shape[0], self.item_item_in.shape[0], dtype=decay.dtype, device=items.device)
+        history = decayed.scatter_add_(1, items, decay) @ self.item_item_in * self.item_item_weight
         return torch.cat([hidden, history.to(hidden.dtype)], dim=1)
 
     @torch.no_grad()
     def set_item_item(self, item_in: torch.Tensor, item_out: torch.Tensor, weight: float, decay: float = 1.0) -> None:
-        """Install the fitted item-item factors ([n_items + 1, rank] each, row 0 zero), their weight and
+        """Install the fitted item-item factors ([n_items + 1, item_item_width] each, row 0 zero), their weight and
         the decay of the history's events."""
         if (
             self.item_item_in is None
@@ -225,7 +237,7 @@ class SeqRec(nn.Module):
             or self.item_item_weight is None
             or self.item_item_decay is None
         ):
-            raise ValueError("this model has no item-item term (train.model.item_item_rank is 0)")
+            raise ValueError("this model has no item-item term (train.model.item_item_rank is 0 and item_item_transitions off)")
         self.item_item_in.copy_(item_in)
         self.item_item_out.copy_(item_out)
         self.item_item_weight.fill_(weight)

@@ -137,10 +137,11 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
 
 
 def item_item_line(fit: dict) -> str:
-    """The served model's item-item term: its weight and decay, and what it did on the validation split."""
+    """The served model's item-item term: its parts' weights and decay, and what it did on the validation split."""
+    transitions = f", transitions {fit['transition_weight']:g}" if "transition_weight" in fit else ""
     return (
-        f"item-item term: weight {fit['weight']:g}, history decay {fit['decay']:g}, chosen on the validation split "
-        f"(ndcg@10 {fit['valid_ndcg@10']:.4f}, without it {fit['valid_ndcg@10_without']:.4f})"
+        f"item-item term: weight EASE {fit['weight']:g}{transitions}, history decay {fit['decay']:g}, "
+        f"chosen on the validation split (ndcg@10 {fit['valid_ndcg@10']:.4f}, without it {fit['valid_ndcg@10_without']:.4f})"
     )
 
 

@@ -1,70 +1,115 @@
 """Fitting the sequence model's item-item term (models.item_item) after training: its factors on the
-training histories, its weight on the validation split the training stopped on."""
+training histories, its weights and history decay on the validation split the training stopped on."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections import defaultdict
 
 import numpy as np
 import torch
 
 from recsys_core.config import TrainSettings
+from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
 from recsys_core.evaluation.sampling import sample_rows
 from recsys_core.models.baselines import history_matrix
-from recsys_core.models.item_item import item_item_factors
+from recsys_core.models.item_item import item_item_factors, transition_factors
 from recsys_core.models.transformer import SeqRec
 from recsys_core.training.dataset import HeldOutSplit
-from recsys_core.training.loop import evaluate_split
+from recsys_core.training.loop import held_out_scorer, held_out_users
 
 log = logging.getLogger(__name__)
 
 METRIC = "ndcg@10"
+BATCH = 512
 
 
 def fit_item_item(
     model: SeqRec, histories: list[np.ndarray], valid: HeldOutSplit, trend_table: torch.Tensor, settings: TrainSettings
 ) -> dict[str, float] | None:
     """Install the item-item factors of ``histories`` (the training sequences, 1-based items) in
-    ``model`` with the weight and history decay (``settings.model.item_item_weights`` x
-    ``item_item_decays``) that rank the validation targets best: on a tie the smallest weight, so
-    weight 0 (the transformer alone) wherever the term does not help. Returns the chosen weight and
-    decay with the validation NDCG@10 with and without the term; None when the model has none."""
-    if not model.config.item_item_rank:
+    ``model`` with the weights of its parts (EASE's from ``settings.model.item_item_weights``, the
+    transitions' from ``item_item_transition_weights``) and the history decay (``item_item_decays``)
+    that rank the validation targets best: on a tie the smallest weights, so weight 0 (the
+    transformer alone) wherever a part does not help. Returns the chosen weights and decay with the
+    validation NDCG@10 with and without the term; None when the model has none.
+
+    The score is linear in each part's weight, so every combination is scored from three score
+    matrices per decay (without the term, with each part at weight 1) instead of encoding the
+    validation histories once per combination."""
+    config = model.config
+    if not config.item_item_width:
         return None
     started = time.monotonic()
-    factors = item_item_factors(
-        history_matrix(histories, model.config.n_items), settings.ease_lambda, model.config.item_item_rank
+    n_items, knobs = config.n_items, settings.model
+    decays = sorted(set(knobs.item_item_decays), reverse=True)
+    none = (np.zeros((n_items + 1, 0), np.float32),) * 2  # a part that is off: no columns
+    ease = (
+        item_item_factors(history_matrix(histories, n_items), settings.ease_lambda, config.item_item_rank)
+        if config.item_item_rank
+        else none
     )
-    item_in, item_out = (torch.from_numpy(f) for f in factors)
+    transitions = {
+        decay: (
+            transition_factors(histories, n_items, knobs.item_item_transition_lambda, decay, config.max_len)
+            if config.item_item_transitions
+            else none
+        )
+        for decay in decays
+    }
+    ease_weights = sorted(set(knobs.item_item_weights) | {0.0}) if config.item_item_rank else [0.0]
+    transition_weights = sorted(set(knobs.item_item_transition_weights) | {0.0}) if config.item_item_transitions else [0.0]
+
+    def install(ease_weight: float, transition_weight: float, decay: float) -> None:
+        # The weights are folded into the history side; the model's own weight switches the term on.
+        (ease_in, ease_out), (transition_in, transition_out) = ease, transitions[decay]
+        item_in = np.hstack([ease_weight * ease_in, transition_weight * transition_in])
+        item_out = np.hstack([ease_out, transition_out])
+        on = float(ease_weight > 0 or transition_weight > 0)
+        model.set_item_item(torch.from_numpy(item_in), torch.from_numpy(item_out), on, decay)
+
+    def scores(ease_weight: float, transition_weight: float, decay: float, users: np.ndarray) -> np.ndarray:
+        install(ease_weight, transition_weight, decay)
+        return held_out_scorer(model, valid, trend_table, torch.device("cpu"), BATCH)(users)
+
     rows = sample_rows(np.arange(len(valid.targets)), settings.max_validation_users, settings.seed)
-
-    def validation_ndcg(weight: float, decay: float) -> float:
-        model.set_item_item(item_in, item_out, weight, decay)
-        return evaluate_split(model, valid, rows, (10,), torch.device("cpu"), trend_table).get(METRIC, 0.0)
-
-    decays = sorted(set(settings.model.item_item_decays), reverse=True)
-    scored = {(0.0, decays[0]): validation_ndcg(0.0, decays[0])}  # without the term: the same for every decay
-    for weight in sorted(set(settings.model.item_item_weights) - {0.0}):
+    rows, targets, seen = held_out_users(model, valid, rows)
+    ranks: dict[tuple[float, float, float], list[np.ndarray]] = defaultdict(list)
+    for start in range(0, len(rows), BATCH):
+        part = slice(start, start + BATCH)
+        base = scores(0.0, 0.0, decays[0], rows[part])
         for decay in decays:
-            scored[(weight, decay)] = validation_ndcg(weight, decay)
-    weight, decay = max(scored, key=lambda knobs: (scored[knobs], -knobs[0]))
-    model.set_item_item(item_in, item_out, weight, decay)
-    without = scored[(0.0, decays[0])]
+            ease_part = scores(1.0, 0.0, decay, rows[part]) - base if config.item_item_rank else 0.0
+            transition_part = scores(0.0, 1.0, decay, rows[part]) - base if config.item_item_transitions else 0.0
+            for ease_weight, transition_weight in itertools.product(ease_weights, transition_weights):
+                if ease_weight == transition_weight == 0.0 and decay != decays[0]:
+                    continue  # without the term: the same for every decay
+                combined = base + ease_weight * ease_part + transition_weight * transition_part
+                ranks[(ease_weight, transition_weight, decay)].append(target_ranks(combined, targets[part], exclude=seen[part]))
+    scored = {knob: metrics_from_ranks(np.concatenate(r), (10,)).get(METRIC, 0.0) for knob, r in ranks.items()}
+    best = max(scored, key=lambda knob: (scored[knob], -knob[0], -knob[1])) if scored else (0.0, 0.0, decays[0])
+    ease_weight, transition_weight, decay = best
+    install(ease_weight, transition_weight, decay)
+    without = scored.get((0.0, 0.0, decays[0]), 0.0)
     log.info(
-        "item-item term: rank %d, weight %g, decay %g chosen on %d validation users (%s %.4f, without it %.4f) in %.1fs",
-        model.config.item_item_rank,
-        weight,
+        "item-item term: EASE rank %d weight %g, transitions weight %g, decay %g chosen on %d validation users "
+        "(%s %.4f, without it %.4f) in %.1fs",
+        config.item_item_rank,
+        ease_weight,
+        transition_weight,
         decay,
-        int((valid.targets[rows] > 0).sum()),
+        len(rows),
         METRIC,
-        scored[(weight, decay)],
+        scored.get(best, 0.0),
         without,
         time.monotonic() - started,
     )
     return {
-        "weight": weight,
+        "weight": ease_weight,
+        "transition_weight": transition_weight,
         "decay": decay,
-        f"valid_{METRIC}": scored[(weight, decay)],
+        f"valid_{METRIC}": scored.get(best, 0.0),
         f"valid_{METRIC}_without": without,
     }

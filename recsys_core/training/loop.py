@@ -87,22 +87,33 @@ def config_fingerprint(settings: TrainSettings, data_meta: dict) -> str:
 
 
 @torch.no_grad()
+def held_out_scorer(model: SeqRec, split: HeldOutSplit, trend_table: torch.Tensor, device, batch: int = 512) -> Scorer:
+    """The model's full-catalogue scores of a held-out split's users, by row (``trend_table`` on ``device``)."""
+    model.eval()
+    catalogue = model.output_vectors()[1:]  # column 0 of the tables is the padding item
+    return Scorer(model, split.inputs, catalogue, trend_table[:, 1:], split.trend_rows, batch=batch, device=device)
+
+
+def held_out_users(model: SeqRec, split: HeldOutSplit, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Of ``rows``, those with a target: the rows, their 0-based target items and their seen items (CSR)."""
+    targets = split.targets.numpy()
+    rows = rows[targets[rows] > 0]
+    seen = exclusion_from_lists(split.seen_indptr.numpy(), split.seen_indices.numpy(), model.config.n_items)[rows]
+    return rows, targets[rows] - 1, seen
+
+
 def evaluate_split(
     model: SeqRec, split: HeldOutSplit, rows: np.ndarray, ks, device, trend_table: torch.Tensor, batch: int = 512
 ) -> dict:
     """Full-ranking metrics of one held-out split on the given user rows (``trend_table`` on ``device``)."""
-    targets = split.targets.numpy()
-    rows = rows[targets[rows] > 0]
+    rows, targets, seen = held_out_users(model, split, rows)
     if len(rows) == 0:
         return {"users": 0}
-    seen = exclusion_from_lists(split.seen_indptr.numpy(), split.seen_indices.numpy(), model.config.n_items)[rows]
-    model.eval()
-    catalogue = model.output_vectors()[1:]  # column 0 of the tables is the padding item
-    scorer = Scorer(model, split.inputs, catalogue, trend_table[:, 1:], split.trend_rows, batch=batch, device=device)
+    scorer = held_out_scorer(model, split, trend_table, device, batch)
     ranks = []
     for start in range(0, len(rows), batch):
-        part = rows[start : start + batch]
-        ranks.append(target_ranks(scorer(part), targets[part] - 1, exclude=seen[start : start + batch]))
+        part = slice(start, start + batch)
+        ranks.append(target_ranks(scorer(rows[part]), targets[part], exclude=seen[part]))
     return metrics_from_ranks(np.concatenate(ranks), ks)
 
 
@@ -115,7 +126,13 @@ def train(dataset_path: Path, out_dir: Path, settings: TrainSettings, mlflow_run
     data = TrainingDataset.load(dataset_path, mmap=True)
     torch.manual_seed(settings.seed)
     model = SeqRec(data.config, data.item_content).to(ctx.device)
-    ddp = DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None) if ctx.world_size > 1 else model
+    # No buffer changes while training (the content table is data; the item-item term is fitted after),
+    # so DDP need not broadcast them, the term's n_items-wide factors included, before every step.
+    ddp = (
+        DDP(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None, broadcast_buffers=False)
+        if ctx.world_size > 1
+        else model
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     use_amp = settings.amp and ctx.device.type == "cuda"
     scaler_ctx = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext

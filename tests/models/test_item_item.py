@@ -1,4 +1,5 @@
-"""recsys_core.models.item_item: EASE's item-item weights in low rank, and their place in the model's score."""
+"""recsys_core.models.item_item: EASE's item-item weights in low rank, the transitions' weights, and their
+place in the model's score."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from recsys_core.config import ModelSettings
 from recsys_core.models.baselines import EASE, history_matrix
 from recsys_core.models.inputs import ModelInputs
-from recsys_core.models.item_item import item_item_factors
+from recsys_core.models.item_item import item_item_factors, transition_factors
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
 
@@ -50,9 +51,11 @@ def test_a_lower_rank_keeps_the_largest_part_of_the_training_scores():
 @pytest.mark.parametrize("decay", [1.0, 0.5])
 def test_the_model_score_adds_the_weighted_term_of_the_window_it_sees(decay):
     torch.manual_seed(0)
-    settings = ModelSettings(max_len=4, d_model=8, n_layers=1, dropout=0.0, use_content=False, use_query_gap=False)
+    settings = ModelSettings(
+        max_len=4, d_model=8, n_layers=1, dropout=0.0, use_content=False, use_query_gap=False, item_item_transitions=False
+    )
     config = SeqRecConfig.from_settings(settings, N_ITEMS)
-    assert config.item_item_rank == N_ITEMS  # the default rank, cut to the catalogue
+    assert config.item_item_rank == config.item_item_width == N_ITEMS  # the default rank, cut to the catalogue
     model = SeqRec(config).eval()
     histories = random_histories()
     item_in, item_out = item_item_factors(history_matrix(histories, N_ITEMS), l2=2.0, rank=N_ITEMS)
@@ -74,11 +77,70 @@ def test_the_model_score_adds_the_weighted_term_of_the_window_it_sees(decay):
 def test_a_bundle_of_old_keeps_no_term():
     settings = ModelSettings(max_len=4, d_model=8, n_layers=1, use_content=False)
     saved = SeqRecConfig.from_settings(settings, N_ITEMS).to_dict()
-    del saved["item_item_rank"]  # a config saved before the term existed
+    del saved["item_item_rank"], saved["item_item_transitions"]  # a config saved before the term existed
     model = SeqRec(SeqRecConfig.from_dict(saved))
     assert model.state_width == 8 and "item_item_in" not in model.state_dict()
 
 
+def test_a_bundle_saved_before_the_transitions_keeps_eases_part_alone():
+    settings = ModelSettings(max_len=4, d_model=8, n_layers=1, use_content=False, item_item_rank=3)
+    saved = SeqRecConfig.from_settings(settings, N_ITEMS).to_dict()
+    assert saved["item_item_transitions"]  # on by default
+    del saved["item_item_transitions"]
+    model = SeqRec(SeqRecConfig.from_dict(saved))
+    assert model.state_width == 8 + 3 and model.state_dict()["item_item_in"].shape == (N_ITEMS + 1, 3)
+
+
 def test_a_catalogue_over_the_limit_leaves_the_term_off():
     settings = ModelSettings(max_len=4, d_model=8, n_layers=1, use_content=False, item_item_max_items=N_ITEMS - 1)
-    assert SeqRecConfig.from_settings(settings, N_ITEMS).item_item_rank == 0
+    config = SeqRecConfig.from_settings(settings, N_ITEMS)
+    assert config.item_item_rank == 0 and not config.item_item_transitions and config.item_item_width == 0
+
+
+def brute_force_transitions(histories: list[np.ndarray], l2: float, decay: float, window: int) -> np.ndarray:
+    """The ridge regression of every next item on the decayed window before it, one step at a time."""
+    steps, nexts = [], []
+    for history in histories:
+        for t in range(1, len(history)):
+            before = np.zeros(N_ITEMS)
+            for k, item in enumerate(history[max(0, t - window) : t][::-1]):
+                before[item - 1] += decay**k
+            steps.append(before)
+            nexts.append(np.eye(N_ITEMS)[history[t] - 1])
+    x, y = np.array(steps), np.array(nexts)
+    return np.linalg.solve(x.T @ x + l2 * np.eye(N_ITEMS), x.T @ y)
+
+
+@pytest.mark.parametrize(("decay", "window"), [(1.0, 10), (0.6, 2)])
+def test_the_transition_weights_regress_each_next_item_on_the_decayed_window_before_it(decay, window):
+    rng = np.random.default_rng(3)
+    histories = [rng.integers(1, N_ITEMS + 1, size=rng.integers(1, 8)) for _ in range(60)]  # repeats included
+    item_in, item_out = transition_factors(histories, N_ITEMS, l2=1.5, decay=decay, window=window)
+    assert item_in.shape == item_out.shape == (N_ITEMS + 1, N_ITEMS)
+    assert not item_in[0].any() and not item_out[0].any()
+    np.testing.assert_allclose(item_out[1:], np.eye(N_ITEMS))  # kept whole: the item side is the identity
+    np.testing.assert_allclose(item_in[1:], brute_force_transitions(histories, 1.5, decay, window), atol=1e-5)
+
+
+def test_the_model_score_adds_both_parts_of_the_term():
+    torch.manual_seed(0)
+    settings = ModelSettings(
+        max_len=3, d_model=8, n_layers=1, dropout=0.0, use_content=False, use_query_gap=False, item_item_rank=2
+    )
+    config = SeqRecConfig.from_settings(settings, N_ITEMS)
+    assert config.item_item_width == 2 + N_ITEMS
+    model = SeqRec(config).eval()
+    histories = random_histories()
+    ease_in, ease_out = item_item_factors(history_matrix(histories, N_ITEMS), l2=2.0, rank=2)
+    transition_in, transition_out = transition_factors(histories, N_ITEMS, l2=2.0, decay=0.5, window=3)
+    items = torch.tensor([[0, 3, 5], [7, 1, 9]])
+    inputs = ModelInputs(items, torch.zeros_like(items), torch.zeros_like(items), torch.zeros(2, 0, dtype=torch.long))
+    before = Scorer(model, inputs, model.output_vectors()[1:].detach()).scores(np.arange(2))
+    item_in = torch.from_numpy(np.hstack([3.0 * ease_in, 5.0 * transition_in]))
+    model.set_item_item(item_in, torch.from_numpy(np.hstack([ease_out, transition_out])), 1.0, 0.5)
+    after = Scorer(model, inputs, model.output_vectors()[1:].detach()).scores(np.arange(2))
+    window = np.zeros((2, N_ITEMS + 1))
+    window[0, [5, 3]] = [1.0, 0.5]
+    window[1, [9, 1, 7]] = [1.0, 0.5, 0.25]
+    expected = 3.0 * window @ ease_in @ ease_out[1:].T + 5.0 * window[:, 1:] @ transition_in[1:]
+    torch.testing.assert_close(after - before, torch.from_numpy(expected).float(), atol=1e-4, rtol=1e-4)

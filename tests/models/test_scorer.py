@@ -30,7 +30,7 @@ def random_model(use_query_gap: bool) -> SeqRec:
 def install_item_item(model: SeqRec, weight: float = 0.7) -> None:
     """Random item-item factors (row 0, the padding item, zero), so that every form of the score carries the term."""
     gen = torch.Generator().manual_seed(9)
-    item_in, item_out = (torch.randn(model.config.n_items + 1, model.config.item_item_rank, generator=gen) for _ in range(2))
+    item_in, item_out = (torch.randn(model.config.n_items + 1, model.config.item_item_width, generator=gen) for _ in range(2))
     item_in[0] = item_out[0] = 0.0
     model.set_item_item(item_in, item_out, weight)
 
@@ -56,7 +56,7 @@ def test_matrix_product_form_equals_the_score(use_query_gap):
     product = scorer.user_vectors(rows) @ scorer.item_matrix().T
     torch.testing.assert_close(product, scorer.scores(rows), rtol=1e-5, atol=1e-5)
     assert scorer.user_vectors(rows).shape == (4, model.state_width + len(WINDOWS))
-    assert model.state_width == D + model.config.item_item_rank > D
+    assert model.state_width == D + model.config.item_item_width > D
 
 
 def test_score_is_the_models_own_with_each_users_trend_snapshot():

@@ -1,6 +1,8 @@
-"""recsys_core.training.item_item: the item-item term's factors and weight, fitted after training."""
+"""recsys_core.training.item_item: the item-item term's factors, weights and decay, fitted after training."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -29,9 +31,27 @@ def clustered_world():
     return events(rows), users, items
 
 
+def cyclic_world():
+    """Each user walks the same ring of items, from a random start: the order, not co-occurrence, says what comes next."""
+    rng = np.random.default_rng(1)
+    n = CLUSTERS * CLUSTER_SIZE
+    items = item_features([{"item_id": f"i{j}", "genres": ["Drama"]} for j in range(n)])
+    users = user_profiles([{"user_id": f"u{u:03d}", "age": 30, "gender": "F", "occupation": "artist"} for u in range(USERS)])
+    rows = []
+    for u in range(USERS):
+        start = int(rng.integers(n))
+        for step in range(6):
+            rows.append((f"u{u:03d}", f"i{(start + step) % n}", 3600 * u + 60 * step, "f.gz", 10 * u + step))
+    return events(rows), users, items
+
+
+def small_settings(**model) -> TrainSettings:
+    return TrainSettings(model=ModelSettings(max_len=4, d_model=8, n_heads=2, n_layers=1, use_content=False, **model))
+
+
 def test_the_weight_is_chosen_on_the_validation_split_and_installed():
     data = prepare(*clustered_world())
-    settings = TrainSettings(model=ModelSettings(max_len=4, d_model=8, n_heads=2, n_layers=1, use_content=False))
+    settings = small_settings(item_item_transitions=False)  # EASE's part alone: the cyclic world tests the transitions
     config = model_config(data, settings.model)
     dataset = build_dataset(data, config)
     torch.manual_seed(0)
@@ -45,28 +65,46 @@ def test_the_weight_is_chosen_on_the_validation_split_and_installed():
     assert fitted["decay"] in settings.model.item_item_decays
     assert fitted["valid_ndcg@10_without"] == alone
     assert fitted["valid_ndcg@10"] > alone + 0.2
-    # Installed: the model now scores with the chosen weight and decay.
-    assert float(model.item_item_weight) == fitted["weight"]
+    # Installed: the model now scores with the chosen weights and decay.
+    assert float(model.item_item_weight) == 1.0
     assert float(model.item_item_decay) == pytest.approx(fitted["decay"])  # a float32 buffer
     again = evaluate_split(model, dataset.valid, rows, (10,), torch.device("cpu"), dataset.trend_table)
-    assert again["ndcg@10"] == fitted["valid_ndcg@10"]
+    assert again["ndcg@10"] == pytest.approx(fitted["valid_ndcg@10"], abs=1e-6)
+
+
+def test_where_order_says_what_comes_next_the_transitions_carry_the_score():
+    data = prepare(*cyclic_world())
+    config = model_config(data, small_settings().model)
+    dataset = build_dataset(data, config)
+    scores = {}
+    for transitions in (False, True):
+        torch.manual_seed(0)
+        model = SeqRec(dataclasses.replace(config, item_item_transitions=transitions), dataset.item_content).eval()
+        # Without a decay, co-occurrence on a ring cannot tell the next item from the previous one; the transitions can.
+        fitted = fit_item_item(
+            model, data.split.train, dataset.valid, dataset.trend_table, small_settings(item_item_decays=[1.0])
+        )
+        assert fitted is not None
+        scores[transitions] = fitted["valid_ndcg@10"]
+    assert fitted["transition_weight"] > 0
+    assert scores[True] > 0.95 and scores[True] > scores[False] + 0.1
 
 
 def test_a_term_that_changes_nothing_gets_weight_0():
     data = prepare(*clustered_world())
-    settings = TrainSettings(model=ModelSettings(max_len=4, d_model=8, n_heads=2, n_layers=1, use_content=False))
+    settings = small_settings()
     config = model_config(data, settings.model)
     dataset = build_dataset(data, config)
     model = SeqRec(config, dataset.item_content).eval()
-    # Every history is the same one item: nothing co-occurs, so EASE's weights and every weighted term are 0.
+    # Every history is the same one item: nothing co-occurs or follows, so both parts' weights are 0.
     fitted = fit_item_item(model, [np.array([1])] * USERS, dataset.valid, dataset.trend_table, settings)
-    assert fitted is not None and fitted["weight"] == 0.0  # on a tie, the smallest weight
+    assert fitted is not None and fitted["weight"] == fitted["transition_weight"] == 0.0  # on a tie, the smallest
     assert fitted["valid_ndcg@10"] == fitted["valid_ndcg@10_without"]
 
 
 def test_without_the_term_nothing_is_fitted():
     data = prepare(*clustered_world())
-    settings = TrainSettings(model=ModelSettings(max_len=4, d_model=8, n_heads=2, n_layers=1, item_item_rank=0))
+    settings = small_settings(item_item_rank=0, item_item_transitions=False)
     config = model_config(data, settings.model)
     dataset = build_dataset(data, config)
     model = SeqRec(config, dataset.item_content).eval()
