@@ -30,6 +30,7 @@ from recsys_core.errors import ModelError
 from recsys_core.models.adjustment import ItemAdjustment
 from recsys_core.models.data import Preprocessing, Sequences, TrendTable, build_sequences
 from recsys_core.models.inputs import ModelInputs, encode
+from recsys_core.models.item_item import cold_item_donors
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
 from recsys_core.windows import popularity_column
@@ -155,14 +156,24 @@ class ModelBundle:
 
     def item_vectors(self, item_features: pa.Table) -> torch.Tensor:
         """[m, state_width] output representations of the rows of ``item_features``; items the model
-        never saw in training have only their content (and no item-item term)."""
+        never saw in training have only their content, and the item-item term's item side of the
+        model's item closest to them by content (``models.item_item.cold_item_donors``)."""
         index = torch.from_numpy(self._vocabulary_index(item_features["item_id"].to_pylist()))
         with torch.no_grad():
             vectors = self.model.item_embedding.weight[index]
-            if self.model.content_projection is not None:
-                vectors = vectors + self.model.content_projection(_content_rows(self.prep, item_features))
+            projection = self.model.content_projection
+            content = _content_rows(self.prep, item_features) if projection is not None else None
+            if projection is not None and content is not None:
+                vectors = vectors + projection(content)
             if self.model.item_item_out is not None:
-                vectors = torch.cat([vectors, self.model.item_item_out[index]], dim=1)
+                term_index = index.clone()
+                if content is not None and bool((index == 0).any()):
+                    unseen = torch.nonzero(index == 0).squeeze(1)
+                    known = self.model.item_content[1:]
+                    both = torch.cat([known, content[unseen]]).double().numpy()
+                    cold, donors = cold_item_donors(both, np.r_[np.ones(len(known)), np.zeros(len(unseen))])
+                    term_index[unseen[torch.from_numpy(cold - len(known))]] = torch.from_numpy(donors + 1)
+                vectors = torch.cat([vectors, self.model.item_item_out[term_index]], dim=1)
         return vectors
 
     def catalogue_trend(self, item_features: pa.Table) -> torch.Tensor | None:

@@ -62,3 +62,19 @@ def transition_factors(
     weights = np.linalg.solve(gram, (history.T @ targets).toarray())
     padding = np.zeros((1, n_items))
     return np.vstack([padding, weights]).astype(np.float32), np.vstack([padding, np.eye(n_items)]).astype(np.float32)
+
+
+def cold_item_donors(content: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(cold, donors), 0-based: each item with no training events (``counts`` 0) and some content
+    (rows of ``content``), and the item with events whose content is the most similar (cosine).
+
+    An item-item model learns nothing of an item nobody has taken yet, so next to items it has
+    learned, such an item would drop out of every list the term touches. Given its closest item's
+    columns, it is placed as that item is, as the transformer places it through its content."""
+    norms = np.linalg.norm(content, axis=1)
+    cold = np.flatnonzero((counts == 0) & (norms > 0))
+    warm = np.flatnonzero((counts > 0) & (norms > 0))
+    if len(cold) == 0 or len(warm) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    unit = content / np.maximum(norms, np.finfo(np.float64).tiny)[:, None]
+    return cold, warm[np.argmax(unit[cold] @ unit[warm].T, axis=1)]

@@ -120,6 +120,7 @@ def gap_buckets(gaps_seconds: torch.Tensor, items: torch.Tensor | None = None) -
 
 class SeqRec(nn.Module):
     causal_mask: torch.Tensor  # buffers, registered in __init__
+    item_content: torch.Tensor
     item_item_in: torch.Tensor | None
     item_item_out: torch.Tensor | None
     item_item_weight: torch.Tensor | None

@@ -15,7 +15,7 @@ from recsys_core.config import TrainSettings
 from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
 from recsys_core.evaluation.sampling import sample_rows
 from recsys_core.models.baselines import history_matrix
-from recsys_core.models.item_item import item_item_factors, transition_factors
+from recsys_core.models.item_item import cold_item_donors, item_item_factors, transition_factors
 from recsys_core.models.transformer import SeqRec
 from recsys_core.training.dataset import HeldOutSplit
 from recsys_core.training.loop import held_out_scorer, held_out_users
@@ -59,6 +59,12 @@ def fit_item_item(
         )
         for decay in decays
     }
+    # Items with no training events take the columns of their closest item by content (cold_item_donors).
+    counts = np.bincount(np.concatenate(histories), minlength=n_items + 1)[1:] if histories else np.zeros(n_items, np.int64)
+    cold, donors = cold_item_donors(model.item_content[1:].double().numpy(), counts)
+    ease[1][1 + cold] = ease[1][1 + donors]  # EASE's item side: one row per item
+    for transition_in, _ in transitions.values() if config.item_item_transitions else ():
+        transition_in[:, cold] = transition_in[:, donors]  # the transitions' item side is the identity: one column each
     ease_weights = sorted(set(knobs.item_item_weights) | {0.0}) if config.item_item_rank else [0.0]
     transition_weights = sorted(set(knobs.item_item_transition_weights) | {0.0}) if config.item_item_transitions else [0.0]
 
@@ -95,7 +101,7 @@ def fit_item_item(
     without = scored.get((0.0, 0.0, decays[0]), 0.0)
     log.info(
         "item-item term: EASE rank %d weight %g, transitions weight %g, decay %g chosen on %d validation users "
-        "(%s %.4f, without it %.4f) in %.1fs",
+        "(%s %.4f, without it %.4f) in %.1fs; %d items with no training events take their closest item's columns",
         config.item_item_rank,
         ease_weight,
         transition_weight,
@@ -105,11 +111,13 @@ def fit_item_item(
         scored.get(best, 0.0),
         without,
         time.monotonic() - started,
+        len(cold),
     )
     return {
         "weight": ease_weight,
         "transition_weight": transition_weight,
         "decay": decay,
+        "cold_items": float(len(cold)),
         f"valid_{METRIC}": scored.get(best, 0.0),
         f"valid_{METRIC}_without": without,
     }

@@ -10,7 +10,7 @@ import torch
 from recsys_core.config import ModelSettings
 from recsys_core.models.baselines import EASE, history_matrix
 from recsys_core.models.inputs import ModelInputs
-from recsys_core.models.item_item import item_item_factors, transition_factors
+from recsys_core.models.item_item import cold_item_donors, item_item_factors, transition_factors
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
 
@@ -144,3 +144,12 @@ def test_the_model_score_adds_both_parts_of_the_term():
     window[1, [9, 1, 7]] = [1.0, 0.5, 0.25]
     expected = 3.0 * window @ ease_in @ ease_out[1:].T + 5.0 * window[:, 1:] @ transition_in[1:]
     torch.testing.assert_close(after - before, torch.from_numpy(expected).float(), atol=1e-4, rtol=1e-4)
+
+
+def test_an_item_with_no_events_borrows_from_its_closest_item_by_content():
+    content = np.array([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.8], [0.0, 0.0], [1.0, 1.0]])
+    counts = np.array([5, 3, 0, 0, 0, 0])
+    cold, donors = cold_item_donors(content, counts)
+    # Items 2 and 3 are closest to 0 and 1; item 4 has no content to go by; 5 is as close to either (the first wins).
+    assert cold.tolist() == [2, 3, 5] and donors.tolist() == [0, 1, 0]
+    assert [len(a) for a in cold_item_donors(content, np.zeros(6))] == [0, 0]  # nothing to borrow from

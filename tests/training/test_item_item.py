@@ -46,7 +46,9 @@ def cyclic_world():
 
 
 def small_settings(**model) -> TrainSettings:
-    return TrainSettings(model=ModelSettings(max_len=4, d_model=8, n_heads=2, n_layers=1, use_content=False, **model))
+    return TrainSettings(
+        model=ModelSettings(**{"max_len": 4, "d_model": 8, "n_heads": 2, "n_layers": 1, "use_content": False, **model})
+    )
 
 
 def test_the_weight_is_chosen_on_the_validation_split_and_installed():
@@ -110,3 +112,25 @@ def test_without_the_term_nothing_is_fitted():
     model = SeqRec(config, dataset.item_content).eval()
     assert fit_item_item(model, data.split.train, dataset.valid, dataset.trend_table, settings) is None
     assert model.state_width == 8
+
+
+def test_an_item_with_no_training_events_takes_its_closest_items_columns():
+    data = prepare(*clustered_world())
+    settings = small_settings(item_item_rank=3, use_content=True)
+    config = model_config(data, settings.model)
+    dataset = build_dataset(data, config)
+    model = SeqRec(config, dataset.item_content).eval()
+    cold = data.split.train[0][0]
+    histories = [h[h != cold] for h in data.split.train]  # nobody took it in training
+    fitted = fit_item_item(model, histories, dataset.valid, dataset.trend_table, settings)
+    assert fitted is not None and fitted["cold_items"] == 1
+    # Every item has the same content (one genre), so its donor is the first item with events.
+    donor = 1 if cold != 1 else 2
+    rank = config.item_item_rank
+    assert fitted["weight"] > 0 or fitted["transition_weight"] > 0
+    if fitted["weight"] > 0:  # EASE's item side: the donor's row
+        assert model.item_item_out[donor, :rank].abs().sum() > 0
+        torch.testing.assert_close(model.item_item_out[cold, :rank], model.item_item_out[donor, :rank])
+    if fitted["transition_weight"] > 0:  # the transitions' item side is the identity: the donor's column of the history side
+        assert model.item_item_in[:, rank + donor - 1].abs().sum() > 0
+        torch.testing.assert_close(model.item_item_in[:, rank + cold - 1], model.item_item_in[:, rank + donor - 1])
