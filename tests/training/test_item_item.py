@@ -51,6 +51,12 @@ def small_settings(**model) -> TrainSettings:
     )
 
 
+def untrained(data, settings: TrainSettings):
+    """The dataset of ``data`` and an untrained model of ``settings`` on it: only an item-item term can rank well."""
+    dataset = build_dataset(data, model_config(data, settings.model))
+    return dataset, SeqRec(dataset.config, dataset.item_content).eval()
+
+
 def test_the_weight_is_chosen_on_the_validation_split_and_installed():
     data = prepare(*clustered_world())
     settings = small_settings(item_item_transitions=False)  # EASE's part alone: the cyclic world tests the transitions
@@ -95,9 +101,7 @@ def test_where_order_says_what_comes_next_the_transitions_carry_the_score():
 def test_a_term_that_changes_nothing_gets_weight_0():
     data = prepare(*clustered_world())
     settings = small_settings()
-    config = model_config(data, settings.model)
-    dataset = build_dataset(data, config)
-    model = SeqRec(config, dataset.item_content).eval()
+    dataset, model = untrained(data, settings)
     # Every history is the same one item: nothing co-occurs or follows, so both parts' weights are 0.
     fitted = fit_item_item(model, [np.array([1])] * USERS, dataset.valid, dataset.trend_table, settings)
     assert fitted is not None and fitted["weight"] == fitted["transition_weight"] == 0.0  # on a tie, the smallest
@@ -107,9 +111,7 @@ def test_a_term_that_changes_nothing_gets_weight_0():
 def test_without_the_term_nothing_is_fitted():
     data = prepare(*clustered_world())
     settings = small_settings(item_item_rank=0, item_item_transitions=False)
-    config = model_config(data, settings.model)
-    dataset = build_dataset(data, config)
-    model = SeqRec(config, dataset.item_content).eval()
+    dataset, model = untrained(data, settings)
     assert fit_item_item(model, data.split.train, dataset.valid, dataset.trend_table, settings) is None
     assert model.state_width == 8
 
@@ -117,16 +119,14 @@ def test_without_the_term_nothing_is_fitted():
 def test_an_item_with_no_training_events_takes_its_closest_items_columns():
     data = prepare(*clustered_world())
     settings = small_settings(item_item_rank=3, use_content=True)
-    config = model_config(data, settings.model)
-    dataset = build_dataset(data, config)
-    model = SeqRec(config, dataset.item_content).eval()
+    dataset, model = untrained(data, settings)
     cold = data.split.train[0][0]
     histories = [h[h != cold] for h in data.split.train]  # nobody took it in training
     fitted = fit_item_item(model, histories, dataset.valid, dataset.trend_table, settings)
     assert fitted is not None and fitted["cold_items"] == 1
     # Every item has the same content (one genre), so its donor is the first item with events.
     donor = 1 if cold != 1 else 2
-    rank = config.item_item_rank
+    rank = model.config.item_item_rank
     assert fitted["weight"] > 0 or fitted["transition_weight"] > 0
     if fitted["weight"] > 0:  # EASE's item side: the donor's row
         assert model.item_item_out[donor, :rank].abs().sum() > 0
