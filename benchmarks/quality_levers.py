@@ -35,6 +35,11 @@ TABLE = RESULTS / "quality-levers.md"
 DEFAULT = "default"
 
 
+def slug(lever: str) -> str:
+    """The lever's name as a folder name."""
+    return "".join(c if c.isalnum() else "-" for c in lever)
+
+
 def training_settings(settings_json: str) -> dict:
     """The settings that decide the transformer's training: all of ``train`` but the item-item term's,
     which is fitted after training."""
@@ -58,8 +63,7 @@ def train_and_score(as_of: date, lever: str, training_of: str | None = None) -> 
     from recsys_core.training.loop import BEST, RESULT
 
     settings = get_settings()
-    slug = "".join(c if c.isalnum() else "-" for c in lever)
-    out = settings.work_dir / "levers" / slug / as_of.isoformat() / f"seed-{settings.train.seed}"
+    out = settings.work_dir / "levers" / slug(lever) / as_of.isoformat() / f"seed-{settings.train.seed}"
     out.mkdir(parents=True, exist_ok=True)
     interactions, profiles, items = load_inputs(settings, as_of)
     data = prepare(interactions, profiles, items, epoch_day(end_of_day(as_of)), settings.features.trend_windows)
@@ -77,7 +81,7 @@ def train_and_score(as_of: date, lever: str, training_of: str | None = None) -> 
         subprocess.run(command, env=torchrun_env(settings), check=True)
         train_seconds = time.monotonic() - started
     else:  # the same training as another lever's run: only the item-item term differs
-        trained_by = out.parents[2] / "".join(c if c.isalnum() else "-" for c in training_of) / out.parent.name / out.name
+        trained_by = out.parents[2] / slug(training_of) / out.parent.name / out.name
         checkpoints = trained_by / "checkpoints"
         if training_settings((trained_by / "settings.json").read_text()) != training_settings(settings.model_dump_json()):
             raise SystemExit(f"{trained_by} was trained with other settings than this lever's: train it (drop --training-of)")

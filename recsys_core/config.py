@@ -195,7 +195,7 @@ class ModelSettings(Section):
     item_item_weights: list[Annotated[float, Field(ge=0)]] = Field(
         default=[0.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0, 48.0, 64.0, 96.0, 128.0], min_length=1
     )
-    # Its transition part (models.item_item.transition_factors): the next item regressed on the
+    # Its transition part (models.item_item.transition_weights): the next item regressed on the
     # decayed events before it (ridge item_item_transition_lambda), n_items columns wide; its weight
     # (from item_item_transition_weights) is chosen with the others. Off: EASE's part alone.
     item_item_transitions: bool = True

@@ -173,7 +173,7 @@ class ModelBundle:
                     both = torch.cat([known, content[unseen]]).double().numpy()
                     cold, donors = cold_item_donors(both, np.r_[np.ones(len(known)), np.zeros(len(unseen))])
                     term_index[unseen[torch.from_numpy(cold - len(known))]] = torch.from_numpy(donors + 1)
-                vectors = torch.cat([vectors, self.model.item_item_out[term_index]], dim=1)
+                vectors = torch.cat([vectors, self.model.item_item_side(term_index)], dim=1)
         return vectors
 
     def catalogue_trend(self, item_features: pa.Table) -> torch.Tensor | None:

@@ -13,7 +13,8 @@ so a user's state gains the r columns Σ_j P_j and an item's output vector the r
 EASE is blind to order. Its sequential sibling (SLIT, Choi et al., 2021) regresses each next item on
 the events before it, the k-th newest counted decay^k: its weights T map a decayed history to the
 next item's scores. T is kept whole (a low rank loses most of what transitions say), so its item
-side is the identity: the state gains n_items columns Σ_j decay^k_j T_j, one per item.
+side is the identity: the state gains n_items columns Σ_j decay^k_j T_j, one per item, and an item's
+output vector its one-hot row (built by the model, not stored: it is a third of the term's size).
 """
 
 from __future__ import annotations
@@ -35,33 +36,36 @@ def item_item_factors(history: sp.csr_matrix, l2: float, rank: int) -> tuple[np.
     return (np.vstack([padding, weights @ top]).astype(np.float32), np.vstack([padding, top]).astype(np.float32))
 
 
-def transition_factors(
-    histories: list[np.ndarray], n_items: int, l2: float, decay: float, window: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(P, Q), each [n_items + 1, n_items] float32 with row 0 zero, of the ridge regression (``l2``) of
-    every next item of the 1-based ``histories`` on the ``window`` events before it, the k-th newest
-    counted ``decay^k`` (k = 0 for the newest): ``h P Qᵀ`` scores the next item of a decayed history h."""
+def transition_weights(
+    histories: list[np.ndarray], n_items: int, l2: float, decays: list[float], window: int
+) -> dict[float, np.ndarray]:
+    """Per decay, P [n_items + 1, n_items] float32 with row 0 zero: the ridge regression (``l2``) of every
+    next item of the 1-based ``histories`` on the ``window`` events before it, the k-th newest counted
+    ``decay^k`` (k = 0 for the newest), so that ``h P`` scores the next item of a decayed history h.
+    The item side is the identity (``SeqRec.item_item_side``): built where it is used, not stored."""
     lengths = np.array([len(h) for h in histories], dtype=np.int64)
     events = np.concatenate(histories).astype(np.int64) - 1 if len(histories) else np.zeros(0, dtype=np.int64)
     starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
     steps = np.flatnonzero(np.arange(len(events)) > starts)  # every event after its sequence's first
-    step_rows, history_items, history_weights = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+    # Each (step, earlier event) pair once, with its lag: only the pairs' weights differ between decays.
+    step_rows, history_items, lags = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for k in range(min(window, int(lengths.max(initial=0)))):
         source = steps - 1 - k
         keep = source >= starts[steps]
         step_rows.append(np.flatnonzero(keep))
         history_items.append(events[source[keep]])
-        history_weights.append(np.full(int(keep.sum()), decay**k))
+        lags.append(np.full(int(keep.sum()), k))
+    pairs, lag = (np.concatenate(step_rows), np.concatenate(history_items)), np.concatenate(lags)
     shape = (len(steps), n_items)
-    history = sp.csr_matrix(
-        (np.concatenate(history_weights), (np.concatenate(step_rows), np.concatenate(history_items))), shape=shape
-    )
     targets = sp.csr_matrix((np.ones(len(steps)), (np.arange(len(steps)), events[steps])), shape=shape)
-    gram = (history.T @ history).toarray()
-    gram[np.diag_indices_from(gram)] += l2
-    weights = np.linalg.solve(gram, (history.T @ targets).toarray())
-    padding = np.zeros((1, n_items))
-    return np.vstack([padding, weights]).astype(np.float32), np.vstack([padding, np.eye(n_items)]).astype(np.float32)
+    weights = {}
+    for decay in decays:
+        history = sp.csr_matrix((float(decay) ** lag, pairs), shape=shape)
+        gram = (history.T @ history).toarray()
+        gram[np.diag_indices_from(gram)] += l2
+        solved = np.linalg.solve(gram, (history.T @ targets).toarray())
+        weights[decay] = np.vstack([np.zeros((1, n_items)), solved]).astype(np.float32)
+    return weights
 
 
 def cold_item_donors(content: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

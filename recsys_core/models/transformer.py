@@ -145,7 +145,8 @@ class SeqRec(nn.Module):
         # is 0 until then, so training and its validation see the transformer alone.
         width = config.item_item_width
         self.register_buffer("item_item_in", torch.zeros(config.n_items + 1, width) if width else None)
-        self.register_buffer("item_item_out", torch.zeros(config.n_items + 1, width) if width else None)
+        # Only EASE's item side is stored: the transitions' is the identity (item_item_side).
+        self.register_buffer("item_item_out", torch.zeros(config.n_items + 1, config.item_item_rank) if width else None)
         self.register_buffer("item_item_weight", torch.zeros(()) if width else None)
         self.register_buffer("item_item_decay", torch.ones(()) if width else None)
         # Per recency bucket, an offset to the trend weights (bucket 0: no event yet).
@@ -211,7 +212,31 @@ class SeqRec(nn.Module):
         user's ``last_hidden`` state scores against."""
         if self.item_item_out is None:
             return self.item_matrix()
-        return torch.cat([self.item_matrix(), self.item_item_out], dim=1)
+        everything = torch.arange(self.config.n_items + 1, device=self.item_item_out.device)
+        return torch.cat([self.item_matrix(), self.item_item_side(everything)], dim=1)
+
+    def item_item_side(self, index: torch.Tensor) -> torch.Tensor:
+        """[len(index), item_item_width]: the item-item term's item side of the 1-based items ``index``
+        (0, the padding item: zero): EASE's factors, then, with the transition part, the item's one-hot
+        row (that part is kept whole, so its item side is the identity)."""
+        assert self.item_item_out is not None, "this model has no item-item term"
+        ease = self.item_item_out[index]
+        if not self.config.item_item_transitions:
+            return ease
+        one_hot = F.one_hot(index, self.config.n_items + 1)[:, 1:].to(ease.dtype)
+        return torch.cat([ease, one_hot], dim=1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "item_item_out"
+        saved = state_dict.get(key)
+        if (
+            saved is not None
+            and self.item_item_out is not None
+            and saved.shape[1] == self.config.item_item_width != self.item_item_out.shape[1]
+        ):
+            # Saved when the transitions' identity item side was stored beside EASE's: it is built now.
+            state_dict[key] = saved[:, : self.item_item_out.shape[1]]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def with_item_item(self, hidden: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The transformer's last hidden states [B, d] of histories ``items`` [B, L] (left-padded, the
@@ -230,8 +255,9 @@ class SeqRec(nn.Module):
 
     @torch.no_grad()
     def set_item_item(self, item_in: torch.Tensor, item_out: torch.Tensor, weight: float, decay: float = 1.0) -> None:
-        """Install the fitted item-item factors ([n_items + 1, item_item_width] each, row 0 zero), their weight and
-        the decay of the history's events."""
+        """Install the fitted item-item term: the history side ``item_in`` [n_items + 1, item_item_width] and EASE's
+        item side ``item_out`` [n_items + 1, item_item_rank] (row 0 zero in each), its weight and the decay of
+        the history's events."""
         if (
             self.item_item_in is None
             or self.item_item_out is None

@@ -15,7 +15,7 @@ from recsys_core.config import TrainSettings
 from recsys_core.evaluation.metrics import metrics_from_ranks, target_ranks
 from recsys_core.evaluation.sampling import sample_rows
 from recsys_core.models.baselines import history_matrix
-from recsys_core.models.item_item import cold_item_donors, item_item_factors, transition_factors
+from recsys_core.models.item_item import cold_item_donors, item_item_factors, transition_weights
 from recsys_core.models.transformer import SeqRec
 from recsys_core.training.dataset import HeldOutSplit
 from recsys_core.training.loop import held_out_scorer, held_out_users
@@ -45,40 +45,39 @@ def fit_item_item(
     started = time.monotonic()
     n_items, knobs = config.n_items, settings.model
     decays = sorted(set(knobs.item_item_decays), reverse=True)
-    none = (np.zeros((n_items + 1, 0), np.float32),) * 2  # a part that is off: no columns
-    ease = (
+    empty = np.zeros((n_items + 1, 0), np.float32)  # a part that is off: no columns
+    ease_in, ease_out = (
         item_item_factors(history_matrix(histories, n_items), settings.ease_lambda, config.item_item_rank)
         if config.item_item_rank
-        else none
+        else (empty, empty)
     )
-    transitions = {
-        decay: (
-            transition_factors(histories, n_items, knobs.item_item_transition_lambda, decay, config.max_len)
-            if config.item_item_transitions
-            else none
-        )
-        for decay in decays
-    }
-    # Items with no training events take the columns of their closest item by content (cold_item_donors).
+    transitions = (
+        transition_weights(histories, n_items, knobs.item_item_transition_lambda, decays, config.max_len)
+        if config.item_item_transitions
+        else dict.fromkeys(decays, empty)
+    )
+    # Items with no training events take the term of their closest item by content (cold_item_donors).
     counts = np.bincount(np.concatenate(histories), minlength=n_items + 1)[1:] if histories else np.zeros(n_items, np.int64)
     cold, donors = cold_item_donors(model.item_content[1:].double().numpy(), counts)
-    ease[1][1 + cold] = ease[1][1 + donors]  # EASE's item side: one row per item
-    for transition_in, _ in transitions.values() if config.item_item_transitions else ():
+    ease_out[1 + cold] = ease_out[1 + donors]  # EASE's item side: one row per item
+    for transition_in in transitions.values() if config.item_item_transitions else ():
         transition_in[:, cold] = transition_in[:, donors]  # the transitions' item side is the identity: one column each
-    ease_weights = sorted(set(knobs.item_item_weights) | {0.0}) if config.item_item_rank else [0.0]
-    transition_weights = sorted(set(knobs.item_item_transition_weights) | {0.0}) if config.item_item_transitions else [0.0]
+    ease_grid = sorted(set(knobs.item_item_weights) | {0.0}) if config.item_item_rank else [0.0]
+    transition_grid = sorted(set(knobs.item_item_transition_weights) | {0.0}) if config.item_item_transitions else [0.0]
 
     def install(ease_weight: float, transition_weight: float, decay: float) -> None:
         # The weights are folded into the history side; the model's own weight switches the term on.
-        (ease_in, ease_out), (transition_in, transition_out) = ease, transitions[decay]
-        item_in = np.hstack([ease_weight * ease_in, transition_weight * transition_in])
-        item_out = np.hstack([ease_out, transition_out])
+        item_in = np.hstack([ease_weight * ease_in, transition_weight * transitions[decay]])
         on = float(ease_weight > 0 or transition_weight > 0)
-        model.set_item_item(torch.from_numpy(item_in), torch.from_numpy(item_out), on, decay)
+        model.set_item_item(torch.from_numpy(item_in), torch.from_numpy(ease_out), on, decay)
+
+    install(0.0, 0.0, decays[0])
+    # The item side is the same for every combination, and the scorer reads the model's history side when called.
+    scorer = held_out_scorer(model, valid, trend_table, torch.device("cpu"), BATCH)
 
     def scores(ease_weight: float, transition_weight: float, decay: float, users: np.ndarray) -> np.ndarray:
         install(ease_weight, transition_weight, decay)
-        return held_out_scorer(model, valid, trend_table, torch.device("cpu"), BATCH)(users)
+        return scorer(users)
 
     rows = sample_rows(np.arange(len(valid.targets)), settings.max_validation_users, settings.seed)
     rows, targets, seen = held_out_users(model, valid, rows)
@@ -89,7 +88,7 @@ def fit_item_item(
         for decay in decays:
             ease_part = scores(1.0, 0.0, decay, rows[part]) - base if config.item_item_rank else 0.0
             transition_part = scores(0.0, 1.0, decay, rows[part]) - base if config.item_item_transitions else 0.0
-            for ease_weight, transition_weight in itertools.product(ease_weights, transition_weights):
+            for ease_weight, transition_weight in itertools.product(ease_grid, transition_grid):
                 if ease_weight == transition_weight == 0.0 and decay != decays[0]:
                     continue  # without the term: the same for every decay
                 combined = base + ease_weight * ease_part + transition_weight * transition_part

@@ -10,7 +10,7 @@ import torch
 from recsys_core.config import ModelSettings
 from recsys_core.models.baselines import EASE, history_matrix
 from recsys_core.models.inputs import ModelInputs
-from recsys_core.models.item_item import cold_item_donors, item_item_factors, transition_factors
+from recsys_core.models.item_item import cold_item_donors, item_item_factors, transition_weights
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
 
@@ -115,11 +115,10 @@ def brute_force_transitions(histories: list[np.ndarray], l2: float, decay: float
 def test_the_transition_weights_regress_each_next_item_on_the_decayed_window_before_it(decay, window):
     rng = np.random.default_rng(3)
     histories = [rng.integers(1, N_ITEMS + 1, size=rng.integers(1, 8)) for _ in range(60)]  # repeats included
-    item_in, item_out = transition_factors(histories, N_ITEMS, l2=1.5, decay=decay, window=window)
-    assert item_in.shape == item_out.shape == (N_ITEMS + 1, N_ITEMS)
-    assert not item_in[0].any() and not item_out[0].any()
-    np.testing.assert_allclose(item_out[1:], np.eye(N_ITEMS))  # kept whole: the item side is the identity
-    np.testing.assert_allclose(item_in[1:], brute_force_transitions(histories, 1.5, decay, window), atol=1e-5)
+    weights = transition_weights(histories, N_ITEMS, l2=1.5, decays=[decay, 0.3], window=window)
+    assert weights[decay].shape == (N_ITEMS + 1, N_ITEMS) and not weights[decay][0].any()
+    np.testing.assert_allclose(weights[decay][1:], brute_force_transitions(histories, 1.5, decay, window), atol=1e-5)
+    np.testing.assert_allclose(weights[0.3][1:], brute_force_transitions(histories, 1.5, 0.3, window), atol=1e-5)
 
 
 def test_the_model_score_adds_both_parts_of_the_term():
@@ -132,12 +131,15 @@ def test_the_model_score_adds_both_parts_of_the_term():
     model = SeqRec(config).eval()
     histories = random_histories()
     ease_in, ease_out = item_item_factors(history_matrix(histories, N_ITEMS), l2=2.0, rank=2)
-    transition_in, transition_out = transition_factors(histories, N_ITEMS, l2=2.0, decay=0.5, window=3)
+    transition_in = transition_weights(histories, N_ITEMS, l2=2.0, decays=[0.5], window=3)[0.5]
     items = torch.tensor([[0, 3, 5], [7, 1, 9]])
     inputs = ModelInputs(items, torch.zeros_like(items), torch.zeros_like(items), torch.zeros(2, 0, dtype=torch.long))
     before = Scorer(model, inputs, model.output_vectors()[1:].detach()).scores(np.arange(2))
     item_in = torch.from_numpy(np.hstack([3.0 * ease_in, 5.0 * transition_in]))
-    model.set_item_item(item_in, torch.from_numpy(np.hstack([ease_out, transition_out])), 1.0, 0.5)
+    model.set_item_item(item_in, torch.from_numpy(ease_out), 1.0, 0.5)
+    # Kept whole, the transitions' item side is the identity: built by the model, not stored.
+    assert model.state_dict()["item_item_out"].shape == (N_ITEMS + 1, 2)
+    torch.testing.assert_close(model.output_vectors()[1:, -N_ITEMS:], torch.eye(N_ITEMS))
     after = Scorer(model, inputs, model.output_vectors()[1:].detach()).scores(np.arange(2))
     window = np.zeros((2, N_ITEMS + 1))
     window[0, [5, 3]] = [1.0, 0.5]
@@ -153,3 +155,16 @@ def test_an_item_with_no_events_borrows_from_its_closest_item_by_content():
     # Items 2 and 3 are closest to 0 and 1; item 4 has no content to go by; 5 is as close to either (the first wins).
     assert cold.tolist() == [2, 3, 5] and donors.tolist() == [0, 1, 0]
     assert [len(a) for a in cold_item_donors(content, np.zeros(6))] == [0, 0]  # nothing to borrow from
+
+
+def test_a_bundle_that_stored_the_transitions_identity_loads_without_it():
+    settings = ModelSettings(max_len=3, d_model=8, n_layers=1, use_content=False, item_item_rank=2)
+    config = SeqRecConfig.from_settings(settings, N_ITEMS)
+    saved = SeqRec(config).state_dict()
+    ease_out = torch.randn(N_ITEMS + 1, 2)
+    # As saved before: EASE's item side, then the identity of the transition part.
+    saved["item_item_out"] = torch.cat([ease_out, torch.cat([torch.zeros(1, N_ITEMS), torch.eye(N_ITEMS)])], dim=1)
+    model = SeqRec(config)
+    model.load_state_dict(saved)
+    torch.testing.assert_close(model.item_item_out, ease_out)
+    torch.testing.assert_close(model.output_vectors()[:, 8:], saved["item_item_out"])

@@ -30,7 +30,8 @@ def random_model(use_query_gap: bool) -> SeqRec:
 def install_item_item(model: SeqRec, weight: float = 0.7) -> None:
     """Random item-item factors (row 0, the padding item, zero), so that every form of the score carries the term."""
     gen = torch.Generator().manual_seed(9)
-    item_in, item_out = (torch.randn(model.config.n_items + 1, model.config.item_item_width, generator=gen) for _ in range(2))
+    item_in = torch.randn(model.config.n_items + 1, model.config.item_item_width, generator=gen)
+    item_out = torch.randn(model.config.n_items + 1, model.config.item_item_rank, generator=gen)
     item_in[0] = item_out[0] = 0.0
     model.set_item_item(item_in, item_out, weight)
 
