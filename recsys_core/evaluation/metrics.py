@@ -44,6 +44,7 @@ __all__ = [
     "intra_list_diversity",
     "metrics_from_ranks",
     "novelty",
+    "paired_difference",
     "per_user_metrics_from_ranks",
     "per_user_ranking_metrics",
     "popularity_bias",
@@ -631,6 +632,21 @@ def segment_metrics(per_user: Mapping[str, Any], segments: Mapping[str, Any]) ->
             raise ValueError(f"segment {name!r} has shape {m.shape}, expected ({n},)")
         out[name] = _summarize(arrays, m)
     return out
+
+
+def paired_difference(a: Any, b: Any) -> tuple[float, float, int]:
+    """(mean, standard error, users) of ``a - b``, two models' per-user values of one metric on the same
+    users, over the users both have a value for (NaN: nothing to evaluate). Comparing user by user
+    takes out how hard each user is, so the error is that of the difference, not of either mean;
+    with fewer than two users it is NaN."""
+    a, b = np.asarray(_to_numpy(a), dtype=np.float64), np.asarray(_to_numpy(b), dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"per-user values of different lengths: {a.shape} vs {b.shape}")
+    difference = (a - b)[~(np.isnan(a) | np.isnan(b))]
+    if len(difference) == 0:
+        return float("nan"), float("nan"), 0
+    se = float(difference.std(ddof=1) / np.sqrt(len(difference))) if len(difference) > 1 else float("nan")
+    return float(difference.mean()), se, len(difference)
 
 
 def split_by_target(per_user: Mapping[str, Any], targets: Any, head_mask: Any) -> dict[str, dict[str, float]]:

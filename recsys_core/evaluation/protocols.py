@@ -10,7 +10,7 @@ the same code on the same users.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -39,6 +39,10 @@ class EvalCase:
 class EvalResult:
     metrics: dict[str, float]
     recommended: np.ndarray  # [n_users, max_k] top items, for plots
+    # Per evaluated row: each metric (NaN where a user has nothing to evaluate), and each user segment's
+    # mask, so that two models scored on the same case can be compared user by user (M.paired_difference).
+    per_user: dict[str, np.ndarray] = field(default_factory=dict)
+    segments: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 EVAL_BATCH = 512  # users scored at once: [batch, items] scores in memory
@@ -72,7 +76,8 @@ def evaluate(
     results = {k: float(np.nanmean(v)) if len(v) else float("nan") for k, v in per_user.items()}
     results["users"] = float(len(case.rows))
     results.update(_list_metrics(top, ks, item_popularity, item_categories))
-    segments = M.segment_metrics(per_user, _history_segments(case, cold_user_max_events))
+    by_history = _history_segments(case, cold_user_max_events)
+    segments = M.segment_metrics(per_user, by_history)
     if case.single_target:
         targets = np.array([r[0] for r in case.relevant], dtype=np.int64)
         segments.update(M.split_by_target(per_user, targets, M.head_items(item_popularity)))
@@ -80,7 +85,7 @@ def evaluate(
     for segment, values in segments.items():
         for name in (metric_name("ndcg", shortest), metric_name("hitrate", shortest), "users"):
             results[f"{segment}/{name}"] = float(values.get(name, float("nan")))
-    return EvalResult(results, top)
+    return EvalResult(results, top, dict(per_user), by_history)
 
 
 def _history_segments(case: EvalCase, cold_user_max_events: int) -> dict[str, np.ndarray]:

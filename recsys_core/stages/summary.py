@@ -92,6 +92,13 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
         new_users = training.get("new_users")
         if new_users:
             console.print(new_users_line(new_users))
+        margin = training.get("backtest_margin")
+        if margin:
+            console.print(
+                f"backtest margin of seqrec over {margin['baseline']}: {margin['relative']:+.1%} {margin['metric']}; "
+                f"user by user {margin['difference']:+.4f} (standard error {margin['difference_se']:.4f}, "
+                f"{margin['users']} users)"
+            )
         point = training.get("operating_point")
         if point and point["served"]:
             console.print(operating_point_line(point))
@@ -149,10 +156,16 @@ def new_users_line(new_users: dict) -> str:
     """New users (profile only) on the backtest against the best of every trending window."""
     verdict = "at least as well as" if new_users["at_least_best_trending"] else "worse than"
     windows = ", ".join(f"{name} {value:.4f}" for name, value in new_users["trending"].items())
-    return (
+    line = (
         f"new users (profile only, {new_users['users']:.0f} on the backtest) are served {verdict} the best trending "
         f"window: seqrec {new_users['metric']} {new_users['seqrec']:.4f} vs {windows}"
     )
+    if "difference" in new_users:  # summaries written before it have none
+        line += (
+            f"; against {new_users['best_trending']} user by user {new_users['difference']:+.4f} "
+            f"(standard error {new_users['difference_se']:.4f})"
+        )
+    return line
 
 
 def operating_point_line(point: dict) -> str:

@@ -19,6 +19,7 @@ from recsys_core.evaluation.metrics import (
     intra_list_diversity,
     metrics_from_ranks,
     novelty,
+    paired_difference,
     per_user_metrics_from_ranks,
     per_user_ranking_metrics,
     popularity_bias,
@@ -386,3 +387,27 @@ def test_split_by_target() -> None:
     assert split["head_targets"]["ndcg@10"] == approx((1 + 1 / math.log2(3)) / 2)
     assert split["tail_targets"]["hitrate@10"] == approx(0.5)
     assert split["tail_targets"]["mrr"] == approx((1 / 6 + 1 / 31) / 2)
+
+
+# --------------------------------------------------------------------------- paired_difference
+
+
+def test_paired_difference_compares_user_by_user() -> None:
+    a = np.array([0.5, 0.2, np.nan, 0.9, 0.0])
+    b = np.array([0.4, 0.2, 0.7, 0.5, np.nan])
+    mean, se, users = paired_difference(a, b)
+    differences = np.array([0.1, 0.0, 0.4])  # users 2 and 4 lack a value in one of the two
+    assert users == 3 and mean == approx(differences.mean())
+    assert se == approx(differences.std(ddof=1) / math.sqrt(3))
+    # A constant gap between users of very different difficulty has no error: the pairing takes it out.
+    hard_and_easy = np.array([0.0, 0.1, 0.9, 1.0])
+    assert paired_difference(hard_and_easy + 0.05, hard_and_easy) == (approx(0.05), approx(0.0, abs=1e-12), 4)
+
+
+def test_paired_difference_of_too_few_users() -> None:
+    mean, se, users = paired_difference(np.array([0.3]), np.array([0.1]))
+    assert users == 1 and mean == approx(0.2) and math.isnan(se)
+    mean, se, users = paired_difference(np.array([np.nan]), np.array([0.1]))
+    assert users == 0 and math.isnan(mean) and math.isnan(se)
+    with pytest.raises(ValueError, match="different lengths"):
+        paired_difference(np.zeros(2), np.zeros(3))

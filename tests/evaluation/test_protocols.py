@@ -17,13 +17,17 @@ def test_new_users_are_the_segment_with_no_history():
         history_lengths=np.array([0, 0, 3, 40]),
     )
     scores = np.tile(np.arange(n_items, 0, -1, dtype=np.float32), (4, 1))  # item 0 first for everybody
-    result = evaluate(
+    evaluated = evaluate(
         lambda rows: scores[rows],
         case,
         ks=(1, 5),
         item_popularity=np.ones(n_items),
         item_categories=sp.csr_matrix((n_items, 1)),
         cold_user_max_events=5,
-    ).metrics
+    )
+    result = evaluated.metrics
     assert result["new_users/users"] == 2 and result["new_users/hitrate@1"] == 0.5
     assert result["cold_users/users"] == 3 and result["warm_users/users"] == 1
+    # Per user, for comparisons user by user: the first two are new, and only user 0's item comes first.
+    assert evaluated.segments["new_users"].tolist() == [True, True, False, False]
+    assert evaluated.per_user["hitrate@1"].tolist() == [1.0, 0.0, 1.0, 0.0]

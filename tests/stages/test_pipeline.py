@@ -91,6 +91,15 @@ def test_training_logged_and_registered(pipeline, tmp_path):
     assert best["most_accurate_with_reference_coverage"] == (max(wide, key=lambda p: round(p["ndcg"], 9)) if wide else None)
     new_users = summary["new_users"]
     assert new_users["at_least_best_trending"] == (new_users["seqrec"] >= max(new_users["trending"].values()))
+    # User by user on the same new users: the mean difference is the difference of the means.
+    best_trending = new_users["trending"][new_users["best_trending"]]
+    assert new_users["difference"] == pytest.approx(new_users["seqrec"] - best_trending, abs=1e-9)
+    assert new_users["difference_se"] >= 0
+    margin, backtest_figures = summary["backtest_margin"], summary["backtest"]
+    seqrec_ndcg, popularity_ndcg = backtest_figures["seqrec"]["ndcg@10"], backtest_figures["popularity"]["ndcg@10"]
+    assert margin["relative"] == pytest.approx(seqrec_ndcg / popularity_ndcg - 1, abs=1e-3)
+    assert margin["difference"] == pytest.approx(seqrec_ndcg - popularity_ndcg, abs=1e-4)  # the summary's figures are rounded
+    assert margin["users"] == backtest_figures["seqrec"]["users"] and margin["difference_se"] > 0
     logged = client.download_artifacts(parent.info.run_id, "evaluation/frontier.json", str(tmp_path))
     assert json.loads(Path(logged).read_text()) == point
     assert parent.data.metrics[metric_key("backtest/served_point/ndcg@10")] == pytest.approx(point["served"]["ndcg"])

@@ -48,7 +48,7 @@ def evaluate_baselines(settings: Settings, scored: ScoredCase) -> dict[str, Eval
     return results
 
 
-def trending_windows(settings: Settings, scored: ScoredCase) -> dict[str, dict[str, float]]:
+def trending_windows(settings: Settings, scored: ScoredCase) -> dict[str, EvalResult]:
     """Trending popularity over every popularity window the features carry, on the case's users:
     the reference new users (profile only) are compared with, the best window included."""
     data, inputs, case, common = scored.data, scored.inputs, scored.case, scored.context
@@ -60,5 +60,5 @@ def trending_windows(settings: Settings, scored: ScoredCase) -> dict[str, dict[s
     results = {}
     for days in sorted(settings.features.popularity_windows_days):
         popularity = Popularity(days).fit(all_items, all_times, n_items, cutoff)
-        results[f"trending_{days}d"] = evaluate(history_scorer(popularity, history), case, **common).metrics
+        results[f"trending_{days}d"] = evaluate(history_scorer(popularity, history), case, **common)
     return results

@@ -198,7 +198,7 @@ class EvaluationReport:
     served_point: OperatingPoint | None  # on the backtest: the knobs chosen on the calibration window
     frontier: list[OperatingPoint]  # on the backtest, every point of the sweep
     chosen_on: list[OperatingPoint]  # on the calibration window, where the served point was chosen
-    trending: dict[str, dict[str, float]]  # backtest metrics of trending popularity over each popularity window
+    trending: dict[str, EvalResult]  # on the backtest, trending popularity over each popularity window
     bundle: ModelBundle  # the served model, calibrated
     # The served model's leave-last-out metrics without its item adjustment, which is what the gate
     # compares: a wider operating point is a choice of policy and must not lose the model its place.

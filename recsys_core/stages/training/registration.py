@@ -9,6 +9,7 @@ import time
 from datetime import date
 
 from recsys_core.config import Settings
+from recsys_core.evaluation import metrics as M
 from recsys_core.evaluation.frontier import Knobs, choose, pareto, point_at
 from recsys_core.evaluation.gate import gate_decision
 from recsys_core.evaluation.metric_names import metric_name
@@ -114,6 +115,7 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
         "item_item": bundle.item_item_fit,
         "operating_point": operating_summary(settings, evaluation),
         "new_users": new_users_summary(settings, evaluation),
+        "backtest_margin": backtest_margin(settings, evaluation),
         "train": {p: {k: v for k, v in r.items() if k != "history"} for p, r in train_results.items()},
         "parent_run_id": runs["parent"],
     }
@@ -185,7 +187,8 @@ def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[st
     new_users = new_users_summary(settings, evaluation)
     if new_users is not None:
         seqrec = evaluations["backtest"]["seqrec"].metrics
-        for name, metrics in {"seqrec": seqrec, **evaluation.trending}.items():
+        trending = {name: result.metrics for name, result in evaluation.trending.items()}
+        for name, metrics in {"seqrec": seqrec, **trending}.items():
             log_metrics({k: v for k, v in metrics.items() if k.startswith("new_users/")}, prefix=f"backtest/{name}/")
         mlflow.log_dict(new_users, "evaluation/new_users.json")
     frontier = operating_summary(settings, evaluation)
@@ -209,13 +212,19 @@ def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[st
 
 def new_users_summary(settings: Settings, evaluation: EvaluationReport) -> dict | None:
     """On the backtest, users with only a profile (no history): the model against trending
-    popularity over every popularity window, and whether it does at least as well as the best one."""
+    popularity over every popularity window, whether it does at least as well as the best one, and
+    by how much user by user (the mean difference and its standard error: a few hundred new users
+    cannot tell apart figures a hundredth apart)."""
     if not evaluation.trending:
         return None
-    key = f"new_users/{metric_name('ndcg', min(settings.eval.ks))}"
-    seqrec = evaluation.evaluations["backtest"]["seqrec"].metrics
-    trending = {name: metrics[key] for name, metrics in evaluation.trending.items()}
-    best = max(trending, key=lambda name: -math.inf if math.isnan(trending[name]) else trending[name])
+    name = metric_name("ndcg", min(settings.eval.ks))
+    key = f"new_users/{name}"
+    seqrec_result = evaluation.evaluations["backtest"]["seqrec"]
+    seqrec = seqrec_result.metrics
+    trending = {window: result.metrics[key] for window, result in evaluation.trending.items()}
+    best = max(trending, key=lambda window: -math.inf if math.isnan(trending[window]) else trending[window])
+    new = seqrec_result.segments["new_users"]
+    difference, se, _ = M.paired_difference(seqrec_result.per_user[name][new], evaluation.trending[best].per_user[name][new])
     return {
         "metric": key,
         "users": seqrec["new_users/users"],
@@ -224,7 +233,28 @@ def new_users_summary(settings: Settings, evaluation: EvaluationReport) -> dict 
         "best_trending_value": trending[best],
         # False too when the backtest has no new user (both NaN): nothing shows they are served well.
         "at_least_best_trending": bool(seqrec[key] >= trending[best]),
+        "difference": difference,
+        "difference_se": se,
         "trending": trending,
+    }
+
+
+def backtest_margin(settings: Settings, evaluation: EvaluationReport, baseline: str = "popularity") -> dict | None:
+    """On the backtest, seqrec against trending popularity (``train.trending_window_days``): the
+    relative margin, and the difference user by user with its standard error."""
+    results = evaluation.evaluations.get("backtest", {})
+    if "seqrec" not in results or baseline not in results:
+        return None
+    name = metric_name("ndcg", min(settings.eval.ks))
+    seqrec, other = results["seqrec"], results[baseline]
+    difference, se, users = M.paired_difference(seqrec.per_user[name], other.per_user[name])
+    return {
+        "metric": name,
+        "baseline": baseline,
+        "users": users,
+        "relative": seqrec.metrics[name] / max(1e-12, other.metrics[name]) - 1.0,
+        "difference": difference,
+        "difference_se": se,
     }
 
 
