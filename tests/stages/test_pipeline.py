@@ -95,11 +95,14 @@ def test_training_logged_and_registered(pipeline, tmp_path):
     best_trending = new_users["trending"][new_users["best_trending"]]
     assert new_users["difference"] == pytest.approx(new_users["seqrec"] - best_trending, abs=1e-9)
     assert new_users["difference_se"] >= 0
+    logged_gap = parent.data.metrics[metric_key("backtest/new_users/ndcg@10_vs_best_trending/difference")]
+    assert logged_gap == pytest.approx(new_users["difference"])
     margin, backtest_figures = summary["backtest_margin"], summary["backtest"]
     seqrec_ndcg, popularity_ndcg = backtest_figures["seqrec"]["ndcg@10"], backtest_figures["popularity"]["ndcg@10"]
     assert margin["relative"] == pytest.approx(seqrec_ndcg / popularity_ndcg - 1, abs=1e-3)
     assert margin["difference"] == pytest.approx(seqrec_ndcg - popularity_ndcg, abs=1e-4)  # the summary's figures are rounded
     assert margin["users"] == backtest_figures["seqrec"]["users"] and margin["difference_se"] > 0
+    assert parent.data.metrics[metric_key("backtest/margin/ndcg@10_difference_se")] == pytest.approx(margin["difference_se"])
     logged = client.download_artifacts(parent.info.run_id, "evaluation/frontier.json", str(tmp_path))
     assert json.loads(Path(logged).read_text()) == point
     assert parent.data.metrics[metric_key("backtest/served_point/ndcg@10")] == pytest.approx(point["served"]["ndcg"])

@@ -190,7 +190,16 @@ def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[st
         trending = {name: result.metrics for name, result in evaluation.trending.items()}
         for name, metrics in {"seqrec": seqrec, **trending}.items():
             log_metrics({k: v for k, v in metrics.items() if k.startswith("new_users/")}, prefix=f"backtest/{name}/")
+        gap = {key: new_users[key] for key in ("difference", "difference_se")}
+        log_metrics(gap, prefix=f"backtest/{new_users['metric']}_vs_best_trending/")
         mlflow.log_dict(new_users, "evaluation/new_users.json")
+    margin = backtest_margin(settings, evaluation)
+    if margin is not None:
+        log_metrics(
+            {f"{margin['metric']}_{key}": margin[key] for key in ("relative", "difference", "difference_se")},
+            prefix="backtest/margin/",
+        )
+        mlflow.log_dict(margin, "evaluation/backtest_margin.json")
     frontier = operating_summary(settings, evaluation)
     if frontier is not None:
         k, served = min(ks), evaluation.served_point
