@@ -42,8 +42,9 @@ def slug(lever: str) -> str:
 
 def training_settings(settings_json: str) -> dict:
     """The settings that decide the transformer's training: all of ``train`` but the item-item term's,
-    which is fitted after training."""
+    which is fitted after training (``ease_lambda`` too: the term's EASE part and the EASE baseline)."""
     train = json.loads(settings_json)["train"]
+    train.pop("ease_lambda", None)
     train["model"] = {k: v for k, v in train["model"].items() if not k.startswith("item_item")}
     return train
 

@@ -44,6 +44,15 @@ class EvalResult:
     per_user: dict[str, np.ndarray] = field(default_factory=dict)
     segments: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def difference_from(self, other: EvalResult, metric: str, segment: str | None = None) -> dict[str, float]:
+        """This model against ``other``, scored on the same case, user by user on ``metric`` (over the
+        users of ``segment``, or all): the mean difference, its standard error and the users compared."""
+        mine, theirs = self.per_user[metric], other.per_user[metric]
+        if segment is not None:
+            mine, theirs = mine[self.segments[segment]], theirs[self.segments[segment]]
+        difference, se, users = M.paired_difference(mine, theirs)
+        return {"difference": difference, "difference_se": se, "users": users}
+
 
 EVAL_BATCH = 512  # users scored at once: [batch, items] scores in memory
 

@@ -30,7 +30,7 @@ from recsys_core.errors import ModelError
 from recsys_core.models.adjustment import ItemAdjustment
 from recsys_core.models.data import Preprocessing, Sequences, TrendTable, build_sequences
 from recsys_core.models.inputs import ModelInputs, encode
-from recsys_core.models.item_item import cold_item_donors
+from recsys_core.models.item_item import term_item_index
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
 from recsys_core.windows import popularity_column
@@ -157,22 +157,19 @@ class ModelBundle:
     def item_vectors(self, item_features: pa.Table) -> torch.Tensor:
         """[m, state_width] output representations of the rows of ``item_features``; items the model
         never saw in training have only their content, and the item-item term's item side of the
-        model's item closest to them by content (``models.item_item.cold_item_donors``)."""
+        model's item closest to them by content (``models.item_item.term_item_index``)."""
         index = torch.from_numpy(self._vocabulary_index(item_features["item_id"].to_pylist()))
         with torch.no_grad():
             vectors = self.model.item_embedding.weight[index]
-            projection = self.model.content_projection
-            content = _content_rows(self.prep, item_features) if projection is not None else None
-            if projection is not None and content is not None:
+            projection, content = self.model.content_projection, None
+            if projection is not None:
+                content = _content_rows(self.prep, item_features)
                 vectors = vectors + projection(content)
             if self.model.item_item_out is not None:
-                term_index = index.clone()
-                if content is not None and bool((index == 0).any()):
-                    unseen = torch.nonzero(index == 0).squeeze(1)
-                    known = self.model.item_content[1:]
-                    both = torch.cat([known, content[unseen]]).double().numpy()
-                    cold, donors = cold_item_donors(both, np.r_[np.ones(len(known)), np.zeros(len(unseen))])
-                    term_index[unseen[torch.from_numpy(cold - len(known))]] = torch.from_numpy(donors + 1)
+                term_index = index
+                if content is not None:
+                    known = self.model.item_content[1:].double().numpy()
+                    term_index = torch.from_numpy(term_item_index(index.numpy(), known, content.double().numpy()))
                 vectors = torch.cat([vectors, self.model.item_item_side(term_index)], dim=1)
         return vectors
 

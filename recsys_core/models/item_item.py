@@ -82,3 +82,16 @@ def cold_item_donors(content: np.ndarray, counts: np.ndarray) -> tuple[np.ndarra
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     unit = content / np.maximum(norms, np.finfo(np.float64).tiny)[:, None]
     return cold, warm[np.argmax(unit[cold] @ unit[warm].T, axis=1)]
+
+
+def term_item_index(index: np.ndarray, known_content: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """The 1-based vocabulary item whose item-item term's item side each catalogue row takes: its own
+    (``index``), or, for a row the model never saw (0) that has content, that of the model's item
+    closest to it by content (``cold_item_donors``; ``known_content``: the vocabulary's content rows)."""
+    index = index.copy()
+    unseen = np.flatnonzero(index == 0)
+    if len(unseen):
+        both = np.concatenate([known_content, content[unseen]])
+        cold, donors = cold_item_donors(both, np.r_[np.ones(len(known_content)), np.zeros(len(unseen))])
+        index[unseen[cold - len(known_content)]] = donors + 1
+    return index

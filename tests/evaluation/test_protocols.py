@@ -31,3 +31,33 @@ def test_new_users_are_the_segment_with_no_history():
     # Per user, for comparisons user by user: the first two are new, and only user 0's item comes first.
     assert evaluated.segments["new_users"].tolist() == [True, True, False, False]
     assert evaluated.per_user["hitrate@1"].tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_two_models_on_the_same_case_compare_user_by_user_within_a_segment():
+    n_items = 6
+    case = EvalCase(
+        rows=np.arange(4),
+        seen=sp.csr_matrix((4, n_items)),
+        relevant=[np.array([0]), np.array([1]), np.array([1]), np.array([5])],
+        history_lengths=np.array([0, 0, 3, 40]),
+    )
+    item_0_first = np.tile(np.arange(n_items, 0, -1, dtype=np.float32), (4, 1))
+    item_1_first = item_0_first.copy()
+    item_1_first[:, 1] = n_items + 1
+
+    def evaluated(scores):
+        return evaluate(
+            lambda rows: scores[rows],
+            case,
+            ks=(1,),
+            item_popularity=np.ones(n_items),
+            item_categories=sp.csr_matrix((n_items, 1)),
+            cold_user_max_events=5,
+        )
+
+    ones, zeros = evaluated(item_1_first), evaluated(item_0_first)
+    # hitrate@1 per user: item 1 first hits users 1 and 2, item 0 first hits user 0.
+    everyone = ones.difference_from(zeros, "hitrate@1")
+    assert everyone["users"] == 4 and everyone["difference"] == 0.25
+    new = ones.difference_from(zeros, "hitrate@1", segment="new_users")
+    assert new == {"difference": 0.0, "difference_se": 1.0, "users": 2}

@@ -10,7 +10,7 @@ import torch
 from recsys_core.config import ModelSettings
 from recsys_core.models.baselines import EASE, history_matrix
 from recsys_core.models.inputs import ModelInputs
-from recsys_core.models.item_item import cold_item_donors, item_item_factors, transition_weights
+from recsys_core.models.item_item import cold_item_donors, item_item_factors, term_item_index, transition_weights
 from recsys_core.models.scorer import Scorer
 from recsys_core.models.transformer import SeqRec, SeqRecConfig
 
@@ -155,6 +155,14 @@ def test_an_item_with_no_events_borrows_from_its_closest_item_by_content():
     # Items 2 and 3 are closest to 0 and 1; item 4 has no content to go by; 5 is as close to either (the first wins).
     assert cold.tolist() == [2, 3, 5] and donors.tolist() == [0, 1, 0]
     assert [len(a) for a in cold_item_donors(content, np.zeros(6))] == [0, 0]  # nothing to borrow from
+
+
+def test_a_catalogue_item_new_to_the_model_takes_the_term_of_its_closest_item_by_content():
+    known = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # the vocabulary's items 1, 2, 3 (3: no content)
+    content = np.array([[0.0, 1.0], [0.2, 0.9], [0.0, 0.0], [0.9, 0.2], [1.0, 0.0]])
+    index = np.array([2, 0, 0, 0, 1])  # catalogue rows: known item 2, three new ones (one without content), item 1
+    assert term_item_index(index, known, content).tolist() == [2, 2, 0, 1, 1]
+    assert index.tolist() == [2, 0, 0, 0, 1]  # not changed in place
 
 
 def test_a_bundle_that_stored_the_transitions_identity_loads_without_it():

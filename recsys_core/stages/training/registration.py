@@ -9,7 +9,6 @@ import time
 from datetime import date
 
 from recsys_core.config import Settings
-from recsys_core.evaluation import metrics as M
 from recsys_core.evaluation.frontier import Knobs, choose, pareto, point_at
 from recsys_core.evaluation.gate import gate_decision
 from recsys_core.evaluation.metric_names import metric_name
@@ -81,7 +80,12 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
         info = _log_seqrec_runs(settings, runs, train_results, evaluation, bundle_dir)
         version = str(info.registered_model_version)
         _log_baseline_runs(settings, as_of, runs, evaluation)
-        summary = _log_comparison(settings, evaluation)
+        comparisons = {
+            "operating_point": operating_summary(settings, evaluation),
+            "new_users": new_users_summary(settings, evaluation),
+            "backtest_margin": backtest_margin(settings, evaluation),
+        }
+        summary = _log_comparison(settings, evaluation, comparisons)
 
         # The gate: the current champion, scored by the same code on the same users.
         current = champion(settings, settings.work_dir / "registry")
@@ -113,9 +117,7 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
         "backtest": {n: {k: summary["backtest"][n][k] for k in backtest_headline} for n in summary.get("backtest", {})},
         "calibration": calibrated,
         "item_item": bundle.item_item_fit,
-        "operating_point": operating_summary(settings, evaluation),
-        "new_users": new_users_summary(settings, evaluation),
-        "backtest_margin": backtest_margin(settings, evaluation),
+        **comparisons,
         "train": {p: {k: v for k, v in r.items() if k != "history"} for p, r in train_results.items()},
         "parent_run_id": runs["parent"],
     }
@@ -155,9 +157,12 @@ def _log_baseline_runs(settings: Settings, as_of: date, runs: dict, evaluation: 
                 log_evaluation(evaluation.evaluations, name, reported, log_external_model(name, name))
 
 
-def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[str, dict[str, dict[str, float]]]:
+def _log_comparison(
+    settings: Settings, evaluation: EvaluationReport, comparisons: dict
+) -> dict[str, dict[str, dict[str, float]]]:
     """Into the parent run: every model's metrics, the lift over the best baseline, the comparison
-    plots and the calibration; returns the rounded metrics per protocol and model."""
+    plots, the calibration and the backtest's ``comparisons`` (the summary's operating_point,
+    new_users and backtest_margin); returns the rounded metrics per protocol and model."""
     import mlflow
 
     from recsys_core.evaluation import report
@@ -184,7 +189,7 @@ def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[st
         log_metrics({"backtest/seqrec_uncalibrated/ndcg@10": evaluation.uncalibrated_backtest["ndcg@10"]})
         mlflow.log_dict(calibration.to_dict(), "evaluation/calibration.json")
         mlflow.log_figure(report.calibration_figure(calibration.curves, calibration.offsets), "plots/trend_calibration.png")
-    new_users = new_users_summary(settings, evaluation)
+    new_users, margin, frontier = (comparisons[key] for key in ("new_users", "backtest_margin", "operating_point"))
     if new_users is not None:
         seqrec = evaluations["backtest"]["seqrec"].metrics
         trending = {name: result.metrics for name, result in evaluation.trending.items()}
@@ -193,14 +198,12 @@ def _log_comparison(settings: Settings, evaluation: EvaluationReport) -> dict[st
         gap = {key: new_users[key] for key in ("difference", "difference_se")}
         log_metrics(gap, prefix=f"backtest/{new_users['metric']}_vs_best_trending/")
         mlflow.log_dict(new_users, "evaluation/new_users.json")
-    margin = backtest_margin(settings, evaluation)
     if margin is not None:
         log_metrics(
             {f"{margin['metric']}_{key}": margin[key] for key in ("relative", "difference", "difference_se")},
             prefix="backtest/margin/",
         )
         mlflow.log_dict(margin, "evaluation/backtest_margin.json")
-    frontier = operating_summary(settings, evaluation)
     if frontier is not None:
         k, served = min(ks), evaluation.served_point
         mlflow.log_params({"serve.min_coverage": settings.serve.min_coverage, "served.trend_scale": evaluation.knobs[0]})
@@ -232,8 +235,7 @@ def new_users_summary(settings: Settings, evaluation: EvaluationReport) -> dict 
     seqrec = seqrec_result.metrics
     trending = {window: result.metrics[key] for window, result in evaluation.trending.items()}
     best = max(trending, key=lambda window: -math.inf if math.isnan(trending[window]) else trending[window])
-    new = seqrec_result.segments["new_users"]
-    difference, se, _ = M.paired_difference(seqrec_result.per_user[name][new], evaluation.trending[best].per_user[name][new])
+    gap = seqrec_result.difference_from(evaluation.trending[best], name, segment="new_users")
     return {
         "metric": key,
         "users": seqrec["new_users/users"],
@@ -242,8 +244,8 @@ def new_users_summary(settings: Settings, evaluation: EvaluationReport) -> dict 
         "best_trending_value": trending[best],
         # False too when the backtest has no new user (both NaN): nothing shows they are served well.
         "at_least_best_trending": bool(seqrec[key] >= trending[best]),
-        "difference": difference,
-        "difference_se": se,
+        "difference": gap["difference"],
+        "difference_se": gap["difference_se"],
         "trending": trending,
     }
 
@@ -256,15 +258,9 @@ def backtest_margin(settings: Settings, evaluation: EvaluationReport, baseline: 
         return None
     name = metric_name("ndcg", min(settings.eval.ks))
     seqrec, other = results["seqrec"], results[baseline]
-    difference, se, users = M.paired_difference(seqrec.per_user[name], other.per_user[name])
-    return {
-        "metric": name,
-        "baseline": baseline,
-        "users": users,
-        "relative": seqrec.metrics[name] / max(1e-12, other.metrics[name]) - 1.0,
-        "difference": difference,
-        "difference_se": se,
-    }
+    gap = seqrec.difference_from(other, name)
+    relative = seqrec.metrics[name] / max(1e-12, other.metrics[name]) - 1.0
+    return {"metric": name, "baseline": baseline, "relative": relative, **gap}
 
 
 def operating_summary(settings: Settings, evaluation: EvaluationReport) -> dict | None:
