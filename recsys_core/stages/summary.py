@@ -94,11 +94,7 @@ def print_summary(settings: Settings, run_date: date, console: Console | None = 
             console.print(new_users_line(new_users))
         margin = training.get("backtest_margin")
         if margin:
-            console.print(
-                f"backtest margin of seqrec over {margin['baseline']}: {margin['relative']:+.1%} {margin['metric']}; "
-                f"user by user {margin['difference']:+.4f} (standard error {margin['difference_se']:.4f}, "
-                f"{margin['users']} users)"
-            )
+            console.print(backtest_margin_line(margin))
         point = training.get("operating_point")
         if point and point["served"]:
             console.print(operating_point_line(point))
@@ -166,6 +162,14 @@ def new_users_line(new_users: dict) -> str:
             f"(standard error {new_users['difference_se']:.4f})"
         )
     return line
+
+
+def backtest_margin_line(margin: dict) -> str:
+    """Seqrec against trending popularity on the backtest: relative, and user by user with its error."""
+    return (
+        f"backtest margin of seqrec over {margin['baseline']}: {margin['relative']:+.1%} {margin['metric']}; "
+        f"user by user {margin['difference']:+.4f} (standard error {margin['difference_se']:.4f}, {margin['users']} users)"
+    )
 
 
 def operating_point_line(point: dict) -> str:

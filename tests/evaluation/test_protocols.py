@@ -5,7 +5,20 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from recsys_core.evaluation.protocols import EvalCase, evaluate
+from recsys_core.evaluation.protocols import EvalCase, EvalResult, evaluate
+
+
+def _evaluated(case: EvalCase, scores: np.ndarray, ks: tuple[int, ...]) -> EvalResult:
+    """``scores`` [users, items] evaluated on ``case``: every item equally popular, no categories, cold up to 5 events."""
+    n_items = scores.shape[1]
+    return evaluate(
+        lambda rows: scores[rows],
+        case,
+        ks=ks,
+        item_popularity=np.ones(n_items),
+        item_categories=sp.csr_matrix((n_items, 1)),
+        cold_user_max_events=5,
+    )
 
 
 def test_new_users_are_the_segment_with_no_history():
@@ -17,14 +30,7 @@ def test_new_users_are_the_segment_with_no_history():
         history_lengths=np.array([0, 0, 3, 40]),
     )
     scores = np.tile(np.arange(n_items, 0, -1, dtype=np.float32), (4, 1))  # item 0 first for everybody
-    evaluated = evaluate(
-        lambda rows: scores[rows],
-        case,
-        ks=(1, 5),
-        item_popularity=np.ones(n_items),
-        item_categories=sp.csr_matrix((n_items, 1)),
-        cold_user_max_events=5,
-    )
+    evaluated = _evaluated(case, scores, ks=(1, 5))
     result = evaluated.metrics
     assert result["new_users/users"] == 2 and result["new_users/hitrate@1"] == 0.5
     assert result["cold_users/users"] == 3 and result["warm_users/users"] == 1
@@ -44,18 +50,7 @@ def test_two_models_on_the_same_case_compare_user_by_user_within_a_segment():
     item_0_first = np.tile(np.arange(n_items, 0, -1, dtype=np.float32), (4, 1))
     item_1_first = item_0_first.copy()
     item_1_first[:, 1] = n_items + 1
-
-    def evaluated(scores):
-        return evaluate(
-            lambda rows: scores[rows],
-            case,
-            ks=(1,),
-            item_popularity=np.ones(n_items),
-            item_categories=sp.csr_matrix((n_items, 1)),
-            cold_user_max_events=5,
-        )
-
-    ones, zeros = evaluated(item_1_first), evaluated(item_0_first)
+    ones, zeros = _evaluated(case, item_1_first, ks=(1,)), _evaluated(case, item_0_first, ks=(1,))
     # hitrate@1 per user: item 1 first hits users 1 and 2, item 0 first hits user 0.
     everyone = ones.difference_from(zeros, "hitrate@1")
     assert everyone["users"] == 4 and everyone["difference"] == 0.25
