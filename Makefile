@@ -39,6 +39,8 @@ $(STAMP): $(PY) requirements/lock.txt setup.cfg
 	@echo "Installing the pinned stack into $(VENV) (first time: a few minutes)..."
 	$(PY) -m pip install --quiet -r requirements/lock.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	@echo "Building the class-data archive of Spark's JVM (once, about 2 minutes): every Spark job then starts faster..."
+	$(BIN)/recsys spark-cds || echo "warning: no class-data archive; Spark jobs run, without the faster JVM start (rerun: recsys spark-cds)"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -19,6 +19,7 @@ from airflow.sdk import DAG, Asset, BaseSensorOperator, CronDataIntervalTimetabl
 from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
 
 from recsys_core.config import get_settings
+from recsys_core.io.spark_cds import driver_conf
 
 PROJECT = Path(__file__).resolve().parents[1]
 JOBS = PROJECT / "jobs"
@@ -194,7 +195,8 @@ def emit(asset: Asset, event: str, *, only_if: str | None = None):
 
 
 def spark_job_conf() -> dict[str, str]:
-    return {"spark.pyspark.python": PYTHON, "spark.pyspark.driver.python": PYTHON}
+    # The driver JVM's options must be on spark-submit's command line: the job's session starts too late for them.
+    return {"spark.pyspark.python": PYTHON, "spark.pyspark.driver.python": PYTHON, **driver_conf(get_settings())}
 
 
 # Failures ------------------------------------------------------------------------------------

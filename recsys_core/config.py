@@ -92,6 +92,8 @@ class SparkSettings(Section):
     shuffle_partitions: int = Field(default=8, ge=1)
     # Extra spark.* properties, e.g. S3A credentials providers on a cluster.
     conf: dict[str, str] = Field(default_factory=dict)
+    # Driver JVMs map the class-data archive of `recsys spark-cds` when it is built (io.spark_cds).
+    class_data_sharing: bool = True
 
 
 class IngestSettings(Section):

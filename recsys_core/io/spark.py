@@ -6,6 +6,7 @@ import os
 import sys
 
 from recsys_core.config import Settings
+from recsys_core.io.spark_cds import driver_conf
 
 
 def spark_session(settings: Settings, app: str):
@@ -35,6 +36,8 @@ def spark_session(settings: Settings, app: str):
         "spark.ui.showConsoleProgress": "false",
         **settings.spark.conf,
     }
+    if not launched_by_spark_submit():  # spark-submit started the JVM already, with its command line's options
+        conf.update(driver_conf(settings))
     for key, value in conf.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
