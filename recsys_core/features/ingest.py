@@ -366,13 +366,13 @@ def check_rows(lines, settings: IngestSettings):
     # same line (both would otherwise be silently dropped); the variant parser also rejects
     # duplicate keys, single quotes and NaN literals.
     wrapped = F.concat(F.lit("["), F.col("raw"), F.lit("]"))
-    strict = F.expr("try_parse_json(concat('[', raw, ']'))").isNotNull()
+    strict = F.try_parse_json(wrapped).isNotNull()
     # The variant parser only validates (strictly); the values come from from_json, which reads the same
     # text: casting a variant's values to strings builds expressions per value, about 3x the parse.
     objects = F.from_json(wrapped, "array<map<string,string>>")
     df = lines.withColumn(
         "m",
-        F.when(F.col("pre_reason").isNull() & ~blank & strict, objects).otherwise(F.lit(None)),
+        F.when(F.col("pre_reason").isNull() & ~blank & strict, objects),
     ).withColumn("m", F.when(F.size("m") == 1, F.col("m")[0]))
     for name in KNOWN_FIELDS:
         raw_field = F.col("m").getItem(name)

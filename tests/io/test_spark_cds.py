@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -64,7 +63,7 @@ def test_a_jvm_writes_the_archive_and_the_next_one_starts_on_it(tmp_path):
     assert archive == archive_path(folder) and archive.stat().st_size > 1 << 20
     assert sorted(p.name for p in folder.iterdir()) == [archive.name], "the stale archive and no partial file remain"
     # -Xshare:on: the JVM refuses to start unless it maps the archive.
-    submit = Path(spark_cds._spark_home()) / "bin" / "spark-submit"
+    submit = spark_cds._spark_home() / "bin" / "spark-submit"
     options = f"-Xshare:on -XX:SharedArchiveFile={archive}"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
     result = subprocess.run(
