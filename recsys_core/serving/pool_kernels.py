@@ -98,16 +98,15 @@ def _mask_row(row, indptr: np.ndarray, indices: np.ndarray, csr_row: int, n_item
 def _descend(row, level1, level2, level3, n_levels: int, t, nodes: np.ndarray, kept: np.ndarray) -> int:
     """The positions of ``row`` whose value reaches ``t``, found from the top level of block maxima
     down, keeping at each level only the children of the blocks that reach it: ``nodes[:n]``; returns
-    n, which exceeds ``len(nodes)`` (the positions then incomplete) when they do not fit."""
+    n, which exceeds ``len(nodes) - 1`` (the positions then incomplete) when they do not fit (``kept``:
+    as long, scratch; the last slot of each is ``_reaching``'s)."""
     top = _level(row, level1, level2, level3, n_levels)
-    capacity = nodes.shape[0]
+    capacity = nodes.shape[0] - 1
     n = _reaching(top, 0, top.shape[0], 1, t, nodes, 0)
     level = n_levels
     while level > 0 and n <= capacity:  # children of node j: j, j + w, ... (w: its level's width)
         below = _level(row, level1, level2, level3, level - 1)
-        width, m = below.shape[0] // GROUP, 0
-        for i in range(n):
-            m = _reaching(below, nodes[i], nodes[i] + GROUP * width, width, t, kept, m)
+        m = _children_reaching(below, below.shape[0] // GROUP, nodes, n, t, kept)
         nodes[: min(m, capacity)] = kept[: min(m, capacity)]
         n, level = m, level - 1
     return n
@@ -138,8 +137,8 @@ def bf16_pools(
     level1 = np.empty(padded // GROUP, dtype=np.int16)
     level2 = np.empty(padded // GROUP**2, dtype=np.int16)
     level3 = np.empty(padded // GROUP**3, dtype=np.int16)
-    nodes = np.empty(capacity, dtype=np.int64)
-    kept = np.empty(capacity, dtype=np.int64)
+    nodes = np.empty(capacity + 1, dtype=np.int64)
+    kept = np.empty(capacity + 1, dtype=np.int64)
     histogram = np.empty(256, dtype=np.int64)
     for r in range(lo, hi):
         row = scores[r]
@@ -180,8 +179,8 @@ def fp32_pools(
     level2 = np.empty(padded // GROUP**2, dtype=np.float32)
     level3 = np.empty(padded // GROUP**3, dtype=np.float32)
     top_keys = np.empty(padded // GROUP**n_levels, dtype=np.int32)
-    nodes = np.empty(capacity, dtype=np.int64)
-    kept = np.empty(capacity, dtype=np.int64)
+    nodes = np.empty(capacity + 1, dtype=np.int64)
+    kept = np.empty(capacity + 1, dtype=np.int64)
     histogram = np.empty(256, dtype=np.int64)
     t_bits = np.empty(1, dtype=np.int32)
     t_value = t_bits.view(np.float32)
@@ -205,13 +204,33 @@ def fp32_pools(
 @numba.njit(cache=True, nogil=True)
 def _reaching(values: np.ndarray, start: int, stop: int, step: int, t, out: np.ndarray, n: int) -> int:
     """Append to ``out[n:]`` the positions in range(start, stop, step) whose value reaches ``t``;
-    returns the new count, which exceeds ``len(out)`` (nothing more written) when they do not fit."""
+    returns the new count. ``out``'s last slot is scratch: the count fits when it is at most
+    ``len(out) - 1``; past that the positions are incomplete."""
+    scratch = out.shape[0] - 1
     for j in range(start, stop, step):
-        if values[j] >= t:
-            if n < out.shape[0]:
-                out[n] = j
-            n += 1
+        # every position is written and only the kept ones counted: no branch for the CPU to mispredict
+        out[min(n, scratch)] = j
+        n += values[j] >= t
     return n
+
+
+@numba.njit(cache=True, nogil=True)
+def _children_reaching(below: np.ndarray, width: int, nodes: np.ndarray, n: int, t, out: np.ndarray) -> int:
+    """``_reaching`` over the ``GROUP`` children (j, j + width, j + 2 width, j + 3 width of ``below``) of
+    each of ``nodes[:n]``, written out for GROUP = 4: the four loads are independent of each other."""
+    scratch, m = out.shape[0] - 1, 0
+    for i in range(n):
+        j = nodes[i]
+        v0, v1, v2, v3 = below[j], below[j + width], below[j + 2 * width], below[j + 3 * width]
+        out[min(m, scratch)] = j
+        m += v0 >= t
+        out[min(m, scratch)] = j + width
+        m += v1 >= t
+        out[min(m, scratch)] = j + 2 * width
+        m += v2 >= t
+        out[min(m, scratch)] = j + 3 * width
+        m += v3 >= t
+    return m
 
 
 @numba.njit(cache=True, nogil=True)

@@ -6,8 +6,8 @@ runs (``recsys_core.serving.spark_score``), so both engines rank identically.
 How a batch of users is scored (``_PoolScorer``; see ``benchmarks/bench_scoring.py`` for the figures):
 
 1. one GEMM into a preallocated buffer ``[batch, items]``: fp32, or with
-   ``precision="bf16"`` a bf16 GEMM (about 4x the fp32 rate on a CPU with AMX /
-   AVX-512 BF16; emulated, tens of times slower, elsewhere: ``precision="auto"``
+   ``precision="bf16"`` a bf16 GEMM (2.2x the fp32 rate measured on a 2-core AVX-512 BF16
+   CPU, more with AMX; emulated, tens of times slower, elsewhere: ``precision="auto"``
    then scores in fp32, see ``recsys_core.serving.precision``);
 2. one compiled pass per row while it is in cache (``pool_kernels``, row chunks in
    parallel threads): the seen items (straight from the CSR arrays) set to -inf, a
@@ -251,6 +251,7 @@ class _PoolScorer:
         self.indices = csr.indices.astype(np.int64) if csr is not None else empty[:0]
         self.members = np.empty((batch, _POOL_CAPACITY * self.pool), dtype=np.int64)
         self.counts = np.empty(batch, dtype=np.int64)
+        self.exact = np.empty(self.members.shape, dtype=np.float32)  # the members' exact fp32 scores
         self.threshold = np.empty(batch, dtype=np.int16 if self.bf16 else np.float32)
         self.users_host, self.items_host = users.cpu().numpy(), items.contiguous().cpu().numpy()  # the re-rank's inputs
         self.items_exact: np.ndarray | None = None  # float64 items, made on the first fallback
@@ -278,37 +279,43 @@ class _PoolScorer:
             work = lambda lo, hi: pool_kernels.fp32_pools(  # noqa: E731
                 lo, hi, host, self.indptr, self.indices, start, self.n_items, self.levels, self.pool, members, counts, threshold
             )
-        if np.isfinite(eps).all():  # else a score may be NaN or overflow: every row is scored exactly
-            _in_threads(work, chunks)
-        else:
-            counts[:] = pool_kernels.NO_POOL
-        clock.lap("pool")
-        width = max(int(counts.max()), self.k)
-        exact = np.empty((rows, width), dtype=np.float32)
-        users, items = self.users_host, self.items_host
-        _in_threads(
-            lambda lo, hi: pool_kernels.rerank_pools(lo, hi, users, start, items, members, counts, exact),
-            chunks,
-        )
-        clock.lap("rerank")
         values = np.empty((rows, self.k), dtype=np.float32)
         columns = np.empty((rows, self.k), dtype=np.int64)
         ok = np.empty(rows, dtype=bool)
-        threshold_values = (threshold.astype(np.int32) << 16).view(np.float32) if self.bf16 else threshold
+        threshold_values = np.empty(rows, dtype=np.float32) if self.bf16 else threshold
         output_rel = _BF16_OUTPUT_REL if self.bf16 else 0.0
-        _in_threads(
-            lambda lo, hi: pool_kernels.finish_pools(
-                lo, hi, exact, members, counts, threshold_values, eps, output_rel, values, columns, ok
-            ),
-            chunks,
-        )
-        clock.lap("select")
+        exact = self.exact[:rows]
+        scorable = bool(np.isfinite(eps).all())  # else a score may be NaN or overflow: every row is scored exactly
+        share = 1.0 / len(chunks)  # each thread times its own stages; averaged, they add up to wall time
+
+        def pool_rerank_select(lo: int, hi: int) -> None:
+            # one task per row chunk, its rows' pools still in cache for the re-rank and the top-k
+            tick = time.perf_counter()
+            if scorable:
+                work(lo, hi)
+            else:
+                counts[lo:hi] = pool_kernels.NO_POOL
+            if self.bf16:
+                threshold_values[lo:hi] = (threshold[lo:hi].astype(np.int32) << 16).view(np.float32)
+            tick = self._lap("pool", tick, share)
+            pool_kernels.rerank_pools(lo, hi, self.users_host, start, self.items_host, members, counts, exact)
+            tick = self._lap("rerank", tick, share)
+            pool_kernels.finish_pools(lo, hi, exact, members, counts, threshold_values, eps, output_rel, values, columns, ok)
+            self._lap("select", tick, share)
+
+        _in_threads(pool_rerank_select, chunks)
+        clock.start()
         redo = np.flatnonzero(~ok)
         if len(redo):
             self.fallback_rows += len(redo)
             values[redo], columns[redo] = self._exact_rows(redo + start)
             clock.lap("fallback")
         return torch.from_numpy(values), torch.from_numpy(columns)
+
+    def _lap(self, stage: str, since: float, share: float) -> float:
+        now = time.perf_counter()
+        self.clock.add(stage, (now - since) * share)
+        return now
 
     def _exact_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The exact fp32 top-k of user ``rows`` over the whole catalogue: float64 dot products rounded

@@ -256,6 +256,26 @@ def test_fp32_pool_holds_every_item_reaching_its_threshold(n_levels):
         assert not seen[r, members[r, : counts[r]]].any()
 
 
+@pytest.mark.parametrize("n_levels", [0, 1, 2])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_pool_at_exactly_its_capacity_is_kept_and_one_more_member_is_not(precision, n_levels):
+    from recsys_core.serving.pool_kernels import NO_POOL, bf16_pools, fp32_pools
+
+    n_items, pool, capacity = 512, 5, 20
+    rows = np.full((2, n_items), -1.0, dtype=np.float32)
+    rows[0, :capacity] = 5.0  # ties at the threshold: exactly as many as the pool can hold
+    rows[1, : capacity + 1] = 5.0  # one more
+    nothing_seen = sp.csr_matrix((2, n_items), dtype=np.float32)
+    members, counts = np.full((2, capacity), -7, dtype=np.int64), np.empty(2, dtype=np.int64)
+    if precision == "bf16":
+        scores, threshold, kernel = torch.from_numpy(rows).bfloat16().view(torch.int16).numpy(), np.empty(2, np.int16), bf16_pools
+    else:
+        scores, threshold, kernel = rows, np.empty(2, np.float32), fp32_pools
+    kernel(0, 2, scores, nothing_seen.indptr, nothing_seen.indices, 0, n_items, n_levels, pool, members, counts, threshold)
+    assert counts.tolist() == [capacity, NO_POOL]
+    assert sorted(members[0].tolist()) == list(range(capacity))
+
+
 def test_fp32_lists_are_exact_where_the_gemm_rounds_a_near_tie_the_other_way():
     users = torch.ones(3, 3)
     items = torch.tensor([[1.0, 1e8, -1e8], [0.0, 0.0, 0.5], [0.25, 0.0, 0.0], [0.0, 0.125, 0.0]])
