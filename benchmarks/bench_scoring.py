@@ -284,7 +284,7 @@ def reasons_cost(users: int, items: int, k: int, n_last: int, repeats: int, seed
     feats = np.stack([rng.integers(0, c, size=users) for c in config.user_cardinalities], axis=1)
     trend = torch.log1p(torch.as_tensor(rng.poisson(3.0, size=(items, 2)).astype(np.float32)))
     with torch.no_grad():
-        scorer = Scorer(model, encode(config, histories, times, feats, now), model.item_matrix()[1:], trend)
+        scorer = Scorer(model, encode(config, histories, times, feats, now), model.output_vectors()[1:], trend)
     seen = sp.csr_matrix(
         (np.ones(int(lengths.sum()), np.float32), (np.repeat(np.arange(users), lengths), np.concatenate(histories) - 1)),
         shape=(users, items),
@@ -298,7 +298,7 @@ def reasons_cost(users: int, items: int, k: int, n_last: int, repeats: int, seed
             top, _ = score_top_k(vectors, scorer.item_matrix(), k, exclude=seen)
             base_times.append(time.perf_counter() - started)
             started = time.perf_counter()
-            hidden = vectors[:, : config.d_model]  # as the nightly job does: the scoring pass's states
+            hidden = vectors[:, : model.state_width]  # as the nightly job does: the scoring pass's states
             reason, _ = explain(
                 scorer, config, rows, histories, times, top, n_last=n_last, now=now, batch_users=1024, hidden=hidden
             )
@@ -312,6 +312,7 @@ def reasons_cost(users: int, items: int, k: int, n_last: int, repeats: int, seed
         "max_len": config.max_len,
         "d_model": config.d_model,
         "n_layers": config.n_layers,
+        "state_width": model.state_width,
         "scoring_seconds": [round(t, 3) for t in base_times],
         "reasons_seconds": [round(t, 3) for t in reason_times],
         "scoring_with_reasons_over_without": round((base + extra) / base, 2),
@@ -335,7 +336,13 @@ def reasons_markdown(r: dict | None) -> list[str]:
         "",
         (
             f"{r['users']:,} users x {r['items']:,} items, top-{r['k']}, a random model of the default shape "
-            f"(d={r['d_model']}, {r['n_layers']} layers, max_len {r['max_len']}), histories of 1..{2 * r['max_len'] - 1} events:"
+            f"(d={r['d_model']}, {r['n_layers']} layers, max_len {r['max_len']}"
+            + (
+                f"; {r['state_width']}-wide states with the item-item term"
+                if r.get("state_width", r["d_model"]) > r["d_model"]
+                else ""
+            )
+            + f"), histories of 1..{2 * r['max_len'] - 1} events:"
         ),
         (
             f"the model scoring (one encoder pass + top-K) took {statistics.median(r['scoring_seconds']):.1f}s, the reasons "
