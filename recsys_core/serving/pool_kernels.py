@@ -102,7 +102,7 @@ def _descend(row, level1, level2, level3, n_levels: int, t, nodes: np.ndarray, k
     as long, scratch; the last slot of each is ``_reaching``'s)."""
     top = _level(row, level1, level2, level3, n_levels)
     capacity = nodes.shape[0] - 1
-    n = _reaching(top, 0, top.shape[0], 1, t, nodes, 0)
+    n = _reaching(top, t, nodes)
     level = n_levels
     while level > 0 and n <= capacity:  # children of node j: j, j + w, ... (w: its level's width)
         below = _level(row, level1, level2, level3, level - 1)
@@ -202,12 +202,12 @@ def fp32_pools(
 
 
 @numba.njit(cache=True, nogil=True)
-def _reaching(values: np.ndarray, start: int, stop: int, step: int, t, out: np.ndarray, n: int) -> int:
-    """Append to ``out[n:]`` the positions in range(start, stop, step) whose value reaches ``t``;
-    returns the new count. ``out``'s last slot is scratch: the count fits when it is at most
-    ``len(out) - 1``; past that the positions are incomplete."""
-    scratch = out.shape[0] - 1
-    for j in range(start, stop, step):
+def _reaching(values: np.ndarray, t, out: np.ndarray) -> int:
+    """The positions of ``values`` that reach ``t``, written to ``out``; returns their count. ``out``'s
+    last slot is scratch: the count fits when it is at most ``len(out) - 1``; past that the
+    positions are incomplete."""
+    scratch, n = out.shape[0] - 1, 0
+    for j in range(values.shape[0]):
         # every position is written and only the kept ones counted: no branch for the CPU to mispredict
         out[min(n, scratch)] = j
         n += values[j] >= t
@@ -217,7 +217,7 @@ def _reaching(values: np.ndarray, start: int, stop: int, step: int, t, out: np.n
 @numba.njit(cache=True, nogil=True)
 def _children_reaching(below: np.ndarray, width: int, nodes: np.ndarray, n: int, t, out: np.ndarray) -> int:
     """``_reaching`` over the ``GROUP`` children (j, j + width, j + 2 width, j + 3 width of ``below``) of
-    each of ``nodes[:n]``, written out for GROUP = 4: the four loads are independent of each other."""
+    each of ``nodes[:n]``, written out for GROUP = 4 as ``_level_max`` is: the four loads are independent."""
     scratch, m = out.shape[0] - 1, 0
     for i in range(n):
         j = nodes[i]

@@ -152,6 +152,13 @@ class _Clock:
         with self.lock:
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
+    def split(self, stage: str, since: float, share: float) -> float:
+        """A lap taken by one of several threads from its own ``since``, counted as ``share`` of its
+        seconds (1 / threads: averaged, the stages add up to wall time); returns now."""
+        now = time.perf_counter()
+        self.add(stage, (now - since) * share)
+        return now
+
 
 def _mask_rows(flat_scores: torch.Tensor, csr: sp.csr_matrix, start: int, stop: int, width: int) -> None:
     """Set the stored entries of csr rows [start, stop) to -inf in the flat [rows x width] buffer."""
@@ -286,7 +293,7 @@ class _PoolScorer:
         output_rel = _BF16_OUTPUT_REL if self.bf16 else 0.0
         exact = self.exact[:rows]
         scorable = bool(np.isfinite(eps).all())  # else a score may be NaN or overflow: every row is scored exactly
-        share = 1.0 / len(chunks)  # each thread times its own stages; averaged, they add up to wall time
+        share = 1.0 / len(chunks)  # each thread times its own stages (_Clock.split)
 
         def pool_rerank_select(lo: int, hi: int) -> None:
             # one task per row chunk, its rows' pools still in cache for the re-rank and the top-k
@@ -297,11 +304,11 @@ class _PoolScorer:
                 counts[lo:hi] = pool_kernels.NO_POOL
             if self.bf16:
                 threshold_values[lo:hi] = (threshold[lo:hi].astype(np.int32) << 16).view(np.float32)
-            tick = self._lap("pool", tick, share)
+            tick = clock.split("pool", tick, share)
             pool_kernels.rerank_pools(lo, hi, self.users_host, start, self.items_host, members, counts, exact)
-            tick = self._lap("rerank", tick, share)
+            tick = clock.split("rerank", tick, share)
             pool_kernels.finish_pools(lo, hi, exact, members, counts, threshold_values, eps, output_rel, values, columns, ok)
-            self._lap("select", tick, share)
+            clock.split("select", tick, share)
 
         _in_threads(pool_rerank_select, chunks)
         clock.start()
@@ -311,11 +318,6 @@ class _PoolScorer:
             values[redo], columns[redo] = self._exact_rows(redo + start)
             clock.lap("fallback")
         return torch.from_numpy(values), torch.from_numpy(columns)
-
-    def _lap(self, stage: str, since: float, share: float) -> float:
-        now = time.perf_counter()
-        self.clock.add(stage, (now - since) * share)
-        return now
 
     def _exact_rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The exact fp32 top-k of user ``rows`` over the whole catalogue: float64 dot products rounded
