@@ -46,27 +46,46 @@ def create_sqlite_store(settings: Settings) -> None:
     artifact root of the process that happens to open it: ``./mlruns`` under that process's
     working directory (an Airflow task's temporary folder). Opening it here first gives
     experiment 0 a root under ``settings.artifact_location`` instead.
+
+    Two tasks started in the same second (two DAGs triggered by one asset) would otherwise both
+    run MLflow's schema migrations on the new file, and both fail. A file lock lets one create
+    the store while the other waits, and the store is built under a temporary name and renamed,
+    so that a task that finds the file finds it complete.
     """
     if not settings.tracking_uri.startswith(SQLITE):
         return
     database = Path(settings.tracking_uri.removeprefix(SQLITE))
     if database.exists():
         return
+    from filelock import FileLock
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     database.parent.mkdir(parents=True, exist_ok=True)
-    SqlAlchemyStore(settings.tracking_uri, default_artifact_root=settings.artifact_location)
+    with FileLock(database.with_name(database.name + ".lock")):
+        if database.exists():
+            return
+        building = database.with_name(database.name + ".creating")
+        building.unlink(missing_ok=True)  # left by a task killed while building it
+        SqlAlchemyStore(SQLITE + str(building), default_artifact_root=settings.artifact_location).engine.dispose()
+        building.replace(database)
 
 
 def _model_development_experiment(settings: Settings) -> str:
     """The configured experiment, created if missing and marked as model development (not GenAI)."""
     import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(settings.registry.experiment)
     kind = {EXPERIMENT_KIND: MODEL_DEVELOPMENT}
     if experiment is None:
-        return client.create_experiment(settings.registry.experiment, artifact_location=settings.artifact_location, tags=kind)
+        try:
+            return client.create_experiment(settings.registry.experiment, artifact_location=settings.artifact_location, tags=kind)
+        except MlflowException as error:  # another task created it since the lookup
+            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+            return _model_development_experiment(settings)
     if EXPERIMENT_KIND not in experiment.tags:  # a store from before the tag; a kind chosen in the UI stays
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, MODEL_DEVELOPMENT)
     return experiment.experiment_id

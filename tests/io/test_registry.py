@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,7 +17,15 @@ from pathlib import Path
 from recsys_core.config import Settings
 from recsys_core.io.registry import configure_tracking
 
-configure_tracking(Settings.model_validate_json(Path(sys.argv[1]).read_text()))
+settings = Settings.model_validate_json(Path(sys.argv[1]).read_text())
+if len(sys.argv) > 2:  # a start gate: wait until the test opens it, so that the processes race
+    import os
+    import time
+
+    Path(f"{sys.argv[2]}.ready.{os.getpid()}").touch()
+    while not Path(sys.argv[2]).exists():
+        time.sleep(0.005)
+configure_tracking(settings)
 """
 
 
@@ -40,6 +49,29 @@ def test_a_new_store_keeps_every_artifact_under_the_artifact_location(settings, 
         assert experiment.artifact_location.startswith(settings.artifact_location), experiment
     assert recsys.tags[EXPERIMENT_KIND] == MODEL_DEVELOPMENT
     assert not any(task_dir.iterdir()), "nothing is written under the opening process's working directory"
+
+
+def test_tasks_that_open_a_new_store_at_the_same_moment_all_succeed(settings, tmp_path):
+    """Two DAGs triggered by one asset start their first tasks in the same second; each opens
+    the store, and MLflow's schema migrations must not run twice on one new file."""
+    import mlflow
+
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(settings.model_dump_json())
+    gate = tmp_path / "go"
+    tasks = [
+        subprocess.Popen([sys.executable, "-c", OPEN_STORE, str(settings_file), str(gate)], stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("go.ready.*"))) < len(tasks) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gate.touch()
+    failures = [error for task in tasks for _, error in [task.communicate(timeout=300)] if task.returncode != 0]
+    assert not failures, failures[0]
+
+    client = mlflow.MlflowClient(settings.tracking_uri)
+    assert [e.name for e in client.search_experiments()].count(settings.registry.experiment) == 1
 
 
 def test_the_champion_download_is_keyed_by_what_the_version_holds(settings, tmp_path):
