@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 
 @dataclass(frozen=True)
@@ -32,4 +33,18 @@ def gate_decision(metric: str, candidate: float, champion: float | None, min_rel
         f"by the required {min_relative_improvement:.1%} (needed > {required:.4f})",
         candidate,
         champion,
+    )
+
+
+def newer_champion_decision(metric: str, candidate: float, as_of: date, champion_as_of: date) -> GateDecision:
+    """The gate when the champion was trained on events after this run's ``as_of`` (a backfill run
+    after a later one): it keeps the alias, unscored. This run's held-out events were in the
+    champion's training data, so its score on them would be leaked, and a model of older events
+    does not replace one of newer events."""
+    return GateDecision(
+        False,
+        f"the champion was trained on events up to {champion_as_of}, after this run's {as_of}: it keeps its place "
+        f"(its {metric} on this run's held-out events would count events it trained on); candidate {metric}={candidate:.4f}",
+        candidate,
+        None,
     )

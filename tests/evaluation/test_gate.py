@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import pytest
 
-from recsys_core.evaluation.gate import GateDecision, gate_decision
+from recsys_core.evaluation.gate import GateDecision, gate_decision, newer_champion_decision
 
 
 def test_no_champion_promotes():
@@ -68,3 +70,9 @@ def test_decision_is_immutable():
 def test_negative_margin_tolerates_a_small_regression():
     assert gate_decision("ndcg@10", 0.245, 0.25, -0.05).promote is True
     assert gate_decision("ndcg@10", 0.20, 0.25, -0.05).promote is False
+
+
+def test_a_champion_of_newer_events_keeps_its_place_unscored():
+    d = newer_champion_decision("ndcg@10", 0.3, date(1998, 3, 31), date(1998, 4, 22))
+    assert d.promote is False and d.champion is None and d.candidate == 0.3
+    assert "up to 1998-04-22, after this run's 1998-03-31" in d.reason and "ndcg@10=0.3000" in d.reason

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,35 @@ def test_weakened_candidate_is_not_promoted(pipeline, tmp_path):
     weak_version = client.get_model_version(name, second["model_version"])
     assert weak_version.tags["role"] == "challenger"
     assert "does not beat" in weak_version.tags["gate_reason"]
+
+
+@pytest.mark.spark
+def test_a_backfill_after_a_later_run_leaves_the_newer_champion_unscored(pipeline, spark, tmp_path):
+    """Training as of an earlier day after a later one: the champion trained on the held-out events
+    of the earlier run, so the gate must not score it there (a leaked figure) nor replace it."""
+    import mlflow
+
+    from recsys_core.stages.features import run_features
+    from recsys_core.stages.train import launch_training
+
+    root = tmp_path / "data"
+    shutil.copytree(Path(pipeline.settings.lake), root / "lake")
+    # One epoch: what the gate decides here does not depend on how good either model is.
+    settings = with_train(pipeline.settings.model_copy(update={"data_root": root}), epochs=1)
+    later = launch_training(settings, pipeline.run_date)
+    assert later["promoted"]
+    earlier_day = pipeline.run_date - timedelta(days=1)
+    run_features(settings, earlier_day, spark=spark)
+    earlier = launch_training(settings, earlier_day)
+
+    assert not earlier["promoted"]
+    assert f"trained on events up to {pipeline.run_date}, after this run's {earlier_day}" in earlier["gate"]
+    client = mlflow.MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
+    name = settings.train.model_name
+    assert str(client.get_model_version_by_alias(name, "champion").version) == later["model_version"]
+    assert client.get_model_version(name, earlier["model_version"]).tags["role"] == "challenger"
+    logged = client.get_run(earlier["parent_run_id"]).data.metrics
+    assert logged and not [key for key in logged if key.startswith("champion")], "no champion figure on leaked events"
 
 
 def test_runs_line_up_in_mlflow_compare_view(pipeline):

@@ -10,7 +10,7 @@ from datetime import date
 
 from recsys_core.config import Settings
 from recsys_core.evaluation.frontier import Knobs, choose, pareto, point_at
-from recsys_core.evaluation.gate import gate_decision
+from recsys_core.evaluation.gate import gate_decision, newer_champion_decision
 from recsys_core.evaluation.metric_names import metric_name
 from recsys_core.io.provenance import code_version
 from recsys_core.io.registry import (
@@ -22,7 +22,7 @@ from recsys_core.io.registry import (
     log_metrics,
     record_model_output,
 )
-from recsys_core.models.bundle import ModelBundle
+from recsys_core.models.bundle import ModelBundle, bundle_trained_as_of
 from recsys_core.stages.training.evaluation import EvaluationReport, champion_metric, evaluate_models
 from recsys_core.stages.training.runs import (
     log_evaluation,
@@ -89,12 +89,18 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
 
         # The gate: the current champion, scored by the same code on the same users.
         current = champion(settings, settings.work_dir / "registry")
-        champion_value = None
-        if current is not None and current.version != version:
-            champion_value = champion_metric(evaluation, ModelBundle.load(current.bundle_dir), metric)
-            log_metrics({metric: champion_value}, prefix="champion/")
+        if current is not None and current.version == version:
+            current = None  # this run's own version (a retried step): there is nothing to compare with
         candidate = evaluation.gate_metrics[metric]
-        decision = gate_decision(metric, candidate, champion_value, settings.registry.gate_min_relative_improvement)
+        champion_as_of = bundle_trained_as_of(current.bundle_dir) if current is not None else None
+        if champion_as_of is not None and champion_as_of > as_of:
+            decision = newer_champion_decision(metric, candidate, as_of, champion_as_of)
+        else:
+            champion_value = None
+            if current is not None:
+                champion_value = champion_metric(evaluation, ModelBundle.load(current.bundle_dir), metric)
+                log_metrics({metric: champion_value}, prefix="champion/")
+            decision = gate_decision(metric, candidate, champion_value, settings.registry.gate_min_relative_improvement)
         apply_gate(settings, version, decision)
         mlflow.set_tags({"gate.promoted": str(decision.promote), "gate.reason": decision.reason, "model_version": version})
         # Last: from here on, metrics logged to this run would be linked to the served model too.
