@@ -92,15 +92,16 @@ def register(settings: Settings, as_of: date, runs: dict, train_results: dict[st
         if current is not None and current.version == version:
             current = None  # this run's own version (a retried step): there is nothing to compare with
         candidate = evaluation.gate_metrics[metric]
+        margin = settings.registry.gate_min_relative_improvement
         champion_as_of = bundle_trained_as_of(current.bundle_dir) if current is not None else None
-        if champion_as_of is not None and champion_as_of > as_of:
+        if current is None:
+            decision = gate_decision(metric, candidate, None, margin)
+        elif champion_as_of is not None and champion_as_of > as_of:
             decision = newer_champion_decision(metric, candidate, as_of, champion_as_of)
         else:
-            champion_value = None
-            if current is not None:
-                champion_value = champion_metric(evaluation, ModelBundle.load(current.bundle_dir), metric)
-                log_metrics({metric: champion_value}, prefix="champion/")
-            decision = gate_decision(metric, candidate, champion_value, settings.registry.gate_min_relative_improvement)
+            champion_value = champion_metric(evaluation, ModelBundle.load(current.bundle_dir), metric)
+            log_metrics({metric: champion_value}, prefix="champion/")
+            decision = gate_decision(metric, candidate, champion_value, margin)
         apply_gate(settings, version, decision)
         mlflow.set_tags({"gate.promoted": str(decision.promote), "gate.reason": decision.reason, "model_version": version})
         # Last: from here on, metrics logged to this run would be linked to the served model too.
