@@ -54,7 +54,7 @@ def train_and_score(as_of: date, lever: str, training_of: str | None = None) -> 
     from recsys_core.evaluation.protocols import evaluate
     from recsys_core.models.bundle import ModelBundle
     from recsys_core.models.transformer import SeqRec
-    from recsys_core.stages.training.evaluation import seqrec_scorer
+    from recsys_core.stages.training.evaluation import known_before_targets, seqrec_scorer
     from recsys_core.stages.training.launch import JOB, torchrun_env
     from recsys_core.stages.training.protocols import leave_last_out_scored, load_inputs
     from recsys_core.timeutil import end_of_day, epoch_day
@@ -96,7 +96,12 @@ def train_and_score(as_of: date, lever: str, training_of: str | None = None) -> 
         state = {k: v for k, v in state.items() if not k.startswith("item_item")}
     missing = model.load_state_dict(state, strict=training_of is None).missing_keys
     assert all(k.startswith("item_item") for k in missing), missing
-    item_item = fit_item_item(model.eval(), data.split.train, dataset.valid, dataset.trend_table, settings.train) or {}
+    item_item = (
+        fit_item_item(
+            model.eval(), data.split.train, dataset.valid, dataset.trend_table, settings.train, known_before_targets(data, "loo")
+        )
+        or {}
+    )
     bundle = ModelBundle(config, data.prep, model)
     loo = leave_last_out_scored(settings, data)
     metrics = evaluate(seqrec_scorer(bundle, loo, items), loo.case, **loo.context).metrics

@@ -26,8 +26,40 @@ METRIC = "ndcg@10"
 BATCH = 512
 
 
+def _term_parts(
+    model: SeqRec, histories: list[np.ndarray], settings: TrainSettings, decays: list[float]
+) -> tuple[np.ndarray, np.ndarray, dict[float, np.ndarray], int]:
+    """The term's parts fitted on ``histories``: EASE's history and item sides, the transitions' history
+    side per decay (an empty [n_items + 1, 0] for a part that is off), and how many items with no events
+    in ``histories`` took their closest item's columns (``cold_item_donors``)."""
+    config = model.config
+    n_items = config.n_items
+    empty = np.zeros((n_items + 1, 0), np.float32)
+    ease_in, ease_out = (
+        item_item_factors(history_matrix(histories, n_items), settings.ease_lambda, config.item_item_rank)
+        if config.item_item_rank
+        else (empty, empty)
+    )
+    transitions = (
+        transition_weights(histories, n_items, settings.model.item_item_transition_lambda, decays, config.max_len)
+        if config.item_item_transitions
+        else dict.fromkeys(decays, empty)
+    )
+    counts = np.bincount(np.concatenate(histories), minlength=n_items + 1)[1:] if histories else np.zeros(n_items, np.int64)
+    cold, donors = cold_item_donors(model.item_content[1:].double().numpy(), counts)
+    ease_out[1 + cold] = ease_out[1 + donors]  # EASE's item side: one row per item
+    for transition_in in transitions.values() if config.item_item_transitions else ():
+        transition_in[:, cold] = transition_in[:, donors]  # the transitions' item side is the identity: one column each
+    return ease_in, ease_out, transitions, len(cold)
+
+
 def fit_item_item(
-    model: SeqRec, histories: list[np.ndarray], valid: HeldOutSplit, trend_table: torch.Tensor, settings: TrainSettings
+    model: SeqRec,
+    histories: list[np.ndarray],
+    valid: HeldOutSplit,
+    trend_table: torch.Tensor,
+    settings: TrainSettings,
+    refit_on: list[np.ndarray] | None = None,
 ) -> dict[str, float] | None:
     """Install the item-item factors of ``histories`` (the training sequences, 1-based items) in
     ``model`` with the weights of its parts (EASE's from ``settings.model.item_item_weights``, the
@@ -36,6 +68,11 @@ def fit_item_item(
     transformer alone) wherever a part does not help. Returns the chosen weights and decay with the
     validation NDCG@10 with and without the term; None when the model has none.
 
+    ``refit_on``: the histories the installed factors are then fitted on, with the chosen weights and
+    decay; the validation targets may be in them, the targets the model is then scored on must not.
+    Each user's newest events say the most of what comes next, and the term costs seconds to fit,
+    unlike the transformer, so they are not left out of it once the weights are chosen.
+
     The score is linear in each part's weight, so every combination is scored from three score
     matrices per decay (without the term, with each part at weight 1) instead of encoding the
     validation histories once per combination."""
@@ -43,25 +80,10 @@ def fit_item_item(
     if not config.item_item_width:
         return None
     started = time.monotonic()
-    n_items, knobs = config.n_items, settings.model
+    knobs = settings.model
     decays = sorted(set(knobs.item_item_decays), reverse=True)
-    empty = np.zeros((n_items + 1, 0), np.float32)  # a part that is off: no columns
-    ease_in, ease_out = (
-        item_item_factors(history_matrix(histories, n_items), settings.ease_lambda, config.item_item_rank)
-        if config.item_item_rank
-        else (empty, empty)
-    )
-    transitions = (
-        transition_weights(histories, n_items, knobs.item_item_transition_lambda, decays, config.max_len)
-        if config.item_item_transitions
-        else dict.fromkeys(decays, empty)
-    )
     # Items with no training events take the term of their closest item by content (cold_item_donors).
-    counts = np.bincount(np.concatenate(histories), minlength=n_items + 1)[1:] if histories else np.zeros(n_items, np.int64)
-    cold, donors = cold_item_donors(model.item_content[1:].double().numpy(), counts)
-    ease_out[1 + cold] = ease_out[1 + donors]  # EASE's item side: one row per item
-    for transition_in in transitions.values() if config.item_item_transitions else ():
-        transition_in[:, cold] = transition_in[:, donors]  # the transitions' item side is the identity: one column each
+    ease_in, ease_out, transitions, cold = _term_parts(model, histories, settings, decays)
     ease_grid = sorted(set(knobs.item_item_weights) | {0.0}) if config.item_item_rank else [0.0]
     transition_grid = sorted(set(knobs.item_item_transition_weights) | {0.0}) if config.item_item_transitions else [0.0]
 
@@ -96,11 +118,13 @@ def fit_item_item(
     scored = {knob: metrics_from_ranks(np.concatenate(r), (10,)).get(METRIC, 0.0) for knob, r in ranks.items()}
     best = max(scored, key=lambda knob: (scored[knob], -knob[0], -knob[1])) if scored else (0.0, 0.0, decays[0])
     ease_weight, transition_weight, decay = best
+    if refit_on is not None:
+        ease_in, ease_out, transitions, cold = _term_parts(model, refit_on, settings, [decay])
     install(ease_weight, transition_weight, decay)
     without = scored.get((0.0, 0.0, decays[0]), 0.0)
     log.info(
         "item-item term: EASE rank %d weight %g, transitions weight %g, decay %g chosen on %d validation users "
-        "(%s %.4f, without it %.4f) in %.1fs; %d items with no training events take their closest item's columns",
+        "(%s %.4f, without it %.4f), fitted on %d events, in %.1fs; %d items with no events take their closest item's columns",
         config.item_item_rank,
         ease_weight,
         transition_weight,
@@ -109,14 +133,15 @@ def fit_item_item(
         METRIC,
         scored.get(best, 0.0),
         without,
+        sum(len(h) for h in (histories if refit_on is None else refit_on)),
         time.monotonic() - started,
-        len(cold),
+        cold,
     )
     return {
         "weight": ease_weight,
         "transition_weight": transition_weight,
         "decay": decay,
-        "cold_items": float(len(cold)),
+        "cold_items": float(cold),
         f"valid_{METRIC}": scored.get(best, 0.0),
         f"valid_{METRIC}_without": without,
     }

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from recsys_core.config import ModelSettings, TrainSettings
+from recsys_core.models.baselines import history_matrix
+from recsys_core.models.item_item import item_item_factors, transition_weights
 from recsys_core.models.transformer import SeqRec
 from recsys_core.training.dataset import build_dataset, model_config, prepare
 from recsys_core.training.item_item import fit_item_item
@@ -134,3 +136,28 @@ def test_an_item_with_no_training_events_takes_its_closest_items_columns():
     if fitted["transition_weight"] > 0:  # the transitions' item side is the identity: the donor's column of the history side
         assert model.item_item_in[:, rank + donor - 1].abs().sum() > 0
         torch.testing.assert_close(model.item_item_in[:, rank + cold - 1], model.item_item_in[:, rank + donor - 1])
+
+
+def test_the_weights_are_chosen_on_the_training_histories_and_the_factors_refitted_on_the_given_ones():
+    data = prepare(*clustered_world())
+    settings = small_settings(item_item_rank=3, use_content=True)  # content: an item with no events takes a donor's columns
+    dataset, model = untrained(data, settings)
+    missing = data.split.train[0][0]
+    histories = [h[h != missing] for h in data.split.train]  # nobody took it before validation
+    chosen_alone = fit_item_item(model, histories, dataset.valid, dataset.trend_table, settings)
+    refit_on = list(data.split.test_input)  # the validation targets too: it is in them
+
+    fitted = fit_item_item(model, histories, dataset.valid, dataset.trend_table, settings, refit_on=refit_on)
+
+    assert fitted is not None and chosen_alone is not None
+    chosen = ("weight", "transition_weight", "decay", "valid_ndcg@10", "valid_ndcg@10_without")
+    assert {k: fitted[k] for k in chosen} == {k: chosen_alone[k] for k in chosen}
+    assert chosen_alone["cold_items"] == 1 and fitted["cold_items"] == 0
+    n_items, rank = model.config.n_items, model.config.item_item_rank
+    ease_in, ease_out = item_item_factors(history_matrix(refit_on, n_items), settings.ease_lambda, rank)
+    transitions = transition_weights(
+        refit_on, n_items, settings.model.item_item_transition_lambda, [fitted["decay"]], model.config.max_len
+    )[fitted["decay"]]
+    expected_in = np.hstack([fitted["weight"] * ease_in, fitted["transition_weight"] * transitions])
+    np.testing.assert_allclose(model.item_item_in.numpy(), expected_in, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.item_item_out.numpy(), ease_out, rtol=1e-5, atol=1e-6)

@@ -50,8 +50,17 @@ def load_trained(settings: Settings, as_of: date, data: PreparedData, protocol: 
         raise MissingInput(f"no trained model at {checkpoint_dir(ws, protocol) / BEST}", hint="run the torchrun step first")
     model.load_state_dict(best["model"])
     model.eval()
-    fitted = fit_item_item(model, data.split.train, dataset.valid, dataset.trend_table, settings.train)
+    fitted = fit_item_item(
+        model, data.split.train, dataset.valid, dataset.trend_table, settings.train, refit_on=known_before_targets(data, protocol)
+    )
     return ModelBundle(config, data.prep, model, item_item_fit=fitted)
+
+
+def known_before_targets(data: PreparedData, protocol: str) -> list[np.ndarray]:
+    """The histories the item-item term is fitted on once its weights are chosen: every event before
+    the protocol's scored targets. Leave-last-out scores each user's last event, so all but it; a
+    temporal protocol scores the events after its cut, so all of its data."""
+    return list(data.split.test_input) if protocol == "loo" else list(data.sequences.items)
 
 
 def returning_bucket(settings: Settings) -> int:
