@@ -82,7 +82,6 @@ def fit_item_item(
     started = time.monotonic()
     knobs = settings.model
     decays = sorted(set(knobs.item_item_decays), reverse=True)
-    # Items with no training events take the term of their closest item by content (cold_item_donors).
     ease_in, ease_out, transitions, cold = _term_parts(model, histories, settings, decays)
     ease_grid = sorted(set(knobs.item_item_weights) | {0.0}) if config.item_item_rank else [0.0]
     transition_grid = sorted(set(knobs.item_item_transition_weights) | {0.0}) if config.item_item_transitions else [0.0]
@@ -118,6 +117,7 @@ def fit_item_item(
     scored = {knob: metrics_from_ranks(np.concatenate(r), (10,)).get(METRIC, 0.0) for knob, r in ranks.items()}
     best = max(scored, key=lambda knob: (scored[knob], -knob[0], -knob[1])) if scored else (0.0, 0.0, decays[0])
     ease_weight, transition_weight, decay = best
+    fitted_on = histories if refit_on is None else refit_on
     if refit_on is not None:
         ease_in, ease_out, transitions, cold = _term_parts(model, refit_on, settings, [decay])
     install(ease_weight, transition_weight, decay)
@@ -133,7 +133,7 @@ def fit_item_item(
         METRIC,
         scored.get(best, 0.0),
         without,
-        sum(len(h) for h in (histories if refit_on is None else refit_on)),
+        sum(len(h) for h in fitted_on),
         time.monotonic() - started,
         cold,
     )
